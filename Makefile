@@ -1,0 +1,32 @@
+# Two user-facing commands: `make demo` and `make test`. Each creates .venv and installs on first use;
+# a second run skips what is already done (the install stamp, the built model and data, finished stages).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml requirements/cpu-constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first from the pinned CPU build, so nothing later can pull a CUDA torch.
+	$(PY) -m pip install -q -c requirements/cpu-constraints.txt torch
+	$(PY) -m pip install -q -c requirements/cpu-constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m r3v_ray.cli demo --config configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,235 @@
+"""The typed run configuration: one pydantic model per concern, loaded from YAML; the one place for defaults.
+
+Errors name the bad field (`training.lr: Input should be a valid number`), and unknown keys are refused so a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Strict):
+    """Sizes for the locally built tiny Qwen2-VL (see r3v_ray.models.tiny.TinySpec)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_depth: int = 1
+    vision_embed_dim: int = 32
+    vision_heads: int = 2
+    vocab_size: int = 768
+    seed: int = 0
+
+
+class ModelConfig(_Strict):
+    # A local directory or a hub name. With `tiny` set, the tiny model is built into this directory if missing.
+    path: str = "runs/tiny-model"
+    tiny: TinyModelConfig | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+class TaskConfig(_Strict):
+    name: str = "synthetic"
+    # Where the task's files are. For `synthetic` they are generated there if missing.
+    data_dir: str = "runs/synthetic-data"
+    params: dict[str, Any] = Field(default_factory=dict)  # task-specific options
+    num_train: int = Field(200, ge=1)  # synthetic only: how many questions to generate
+    num_test: int = Field(100, ge=1)
+    data_seed: int = 0
+    max_train: int | None = Field(None, ge=1)  # cap on questions read (any task)
+    max_test: int | None = Field(None, ge=1)
+
+
+class SamplingConfig(_Strict):
+    engine: Literal["hf", "vllm"] = "hf"
+    num_samples: int = Field(3, ge=1)  # S rationales per training question per round
+    temperature: float = Field(0.9, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    max_new_tokens: int = Field(384, ge=1)
+    batch_size: int = Field(8, ge=1)  # questions per engine call
+    max_prompt_tokens: int = Field(2048, ge=16)  # longer prompts are skipped and counted, never truncated
+    tensor_parallel_size: int = Field(1, ge=1)  # vllm only
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vllm only
+
+
+class ReflectConfig(_Strict):
+    use_refine: bool = True
+    use_select: bool = True
+    select_variant: Literal["fixed", "mixed"] = "fixed"
+    select_n: int = Field(3, ge=2)  # the fixed variant's candidate count
+    mixed_min_n: int = Field(2, ge=2)
+    mixed_max_n: int = Field(6, ge=2)
+    min_rationale_chars: int = Field(20, ge=0)  # shorter positives are not used: too short to hold reasoning
+    warmup_cot: int | None = Field(None, ge=0)  # teacher rationales in the warm-up set (None: all that exist)
+    seed: int = 0
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class TrainingConfig(_Strict):
+    alpha: float = Field(1.0, ge=0.0)  # weight of L_REF
+    beta: float = Field(1.0, ge=0.0)  # weight of L_SEL
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze_vision: bool = True
+    init_from: Literal["base", "previous"] = "base"  # paper default: every round starts from the base model
+    epochs: float = Field(3.0, gt=0.0)
+    lr: float = Field(3e-5, gt=0.0)
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    global_batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(4, ge=1)
+    max_seq_len: int = Field(2048, ge=16)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False
+    gradient_clipping: float = Field(1.0, ge=0.0)
+    max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: restarts from the last checkpoint
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    n: int = Field(3, ge=1)  # candidates for Oracle@N, Majority@N, Select@N
+    temperature: float = Field(0.9, gt=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    max_new_tokens: int = Field(384, ge=1)
+    select: bool = True  # compute Select@N
+    zero_shot: bool = True  # round 0 also records the base model's zero-shot CoT accuracy
+    seed: int = 1234
+
+
+class ResourcesConfig(_Strict):
+    num_samplers: int = Field(2, ge=1)  # engine actors in the Ray Data pool
+    cpus_per_sampler: float = Field(1.0, ge=0.0)
+    gpus_per_sampler: float = Field(0.0, ge=0.0)
+    num_train_workers: int = Field(2, ge=1)
+    cpus_per_train_worker: float = Field(1.0, ge=0.0)
+    gpus_per_train_worker: float = Field(0.0, ge=0.0)
+    torch_threads: int = Field(1, ge=1)  # per actor/worker: 1 on small CPU machines avoids oversubscription
+
+
+class ServeConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    num_replicas: int | Literal["auto"] = 1
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0.0)
+    cpus_per_replica: float = Field(1.0, ge=0.0)
+    gpus_per_replica: float = Field(0.0, ge=0.0)
+    default_n: int = Field(3, ge=1)
+    max_n: int = Field(8, ge=1)
+    max_image_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    max_new_tokens_limit: int = Field(1024, ge=1)
+
+
+class StorageConfig(_Strict):
+    root: str = "runs"  # local path or a pyarrow filesystem URI (s3://bucket/prefix, gs://...)
+
+
+class RunConfig(_Strict):
+    name: str = "demo"
+    method: Literal["r3v", "star"] = "r3v"  # star: positives only (alpha = beta = 0, no refine/select data)
+    rounds: int = Field(3, ge=0)
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    reflect: ReflectConfig = Field(default_factory=ReflectConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _method_switch(self) -> "RunConfig":
+        # STaR is the same loop with the reflection terms switched off: one switch, no copied code.
+        if self.method == "star":
+            object.__setattr__(self.reflect, "use_refine", False)
+            object.__setattr__(self.reflect, "use_select", False)
+            object.__setattr__(self.training, "alpha", 0.0)
+            object.__setattr__(self.training, "beta", 0.0)
+        if self.reflect.mixed_min_n > self.reflect.mixed_max_n:
+            raise ValueError("reflect.mixed_min_n must be <= reflect.mixed_max_n")
+        return self
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.storage.root.rstrip('/')}/{self.name}"
+
+    def digest(self) -> str:
+        """A stable hash of the whole config (manifests record it to refuse resuming under a changed config)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"{where}: {err['msg']}")
+    return f"{source}: invalid config:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config; `overrides` are `a.b=value` strings (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return config_from_dict(data, str(path))

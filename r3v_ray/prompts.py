@@ -1,0 +1,31 @@
+"""The reflection prompts of R3V (DESIGN.md section 1, step 3), in one place.
+
+Training (self-refine, self-select), evaluation (Select@N) and serving (self_select strategy) all build their
+prompts here, so a model is always asked at test time exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+REFINE_HEADER = "Model's prediction:"
+REFINE_INSTRUCTION = "Judge the correctness of the model's prediction and refine it."
+SELECT_INSTRUCTION = "Which prediction is correct? Give the final answer."
+
+
+def refine_prompt(cot_prompt: str, negative_rationale: str) -> str:
+    """(x, y-) -> prompt whose target is a positive rationale y+."""
+    return f"{cot_prompt}\n{REFINE_HEADER}\n{negative_rationale}\n{REFINE_INSTRUCTION}"
+
+
+def select_prompt(question_prompt: str, candidates: list[str]) -> str:
+    """(x, C) -> prompt whose target is 'Answer: a*'. Candidates are numbered from 1 in the given order."""
+    parts = [question_prompt]
+    for i, candidate in enumerate(candidates, start=1):
+        parts.append(f"Model's prediction {i}:\n{candidate}")
+    parts.append(SELECT_INSTRUCTION)
+    return "\n".join(parts)
+
+
+# Words the tiny tokenizer should learn merges for.
+PROMPT_WORDS = [REFINE_HEADER, REFINE_INSTRUCTION, SELECT_INSTRUCTION] + [
+    f"Model's prediction {i}:" for i in range(1, 7)
+]

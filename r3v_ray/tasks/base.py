@@ -1,0 +1,152 @@
+"""The common question record and the task interface (prompt, answer extractor, checker).
+
+Every task reads its public format into `Record`s and owns how a question is asked and how an answer is scored.
+One extractor serves labeling and evaluation alike; an answer that cannot be extracted is never credited.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image
+
+ANSWER_PREFIX = "Answer:"
+_ANSWER_LINE = re.compile(r"Answer\s*:\s*(.+)", re.IGNORECASE)
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; the message names the record and the field."""
+
+    def __init__(self, record_id: str, field_name: str, problem: str):
+        self.record_id, self.field_name, self.problem = record_id, field_name, problem
+        super().__init__(f"record {record_id!r}: field {field_name!r}: {problem}")
+
+
+@dataclass
+class Record:
+    """One question. `image` is a path (absolute, or relative to the data file's directory) or None."""
+
+    id: str
+    question: str
+    answer: str
+    image: str | None = None
+    choices: list[str] | None = None
+    rationale: str | None = None  # teacher chain of thought, where the task has one
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], base_dir: str | Path | None = None) -> "Record":
+        rid = str(row.get("id", "")) or "<missing id>"
+        if not row.get("id"):
+            raise RecordError(rid, "id", "missing")
+        if row.get("answer") is None or str(row.get("answer")).strip() == "":
+            raise RecordError(rid, "answer", "missing gold answer")
+        if not str(row.get("question") or "").strip():
+            raise RecordError(rid, "question", "missing or empty")
+        image = row.get("image")
+        if image and base_dir is not None and not Path(image).is_absolute() and "://" not in str(image):
+            image = str(Path(base_dir) / image)
+        return cls(
+            id=str(row["id"]),
+            question=str(row["question"]),
+            answer=str(row["answer"]).strip(),
+            image=image or None,
+            choices=list(row["choices"]) if row.get("choices") else None,
+            rationale=row.get("rationale"),
+            metadata=dict(row.get("metadata") or {}),
+        )
+
+
+def load_image(source: str | bytes | Image.Image, record_id: str = "?") -> Image.Image:
+    """Decode an image from a path or bytes as RGB; a failure names the record."""
+    try:
+        if isinstance(source, Image.Image):
+            return source.convert("RGB")
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            img = Image.open(io.BytesIO(bytes(source)))
+        else:
+            img = Image.open(source)
+        img.load()
+        return img.convert("RGB")
+    except Exception as exc:  # PIL raises several unrelated types
+        raise RecordError(record_id, "image", f"unreadable image ({type(exc).__name__}: {exc})") from exc
+
+
+def letters(n: int) -> list[str]:
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+def format_choices(choices: list[str]) -> str:
+    return "Choices: " + " ".join(f"({letter}) {text}" for letter, text in zip(letters(len(choices)), choices))
+
+
+class Task(ABC):
+    """A reasoning task: how to ask (CoT and direct forms), how to extract and check an answer."""
+
+    name: str = "task"
+    cot_instruction = "Answer the question step by step and end with 'Answer: <answer>'."
+    direct_instruction = "Answer the question with 'Answer: <answer>' only."
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def question_text(self, record: Record) -> str:
+        text = record.question
+        if record.choices:
+            text += "\n" + format_choices(record.choices)
+        return text
+
+    def cot_prompt(self, record: Record) -> str:
+        return f"{self.question_text(record)}\n{self.cot_instruction}"
+
+    def direct_prompt(self, record: Record) -> str:
+        return f"{self.question_text(record)}\n{self.direct_instruction}"
+
+    def format_answer(self, answer: str) -> str:
+        return f"{ANSWER_PREFIX} {answer}"
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def extract_answer(self, text: str | None) -> str | None:
+        """The content of the last 'Answer:' line, normalised; None when there is none."""
+        if not text:
+            return None
+        found = _ANSWER_LINE.findall(text)
+        if not found:
+            return None
+        return self.normalize(found[-1].strip()) or None
+
+    def normalize(self, answer: str) -> str | None:
+        return answer.strip().rstrip(".").strip() or None
+
+    @abstractmethod
+    def check(self, predicted: str | None, gold: str) -> bool:
+        """Is an extracted answer correct? Must be False for None."""
+
+    def score(self, rationale: str | None, gold: str) -> tuple[str | None, bool]:
+        predicted = self.extract_answer(rationale)
+        return predicted, (predicted is not None and self.check(predicted, gold))
+
+    # -- data ------------------------------------------------------------------------------------
+    def read(self, path: str | Path, split: str = "train") -> Iterator[Record]:
+        """Records of one split. The default reads `<path>/<split>.jsonl` of the common record."""
+        yield from read_jsonl_records(Path(path) / f"{split}.jsonl")
+
+
+def read_jsonl_records(path: str | Path) -> Iterator[Record]:
+    path = Path(path)
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path.name}:{lineno}", "<json>", f"malformed JSON: {exc}") from exc
+            yield Record.from_dict(row, base_dir=path.parent)

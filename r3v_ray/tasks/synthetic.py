@@ -1,0 +1,181 @@
+"""The built-in visual-reasoning task (in the spirit of CLEVR-Math), generated deterministically from a seed.
+
+An image is a grid of cells; some cells hold a coloured object. Each cell is exactly one merged visual token
+(patch_size * merge_size pixels square), so even a tiny vision tower sees one object per token. Every question
+needs the image (counts of colours) and at least two reasoning steps (two counts, then an operation):
+
+- sum:      "How many red objects and blue objects are there in total?"      -> integer
+- subtract: "Subtract all red objects. How many objects are left?"           -> integer
+- compare:  "Are there more red objects than blue objects?" (A) yes (B) no   -> option letter
+
+The teacher rationale states each count, then the operation, then "Answer: X" (the warm-up CoT data).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from PIL import Image, ImageDraw
+
+from r3v_ray.tasks.base import Record, Task, letters
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (40, 70, 230),
+    "yellow": (235, 200, 20),
+}
+BACKGROUND = (255, 255, 255)
+QUESTION_TYPES = ("sum", "subtract", "compare")
+YES_NO = ["yes", "no"]
+
+
+@dataclass
+class SyntheticParams:
+    grid: int = 3
+    cell: int = 28  # = patch_size * merge_size of the model: one object per visual token
+    colors: tuple[str, ...] = ("red", "green", "blue", "yellow")
+    min_objects: int = 2
+    max_objects: int = 6
+    question_types: tuple[str, ...] = QUESTION_TYPES
+    layout: dict = field(default_factory=dict)  # unused; keeps the dataclass open for task params from YAML
+
+
+def render(layout: list[str | None], grid: int, cell: int) -> Image.Image:
+    """layout[i] is the colour in cell i (row-major) or None."""
+    img = Image.new("RGB", (grid * cell, grid * cell), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    pad = max(2, cell // 7)
+    for i, colour in enumerate(layout):
+        if colour is None:
+            continue
+        r, c = divmod(i, grid)
+        x0, y0 = c * cell + pad, r * cell + pad
+        draw.rectangle([x0, y0, x0 + cell - 2 * pad - 1, y0 + cell - 2 * pad - 1], fill=COLORS[colour])
+    return img
+
+
+def solve(layout: list[str | None], qtype: str, c1: str, c2: str | None) -> tuple[str, str]:
+    """(gold answer, teacher rationale) for a question about a layout."""
+    n1 = sum(1 for x in layout if x == c1)
+    if qtype == "sum":
+        n2 = sum(1 for x in layout if x == c2)
+        total = n1 + n2
+        return str(total), (
+            f"There are {n1} {c1} objects. There are {n2} {c2} objects. {n1} + {n2} = {total}.\nAnswer: {total}"
+        )
+    if qtype == "subtract":
+        total = sum(1 for x in layout if x is not None)
+        left = total - n1
+        return str(left), (
+            f"There are {total} objects in total. There are {n1} {c1} objects. {total} - {n1} = {left}.\nAnswer: {left}"
+        )
+    if qtype == "compare":
+        n2 = sum(1 for x in layout if x == c2)
+        more = n1 > n2
+        letter = "A" if more else "B"
+        relation = "more than" if more else "not more than"
+        return letter, (
+            f"There are {n1} {c1} objects. There are {n2} {c2} objects. {n1} is {relation} {n2}.\nAnswer: {letter}"
+        )
+    raise ValueError(f"unknown question type {qtype!r}")
+
+
+def question_for(qtype: str, c1: str, c2: str | None) -> tuple[str, list[str] | None]:
+    if qtype == "sum":
+        return f"How many {c1} objects and {c2} objects are there in total?", None
+    if qtype == "subtract":
+        return f"Subtract all {c1} objects. How many objects are left?", None
+    if qtype == "compare":
+        return f"Are there more {c1} objects than {c2} objects?", list(YES_NO)
+    raise ValueError(f"unknown question type {qtype!r}")
+
+
+class SyntheticTask(Task):
+    name = "synthetic"
+
+    def __init__(self, **params):
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        self.params = SyntheticParams(**params)
+        unknown = set(self.params.question_types) - set(QUESTION_TYPES)
+        if unknown:
+            raise ValueError(f"synthetic task: unknown question_types {sorted(unknown)}")
+        bad_colors = set(self.params.colors) - set(COLORS)
+        if bad_colors:
+            raise ValueError(f"synthetic task: unknown colors {sorted(bad_colors)}; known: {sorted(COLORS)}")
+
+    # -- generation ------------------------------------------------------------------------------
+    def random_layout(self, rng: random.Random) -> list[str | None]:
+        p = self.params
+        cells = p.grid * p.grid
+        n = rng.randint(p.min_objects, min(p.max_objects, cells))
+        layout: list[str | None] = [None] * cells
+        for i in rng.sample(range(cells), n):
+            layout[i] = rng.choice(p.colors)
+        return layout
+
+    def generate_records(self, split: str, n: int, seed: int) -> Iterator[Record]:
+        """Records with their layout in metadata (no image file yet); deterministic in (split, n, seed)."""
+        rng = random.Random(f"r3v-synthetic-{seed}-{split}")
+        for i in range(n):
+            layout = self.random_layout(rng)
+            qtype = rng.choice(self.params.question_types)
+            c1, c2 = rng.sample(self.params.colors, 2)
+            if qtype == "subtract":
+                c2 = None
+            question, choices = question_for(qtype, c1, c2)
+            answer, rationale = solve(layout, qtype, c1, c2)
+            yield Record(
+                id=f"syn-{split}-{i:05d}",
+                question=question,
+                answer=answer,
+                choices=choices,
+                rationale=rationale,
+                metadata={"layout": layout, "qtype": qtype, "colors": [c1, c2], "grid": self.params.grid},
+            )
+
+    def render(self, record: Record) -> Image.Image:
+        return render(record.metadata["layout"], self.params.grid, self.params.cell)
+
+    def write_split(self, out_dir: str | Path, split: str, n: int, seed: int) -> Path:
+        """Write `<out>/<split>.jsonl` and `<out>/images/<id>.png`; byte-identical for the same arguments."""
+        out = Path(out_dir)
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        path = out / f"{split}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with tmp.open("w") as fh:
+            for record in self.generate_records(split, n, seed):
+                rel = f"images/{record.id}.png"
+                self.render(record).save(out / rel, format="PNG", optimize=False)
+                record.image = rel
+                fh.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    def write_dataset(self, out_dir: str | Path, num_train: int, num_test: int, seed: int) -> Path:
+        out = Path(out_dir)
+        self.write_split(out, "train", num_train, seed)
+        self.write_split(out, "test", num_test, seed)
+        return out
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def normalize(self, answer: str) -> str | None:
+        answer = answer.strip().rstrip(".").strip()
+        m = re.fullmatch(r"\(?([A-Za-z])\)?", answer)
+        if m:
+            return m.group(1).upper()
+        m = re.fullmatch(r"[-+]?\d+", answer)
+        if m:
+            return str(int(answer))
+        lowered = answer.lower()
+        if lowered in YES_NO:  # option text instead of its letter
+            return letters(len(YES_NO))[YES_NO.index(lowered)]
+        return None  # anything else is unparseable, hence never correct
+
+    def check(self, predicted: str | None, gold: str) -> bool:
+        return predicted is not None and predicted == self.normalize(gold)

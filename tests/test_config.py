@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from r3v_ray.config import ConfigError, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_loads():
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert cfg.model.tiny is not None and cfg.sampling.engine == "hf"
+    assert cfg.run_dir == "runs/demo"
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"training": {"lr": "fast"}}, "training.lr"),
+        ({"sampling": {"num_samples": 0}}, "sampling.num_samples"),
+        ({"sampling": {"engine": "tgi"}}, "sampling.engine"),
+        ({"trainng": {}}, "trainng"),
+        ({"training": {"zero_stage": 4}}, "training.zero_stage"),
+        ({"reflect": {"select_variant": "random"}}, "reflect.select_variant"),
+    ],
+)
+def test_config_errors_name_the_field(data, field):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data, "bad.yaml")
+    assert field in str(info.value) and "bad.yaml" in str(info.value)
+
+
+def test_yaml_errors_name_the_file_and_overrides_apply(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rounds: [1\n")
+    with pytest.raises(ConfigError, match="c.yaml"):
+        load_config(path)
+    path.write_text("rounds: 1\n")
+    cfg = load_config(path, ["training.alpha=0.5", "sampling.num_samples=5"])
+    assert cfg.training.alpha == 0.5 and cfg.sampling.num_samples == 5
+    with pytest.raises(ConfigError, match="training.alpha"):
+        load_config(path, ["training.alpha=-1"])
+
+
+def test_star_is_a_config_switch():
+    cfg = config_from_dict({"method": "star"})
+    assert (cfg.training.alpha, cfg.training.beta) == (0.0, 0.0)
+    assert not cfg.reflect.use_refine and not cfg.reflect.use_select
+    assert config_from_dict({}).digest() != cfg.digest()

@@ -1,0 +1,90 @@
+import filecmp
+import json
+from pathlib import Path
+
+import pytest
+
+from r3v_ray.tasks import Record, RecordError, get_task, load_image
+from r3v_ray.tasks.base import read_jsonl_records
+from r3v_ray.tasks.synthetic import question_for, solve
+
+
+def test_answer_changes_when_only_the_image_changes():
+    task = get_task("synthetic")
+    records = list(task.generate_records("train", 200, seed=0))
+    # For every question text, different images give different gold answers somewhere in the set.
+    by_question: dict[str, set[str]] = {}
+    for r in records:
+        by_question.setdefault(r.question, set()).add(r.answer)
+    multi = [q for q, answers in by_question.items() if len(answers) > 1]
+    assert len(multi) >= len(by_question) // 2
+    # And directly: the same question on two layouts.
+    q, _ = question_for("sum", "red", "blue")
+    a1, _ = solve(["red", "blue", None, None], "sum", "red", "blue")
+    a2, _ = solve(["red", "red", "blue", "blue"], "sum", "red", "blue")
+    assert q and a1 == "2" and a2 == "4"
+
+
+def test_questions_need_two_steps_and_rationales_end_in_the_answer_format():
+    task = get_task("synthetic")
+    for r in task.generate_records("train", 50, seed=1):
+        assert r.rationale.count("There are") >= 2  # two observations before the operation
+        predicted, correct = task.score(r.rationale, r.answer)
+        assert correct, (r.id, r.rationale)
+
+
+def test_same_seed_gives_byte_identical_data(tmp_path):
+    task = get_task("synthetic")
+    a = task.write_dataset(tmp_path / "a", 10, 5, seed=7)
+    b = task.write_dataset(tmp_path / "b", 10, 5, seed=7)
+    c = task.write_dataset(tmp_path / "c", 10, 5, seed=8)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 2 + 15
+    match, mismatch, errors = filecmp.cmpfiles(a, b, [str(f) for f in files], shallow=False)
+    assert not mismatch and not errors
+    assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
+
+
+def test_train_and_test_splits_differ(synthetic_data_dir):
+    task = get_task("synthetic")
+    train = list(task.read(synthetic_data_dir, "train"))
+    test = list(task.read(synthetic_data_dir, "test"))
+    assert len(train) == 24 and len(test) == 12
+    assert {r.id for r in train}.isdisjoint({r.id for r in test})
+    assert Path(train[0].image).is_file()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", None, "There are 3 red objects.", "3 + 2 = 5", "Answer:", "Answer: banana", "the answer is 5"],
+)
+def test_extractor_never_credits_a_rationale_without_an_extractable_answer(text):
+    task = get_task("synthetic")
+    assert task.extract_answer(text) is None
+    assert task.score(text, "5") == (None, False)
+
+
+def test_extractor_takes_the_last_answer_line():
+    task = get_task("synthetic")
+    assert task.extract_answer("Answer: 3\nwait.\nAnswer: 5") == "5"
+    assert task.extract_answer("so (B).\nAnswer: (b)") == "B"
+    assert task.check(task.extract_answer("Answer: no"), "B")
+
+
+def test_unreadable_image_names_the_record(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(RecordError, match="syn-x-1.*image"):
+        load_image(str(bad), record_id="syn-x-1")
+    with pytest.raises(RecordError, match="syn-x-2"):
+        load_image(str(tmp_path / "missing.png"), record_id="syn-x-2")
+
+
+def test_record_without_gold_answer_names_the_record(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"id": "q1", "question": "How many?", "answer": "3"}, {"id": "q2", "question": "How many?"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(RecordError, match="'q2'.*'answer'"):
+        list(read_jsonl_records(path))
+    with pytest.raises(RecordError, match="'q3'.*'answer'"):
+        Record.from_dict({"id": "q3", "question": "x", "answer": "  "})
