@@ -146,6 +146,39 @@ class ServeConfig(_Strict):
     max_n: int = Field(8, ge=1)
     max_image_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_new_tokens_limit: int = Field(1024, ge=1)
+    # Request defaults and limits (r3v_ray/serving/requests.py); sampling defaults match evaluation's.
+    default_strategy: Literal["self_select", "majority", "first"] = "self_select"
+    temperature: float = Field(0.9, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+    max_new_tokens: int = Field(384, ge=1)  # per candidate unless the request asks otherwise
+    select_max_new_tokens: int = Field(64, ge=1)  # the greedy self-select answer ("Answer: X") is short
+    max_question_chars: int = Field(8000, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    max_choices: int = Field(26, ge=1)
+    # Sampler deployment: engine, dynamic batching across concurrent requests, health checks.
+    engine: Literal["hf", "vllm"] = "hf"
+    torch_threads: int = Field(1, ge=1)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0)
+    max_ongoing_requests: int = Field(32, ge=1)
+    health_check_period_s: float = Field(10.0, gt=0.0)
+    # Ingress deployment: HTTP parsing only, so it takes no CPU away from the model replicas by default.
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_cpus: float = Field(0.0, ge=0.0)
+    app_name: str = "r3v"
+    route_prefix: str = "/"
+    model_name: str | None = None  # the id in /v1/models; derived from the run and round when unset
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> "ServeConfig":
+        if self.default_n > self.max_n:
+            raise ValueError("serve.default_n must be <= serve.max_n")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("serve.max_new_tokens must be <= serve.max_new_tokens_limit")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("serve.min_replicas must be <= serve.max_replicas")
+        return self
 
 
 class StorageConfig(_Strict):
