@@ -32,21 +32,32 @@ def _cmd_show_config(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
+def _cmd_run(args) -> int:
+    """The whole loop (rounds 0..K): locally, or one Ray job per round with --address."""
+    import time
+
+    from r3v_ray import store
     from r3v_ray.config import load_config
-    from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
-    from r3v_ray.prepare import ensure_data, ensure_model
-    from r3v_ray.tasks import get_task, load_image
+    from r3v_ray.selftrain import run_local, submit_rounds
 
     cfg = load_config(args.config, args.set)
-    model_path, data_dir = ensure_model(cfg), ensure_data(cfg)
-    task = get_task(cfg.task.name, **cfg.task.params)
-    records = list(task.read(data_dir, "test"))
-    engine = create_engine("hf", model_path)
-    reqs = [GenerationRequest(task.cot_prompt(r), load_image(r.image, r.id), r.id) for r in records]
-    outs = engine.generate(reqs, SamplingParams(max_new_tokens=cfg.evaluation.max_new_tokens))
-    correct = sum(task.score(o.texts[0], r.answer)[1] for o, r in zip(outs, records))
-    print(f"zero-shot CoT Test@1 of the untrained model: {100 * correct / len(records):.2f}% on {len(records)} questions")
+    start = time.time()
+    if getattr(args, "address", None):
+        submit_rounds(cfg, args.config, args.address, args.set, args.from_round, args.force)
+    else:
+        run_local(cfg, args.from_round, args.force)
+    report = store.join(cfg.run_dir, "report.md")
+    print(store.read_text(report))
+    print(f"finished in {time.time() - start:.0f}s; report: {report}, plot: {store.join(cfg.run_dir, 'accuracy.png')}")
+    return 0
+
+
+def _cmd_round(args) -> int:
+    from r3v_ray.config import load_config
+    from r3v_ray.rounds import run_round
+
+    metrics = run_round(load_config(args.config, args.set), args.round, force=args.force)
+    print({k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"})
     return 0
 
 
@@ -71,10 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_data)
 
-    p = sub.add_parser("demo", help="run the demo on the built-in task (see configs/demo.yaml)")
-    p.add_argument("--config", default="configs/demo.yaml")
+    for name, help_text, default in (
+        ("run", "run the self-training loop (rounds 0..K) of a config", None),
+        ("demo", "the whole loop on the built-in task with the tiny model (configs/demo.yaml)", "configs/demo.yaml"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default=default, required=default is None)
+        p.add_argument("--address", help="Ray dashboard address (http://HOST:8265): one job per round")
+        p.add_argument("--from-round", type=int, default=0)
+        p.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+        p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("round", help="run one round of a config in this process (see jobs/round.py)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--force", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_round)
 
     p = sub.add_parser("config", help="validate a config and print it with every default filled in")
     p.add_argument("config")

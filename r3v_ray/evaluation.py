@@ -1,0 +1,110 @@
+"""Evaluation of a model on the test split: Test@1, Oracle@N, Majority@N and Select@N (DESIGN.md step 5).
+
+The metric functions are pure (rows in, numbers out); `evaluate` is the thin plumbing that produces the rows with
+the distributed sampler. Every test question counts in every denominator: a question whose prompt was skipped
+(unreadable image, over-long prompt) is scored wrong and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Iterable
+
+from r3v_ray.prompts import select_prompt
+from r3v_ray.selection import majority_vote
+from r3v_ray.tasks.base import Record, Task
+
+log = logging.getLogger(__name__)
+
+
+def _by_question(rows: Iterable[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        grouped[row["question_id"]].append(row)
+    for group in grouped.values():
+        group.sort(key=lambda r: r["sample_index"])
+    return grouped
+
+
+def accuracy_at_1(question_ids: list[str], greedy_rows: Iterable[dict]) -> float:
+    """Share of questions whose (single, greedy) rationale is correct."""
+    grouped = _by_question(greedy_rows)
+    return _share(question_ids, lambda q: bool(grouped.get(q)) and bool(grouped[q][0]["correct"]))
+
+
+def oracle_at_n(question_ids: list[str], sampled_rows: Iterable[dict], n: int) -> float:
+    """Share of questions with at least one correct rationale among the first n."""
+    grouped = _by_question(sampled_rows)
+    return _share(question_ids, lambda q: any(r["correct"] for r in grouped.get(q, [])[:n]))
+
+
+def majority_at_n(records: dict[str, Record], task: Task, sampled_rows: Iterable[dict], n: int) -> float:
+    """Share of questions where the vote over the first n extracted answers (selection.majority_vote) is correct."""
+    grouped = _by_question(sampled_rows)
+
+    def correct(q: str) -> bool:
+        winner, _ = majority_vote([r["extracted_answer"] for r in grouped.get(q, [])[:n]])
+        return task.check(winner, records[q].answer) if winner is not None else False
+
+    return _share(list(records), correct)
+
+
+def _share(question_ids: list[str], is_correct) -> float:
+    if not question_ids:
+        return 0.0
+    return 100.0 * sum(1 for q in question_ids if is_correct(q)) / len(question_ids)
+
+
+def select_rows(records: dict[str, Record], task: Task, sampled_rows: Iterable[dict], n: int) -> list[dict]:
+    """Sampler input rows for Select@N: the model reads its own first n candidates with the self-select prompt."""
+    rows = []
+    for qid, group in sorted(_by_question(sampled_rows).items()):
+        record = records[qid]
+        candidates = [r["rationale"] for r in group[:n]]
+        rows.append(
+            {
+                "question_id": qid,
+                "prompt": select_prompt(task.question_text(record), candidates),
+                "image": record.image,
+                "answer": record.answer,
+            }
+        )
+    return rows
+
+
+def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: str, round_index: int,
+             greedy_only: bool = False) -> dict:
+    """Run the evaluation samplings (greedy, N samples, self-select) and return the metrics dict.
+
+    Intermediate samples are kept under `out_uri` (greedy.parquet, samples.parquet, select.parquet) so every
+    number in eval.json can be traced back to the rationales behind it.
+    """
+    from r3v_ray.engines import SamplingParams
+    from r3v_ray.sampling import records_to_rows, sample
+    from r3v_ray.store import join, read_parquet
+
+    by_id = {r.id: r for r in records}
+    qids = list(by_id)
+    rows = records_to_rows(records, task)
+    ev = cfg.evaluation
+    metrics: dict = {"round": round_index, "model": model_path, "num_questions": len(qids), "n": ev.n}
+
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+    stats = sample(cfg, model_path, rows, join(out_uri, "greedy.parquet"), greedy, round_index)
+    metrics["test@1"] = accuracy_at_1(qids, read_parquet(join(out_uri, "greedy.parquet")).to_pylist())
+    metrics["skipped"] = stats.skipped
+    if greedy_only:
+        return metrics
+
+    sampled = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
+                             max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+    sample(cfg, model_path, rows, join(out_uri, "samples.parquet"), sampled, round_index)
+    sampled_rows = read_parquet(join(out_uri, "samples.parquet")).to_pylist()
+    metrics[f"oracle@{ev.n}"] = oracle_at_n(qids, sampled_rows, ev.n)
+    metrics[f"majority@{ev.n}"] = majority_at_n(by_id, task, sampled_rows, ev.n)
+    if ev.select:
+        sel_rows = select_rows(by_id, task, sampled_rows, ev.n)
+        sample(cfg, model_path, sel_rows, join(out_uri, "select.parquet"), greedy, round_index)
+        metrics[f"select@{ev.n}"] = accuracy_at_1(qids, read_parquet(join(out_uri, "select.parquet")).to_pylist())
+    return metrics

@@ -1,0 +1,81 @@
+"""The run report: a table of every round's metrics (report.md) and a plot (accuracy.png), rewritten each round.
+
+Several runs (e.g. R3V and its STaR baseline) can share one report: their columns stand side by side.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from r3v_ray import store
+
+log = logging.getLogger(__name__)
+
+METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@"]
+
+
+def collect(run_uri: str, rounds: int) -> list[dict]:
+    """eval.json of each finished round of one run (missing rounds are left out)."""
+    out = []
+    for k in range(rounds + 1):
+        path = store.join(run_uri, f"round-{k:03d}", "eval.json")
+        if store.exists(path):
+            out.append(store.read_json(path))
+    return out
+
+
+def metric_names(evals: list[dict]) -> list[str]:
+    names = []
+    for ev in evals:
+        for key in ev:
+            if key not in names and any(key.startswith(p) for p in METRIC_ORDER):
+                names.append(key)
+    return sorted(names, key=lambda k: next(i for i, p in enumerate(METRIC_ORDER) if k.startswith(p)))
+
+
+def table_markdown(runs: dict[str, list[dict]]) -> str:
+    """One row per (run, round), one column per metric; values in percent."""
+    names = metric_names([ev for evals in runs.values() for ev in evals])
+    lines = ["| run | round | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for label, evals in runs.items():
+        for ev in evals:
+            cells = [f"{ev[n]:.2f}" if isinstance(ev.get(n), (int, float)) else "" for n in names]
+            lines.append(f"| {label} | {ev['round']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_png(runs: dict[str, list[dict]]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, evals in runs.items():
+        rounds = [ev["round"] for ev in evals]
+        for name in metric_names(evals):
+            xs = [r for r, ev in zip(rounds, evals) if name in ev and name != "zero-shot"]
+            ys = [ev[name] for ev in evals if name in ev and name != "zero-shot"]
+            if xs:
+                ax.plot(xs, ys, marker="o", label=f"{label} {name}")
+    ax.set_xlabel("round (0 = warm-up)")
+    ax.set_ylabel("accuracy on the test split (%)")
+    ax.set_title("R3V self-training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(out_uri: str, runs: dict[str, list[dict]], title: str, notes: list[str] | None = None) -> str:
+    """Write report.md and accuracy.png into out_uri; returns the markdown table."""
+    table = table_markdown(runs)
+    body = [f"# {title}", "", table, "", "![accuracy](accuracy.png)", ""]
+    body += [f"- {n}" for n in notes or []]
+    store.write_text(store.join(out_uri, "report.md"), "\n".join(body) + "\n")
+    store.write_bytes(store.join(out_uri, "accuracy.png"), plot_png(runs))
+    return table

@@ -1,0 +1,187 @@
+"""One self-training round as stages (DESIGN.md sections 1 and 2), each resumable through the round manifest.
+
+Round 0:  build (warm-up data) -> train (M0) -> eval (+ the base model's zero-shot CoT accuracy)
+Round k:  sample (M(k-1) on the train split) -> build (reflection data from the pool of rounds 1..k)
+          -> train (from the base model, or from M(k-1)) -> eval
+
+Stages hand over through files in the run directory only, so any stage can be re-run on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+
+from r3v_ray import store, telemetry
+from r3v_ray.config import RunConfig
+from r3v_ray.manifest import Manifest
+from r3v_ray.prepare import ensure_data, ensure_model
+from r3v_ray.report import collect, write_report
+from r3v_ray.tasks import get_task
+
+log = logging.getLogger("r3v.round")
+
+
+def round_uri(cfg: RunConfig, k: int) -> str:
+    return store.join(cfg.run_dir, f"round-{k:03d}")
+
+
+def checkpoint_dir(cfg: RunConfig, k: int) -> str:
+    return store.join(round_uri(cfg, k), "checkpoint")
+
+
+def read_split(cfg: RunConfig, task, data_dir: str, split: str):
+    records = list(task.read(data_dir, split))
+    cap = cfg.task.max_train if split == "train" else cfg.task.max_test
+    return records[:cap] if cap else records
+
+
+def _write_config(cfg: RunConfig, force: bool) -> None:
+    """runs/<name>/config.yaml records what the run was started with; a different config is refused."""
+    path = store.join(cfg.run_dir, "config.yaml")
+    if store.exists(path) and not force:
+        from r3v_ray.config import config_from_dict
+        import yaml
+
+        old = config_from_dict(yaml.safe_load(store.read_text(path)), path)
+        if old.digest() != cfg.digest():
+            raise RuntimeError(
+                f"{path} holds a different config (digest {old.digest()} vs {cfg.digest()}). "
+                "Re-run with --force to continue under the new config, or give the run a new `name`."
+            )
+        return
+    store.write_text(path, cfg.to_yaml())
+
+
+class RoundRunner:
+    def __init__(self, cfg: RunConfig, round_index: int, force: bool = False):
+        if round_index > cfg.rounds:
+            raise ValueError(f"round {round_index} is beyond the configured rounds ({cfg.rounds})")
+        self.cfg, self.k, self.force = cfg, round_index, force
+        self.uri = round_uri(cfg, round_index)
+        self.task = get_task(cfg.task.name, **cfg.task.params)
+        self.tag = f"[run {cfg.name} round {round_index}]"
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _stage(self, manifest: Manifest, name: str, fn) -> None:
+        if manifest.done(name):
+            log.info("%s stage %s: already done, skipped", self.tag, name)
+            return
+        log.info("%s stage %s: starting", self.tag, name)
+        start = time.time()
+        info = fn() or {}
+        seconds = time.time() - start
+        manifest.record(name, seconds, **info)
+        log.info("%s stage %s: done in %.1fs %s", self.tag, name, seconds, _brief(info))
+
+    def _previous_checkpoint(self) -> str:
+        prev = checkpoint_dir(self.cfg, self.k - 1)
+        manifest_uri = store.join(round_uri(self.cfg, self.k - 1), "manifest.json")
+        stages = store.read_json(manifest_uri).get("stages", {}) if store.exists(manifest_uri) else {}
+        if stages.get("train", {}).get("status") != "done":
+            raise RuntimeError(f"round {self.k} needs round {self.k - 1}'s checkpoint, but {prev} is not finished; "
+                               f"run round {self.k - 1} first")
+        return prev
+
+    # -- stages --------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        import ray
+
+        cfg = self.cfg
+        if not ray.is_initialized():
+            ray.init()
+        store.makedirs(self.uri)
+        _write_config(cfg, self.force)
+        manifest = Manifest.open(store.join(self.uri, "manifest.json"), cfg.digest(), self.k, self.force)
+        self.base_model = ensure_model(cfg)
+        self.data_dir = ensure_data(cfg)
+        self.train_records = read_split(cfg, self.task, self.data_dir, "train")
+        self.test_records = read_split(cfg, self.task, self.data_dir, "test")
+        log.info("%s %d train / %d test questions, model %s", self.tag, len(self.train_records),
+                 len(self.test_records), self.base_model)
+
+        if self.k > 0:
+            self._stage(manifest, "sample", self.sample)
+        self._stage(manifest, "build", self.build)
+        self._stage(manifest, "train", self.train)
+        self._stage(manifest, "eval", self.evaluate)
+        metrics = store.read_json(store.join(self.uri, "eval.json"))
+        self.write_run_report()
+        return metrics
+
+    def sample(self) -> dict:
+        from r3v_ray.sampling import params_from_config, records_to_rows, sample
+
+        params = params_from_config(self.cfg.sampling, seed=self.cfg.seed)
+        rows = records_to_rows(self.train_records, self.task)
+        stats = sample(self.cfg, self._previous_checkpoint(), rows, store.join(self.uri, "samples.parquet"),
+                       params, self.k)
+        if stats.skipped:
+            store.write_json(store.join(self.uri, "skipped.json"), stats.skipped)
+        telemetry.report("record_sampling", self.cfg.name, self.k, stats.num_samples, stats.num_correct)
+        return {"stats": stats.to_dict() | {"skipped": len(stats.skipped)}}
+
+    def build(self) -> dict:
+        from r3v_ray.reflect import build_training_data, build_warmup_data
+
+        if self.k == 0:
+            examples = build_warmup_data(self.train_records, self.task, self.cfg.reflect)
+            stats = {"examples": {"warmup": len(examples)}}
+        else:
+            pool = []
+            for j in range(1, self.k + 1):  # samples of all earlier rounds stay in the pool
+                pool += store.read_parquet(store.join(round_uri(self.cfg, j), "samples.parquet")).to_pylist()
+            records = {r.id: r for r in self.train_records}
+            examples, stats = build_training_data(pool, records, self.task, self.cfg.reflect, self.k)
+        if not examples:
+            raise RuntimeError(f"{self.tag} no training examples were built (stats: {stats})")
+        table = pa.Table.from_pylist(examples)
+        store.write_parquet(store.join(self.uri, "train.parquet"), table)
+        return {"stats": stats}
+
+    def train(self) -> dict:
+        from r3v_ray.training import train
+
+        cfg = self.cfg
+        init = self.base_model
+        if cfg.training.init_from == "previous" and self.k > 0:
+            init = self._previous_checkpoint()
+        result = train(cfg, store.join(self.uri, "train.parquet"), init, checkpoint_dir(cfg, self.k), self.k)
+        metrics = result.to_dict().get("metrics", {})
+        losses = {k.removeprefix("final_loss_"): v for k, v in metrics.items()
+                  if k.startswith("final_loss_") and isinstance(v, (int, float))}
+        if losses:
+            telemetry.report("record_losses", cfg.name, self.k, losses)
+        return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+                "init_from": init}
+
+    def evaluate(self) -> dict:
+        from r3v_ray.evaluation import evaluate
+
+        eval_uri = store.join(self.uri, "eval")
+        metrics = evaluate(self.cfg, checkpoint_dir(self.cfg, self.k), self.test_records, self.task, eval_uri, self.k)
+        if self.k == 0 and self.cfg.evaluation.zero_shot:
+            zs = evaluate(self.cfg, self.base_model, self.test_records, self.task, store.join(eval_uri, "zero-shot"),
+                          self.k, greedy_only=True)
+            metrics["zero-shot"] = zs["test@1"]
+        metrics["method"] = self.cfg.method
+        store.write_json(store.join(self.uri, "eval.json"), metrics)
+        telemetry.report("record_accuracy", self.cfg.name, self.k,
+                         {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"})
+        return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}}
+
+    def write_run_report(self) -> None:
+        runs = {f"{self.cfg.name} ({self.cfg.method})": collect(self.cfg.run_dir, self.cfg.rounds)}
+        table = write_report(self.cfg.run_dir, runs, f"r3v-ray run `{self.cfg.name}`")
+        log.info("%s report:\n%s", self.tag, table)
+
+
+def _brief(info: dict) -> str:
+    text = str(info.get("metrics") or info.get("stats") or "")
+    return text if len(text) < 400 else text[:400] + "..."
+
+
+def run_round(cfg: RunConfig, round_index: int, force: bool = False) -> dict:
+    return RoundRunner(cfg, round_index, force).run()

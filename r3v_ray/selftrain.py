@@ -1,0 +1,109 @@
+"""The self-training loop: rounds 0..K in order, locally or as one Ray job per round on a cluster.
+
+Locally every round runs in this process's Ray. With an address, each round is submitted with Ray's
+JobSubmissionClient (submission id `r3v-<run>-round-<k>`), its logs are streamed here, and the loop stops at the
+first failed round. Rounds already finished are skipped either way (each round's manifest says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from r3v_ray import store
+from r3v_ray.config import RunConfig
+
+log = logging.getLogger("r3v.selftrain")
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def round_finished(cfg: RunConfig, k: int) -> bool:
+    uri = store.join(cfg.run_dir, f"round-{k:03d}", "manifest.json")
+    if not store.exists(uri):
+        return False
+    data = store.read_json(uri)
+    return data.get("config_digest") == cfg.digest() and data.get("stages", {}).get("eval", {}).get("status") == "done"
+
+
+def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
+    from r3v_ray.rounds import run_round
+
+    metrics = {}
+    for k in range(from_round, cfg.rounds + 1):
+        start = time.time()
+        metrics[k] = run_round(cfg, k, force=force)
+        log.info("round %d finished in %.1fs", k, time.time() - start)
+    return metrics
+
+
+def _absolute_overrides(cfg: RunConfig) -> list[str]:
+    """A submitted job runs in an unpacked copy of the working dir: local relative paths must become absolute
+    (on a real cluster, storage.root should be shared storage such as s3:// or NFS)."""
+    out = []
+    for key, value in (("storage.root", cfg.storage.root), ("model.path", cfg.model.path),
+                       ("task.data_dir", cfg.task.data_dir)):
+        if "://" not in value and not os.path.isabs(value) and (key != "model.path" or cfg.model.tiny or Path(value).exists()):
+            out.append(f"{key}={os.path.abspath(value)}")
+    return out
+
+
+def _free_submission_id(client, base: str) -> str:
+    taken = {j.submission_id for j in client.list_jobs()}
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-attempt-{n}" in taken:
+        n += 1
+    return f"{base}-attempt-{n}"
+
+
+async def _tail(client, submission_id: str) -> None:
+    async for lines in client.tail_job_logs(submission_id):
+        print(lines, end="", flush=True)
+
+
+def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: list[str], from_round: int = 0,
+                  force: bool = False, working_dir: str = ".") -> list[str]:
+    """Submit rounds from_round..K one job at a time; returns the submission ids. Raises on the first failure."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    sets = overrides + _absolute_overrides(cfg)
+    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR") if k in os.environ}
+    ids = []
+    for k in range(from_round, cfg.rounds + 1):
+        args = ["python", "jobs/round.py", "--config", config_path, "--round", str(k)]
+        args += [a for s in sets for a in ("--set", s)] + (["--force"] if force else [])
+        submission_id = _free_submission_id(client, f"r3v-{cfg.name}-round-{k}")
+        client.submit_job(
+            entrypoint=" ".join(_quote(a) for a in args),
+            submission_id=submission_id,
+            runtime_env={"working_dir": working_dir, "env_vars": env,
+                         "excludes": [".venv", "runs", ".git", "__pycache__", "*.egg-info"]},
+            metadata={"r3v_run": cfg.name, "r3v_round": str(k), "r3v_method": cfg.method},
+        )
+        log.info("submitted round %d as %s", k, submission_id)
+        ids.append(submission_id)
+        try:
+            asyncio.run(_tail(client, submission_id))
+        except Exception as exc:  # log streaming is a convenience; the status below is what counts
+            log.warning("log streaming stopped: %s", exc)
+        status = client.get_job_status(submission_id)
+        while str(status).split(".")[-1] not in TERMINAL:
+            time.sleep(2)
+            status = client.get_job_status(submission_id)
+        status = str(status).split(".")[-1]
+        if status != "SUCCEEDED":
+            info = client.get_job_info(submission_id)
+            raise RuntimeError(f"round {k} ({submission_id}) {status}: {info.message}")
+    return ids
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
