@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 ANSWER_PREFIX = "Answer:"
 _ANSWER_LINE = re.compile(r"Answer\s*:\s*(.+)", re.IGNORECASE)
@@ -26,6 +29,68 @@ class RecordError(ValueError):
     def __init__(self, record_id: str, field_name: str, problem: str):
         self.record_id, self.field_name, self.problem = record_id, field_name, problem
         super().__init__(f"record {record_id!r}: field {field_name!r}: {problem}")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """One record a reader left out, and why."""
+
+    record_id: str
+    field: str
+    reason: str
+
+
+@dataclass
+class ReadReport:
+    """What one read of one split did: records yielded and records skipped (each with its id and reason).
+
+    Every reader fills one; `Task.read` makes its own and logs it when the caller passes none.
+    """
+
+    source: str = ""
+    read: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+
+    def skip(self, record_id: str, field_name: str, reason: str) -> None:
+        self.skipped.append(Skip(str(record_id), field_name, reason))
+
+    def skip_error(self, error: RecordError) -> None:
+        self.skip(error.record_id, error.field_name, error.problem)
+
+    @property
+    def seen(self) -> int:
+        return self.read + len(self.skipped)
+
+    def skipped_by_field(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.skipped:
+            counts[s.field] = counts.get(s.field, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def summary(self) -> str:
+        text = f"{self.source or 'read'}: {self.read} read, {len(self.skipped)} skipped"
+        if self.skipped:
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in self.skipped_by_field().items()) + ")"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "read": self.read,
+            "skipped": len(self.skipped),
+            "skipped_by_field": self.skipped_by_field(),
+            "skips": [asdict(s) for s in self.skipped],
+        }
+
+    def log(self, logger: logging.Logger = log, show: int = 10) -> None:
+        if not self.skipped:
+            logger.info(self.summary())
+            return
+        logger.warning(self.summary())
+        for s in self.skipped[:show]:
+            logger.warning("  skipped %s: %s: %s", s.record_id, s.field, s.reason)
+        if len(self.skipped) > show:
+            logger.warning("  ... and %d more skipped records", len(self.skipped) - show)
 
 
 @dataclass
@@ -133,10 +198,32 @@ class Task(ABC):
         predicted = self.extract_answer(rationale)
         return predicted, (predicted is not None and self.check(predicted, gold))
 
+    def extract_for(self, record: Record, text: str | None) -> str | None:
+        """Extraction that may use the record (its options, its unit); the default ignores the record.
+
+        Multiple-choice tasks override it to map an answer given as option text to its letter.
+        """
+        return self.extract_answer(text)
+
+    def score_record(self, record: Record, rationale: str | None) -> tuple[str | None, bool]:
+        predicted = self.extract_for(record, rationale)
+        return predicted, (predicted is not None and self.check(predicted, record.answer))
+
     # -- data ------------------------------------------------------------------------------------
-    def read(self, path: str | Path, split: str = "train") -> Iterator[Record]:
-        """Records of one split. The default reads `<path>/<split>.jsonl` of the common record."""
-        yield from read_jsonl_records(Path(path) / f"{split}.jsonl")
+    def read(self, path: str | Path, split: str = "train", report: ReadReport | None = None) -> Iterator[Record]:
+        """Records of one split, streamed. `report` (made and logged here when None) counts read and skipped."""
+        own = report is None
+        if report is None:
+            report = ReadReport(source=f"{self.name} {split} ({path})")
+        for record in self.iter_records(Path(path), split, report):
+            report.read += 1
+            yield record
+        if own:
+            report.log()
+
+    def iter_records(self, path: Path, split: str, report: ReadReport) -> Iterator[Record]:
+        """The task's reader; skipped records go to `report`. The default reads `<path>/<split>.jsonl`."""
+        yield from read_jsonl_records(path / f"{split}.jsonl")
 
 
 def read_jsonl_records(path: str | Path) -> Iterator[Record]:
