@@ -109,6 +109,8 @@ class TrainingConfig(_Strict):
     bf16: bool = False
     gradient_clipping: float = Field(1.0, ge=0.0)
     max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: restarts from the last checkpoint
+    checkpoint_every_steps: int = Field(50, ge=0)  # resumable checkpoints reported to Ray Train (0: final only)
+    checkpoints_to_keep: int = Field(2, ge=1)
     seed: int = 0
 
 
