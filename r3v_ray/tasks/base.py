@@ -23,6 +23,14 @@ ANSWER_PREFIX = "Answer:"
 _ANSWER_LINE = re.compile(r"Answer\s*:\s*(.+)", re.IGNORECASE)
 
 
+def last_answer_text(text: str | None) -> str | None:
+    """The raw content of the last 'Answer:' line (an answer buried earlier in the rationale does not count)."""
+    if not text:
+        return None
+    found = _ANSWER_LINE.findall(text)
+    return found[-1].strip() if found else None
+
+
 class RecordError(ValueError):
     """A record that cannot be used; the message names the record and the field."""
 
@@ -180,12 +188,10 @@ class Task(ABC):
     # -- scoring ---------------------------------------------------------------------------------
     def extract_answer(self, text: str | None) -> str | None:
         """The content of the last 'Answer:' line, normalised; None when there is none."""
-        if not text:
+        raw = last_answer_text(text)
+        if raw is None:
             return None
-        found = _ANSWER_LINE.findall(text)
-        if not found:
-            return None
-        return self.normalize(found[-1].strip()) or None
+        return self.normalize(raw) or None
 
     def normalize(self, answer: str) -> str | None:
         return answer.strip().rstrip(".").strip() or None
