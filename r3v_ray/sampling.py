@@ -1,0 +1,375 @@
+"""Distributed sampling: questions -> Ray Data map_batches over a pool of engine actors -> labeled samples (parquet).
+
+DESIGN.md section 1 step 1-2 and section 2. The pure parts (rows from records, sampling parameters from config,
+labeling of engine outputs, the output table) are module functions; `EngineActor` and `sample` are the Ray
+plumbing around them.
+
+Output parquet columns, sorted by (question_id, sample_index):
+    question_id (str), round (int), sample_index (int), rationale (str), extracted_answer (str, null when none),
+    correct (bool), n_tokens (int)
+A row whose image cannot be decoded or whose prompt is too long is skipped (never truncated): it is logged with its
+question id and returned in SamplingStats.skipped, for the caller to write out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from r3v_ray import store
+from r3v_ray.config import RunConfig, SamplingConfig
+from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
+from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("round", pa.int64()),
+        ("sample_index", pa.int64()),
+        ("rationale", pa.string()),
+        ("extracted_answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("n_tokens", pa.int64()),
+    ]
+)
+# What an actor returns: the sample columns plus a skip reason (a skipped question is one row with
+# sample_index -1) and the batch's start/end times (for throughput without actor start-up).
+_ACTOR_SCHEMA = pa.schema(
+    list(SAMPLE_SCHEMA)
+    + [("skip_reason", pa.string()), ("batch_start", pa.float64()), ("batch_end", pa.float64())]
+)
+_MAX_PASSES = 3  # a pass re-runs only the questions a failed pass left without output
+
+
+# -- pure parts ---------------------------------------------------------------------------------------------
+
+
+def records_to_rows(records: list[Record], task: Task) -> list[dict]:
+    """One row per question: its CoT prompt, image path (or None) and gold answer."""
+    return [
+        {"question_id": r.id, "prompt": task.cot_prompt(r), "image": r.image, "answer": r.answer} for r in records
+    ]
+
+
+def params_from_config(
+    sampling: SamplingConfig, seed: int, n: int | None = None, greedy: bool = False
+) -> SamplingParams:
+    """Engine sampling parameters from the config; greedy means one really greedy sample per row."""
+    if greedy:
+        return SamplingParams(n=1, temperature=0.0, max_new_tokens=sampling.max_new_tokens, seed=seed)
+    return SamplingParams(
+        n=sampling.num_samples if n is None else n,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        max_new_tokens=sampling.max_new_tokens,
+        seed=seed,
+    )
+
+
+@dataclass
+class SamplingStats:
+    num_rows: int = 0  # questions asked
+    num_samples: int = 0  # rationales written
+    num_correct: int = 0
+    num_skipped: int = 0
+    skipped: list[dict] = field(default_factory=list)  # {"question_id", "reason"}
+    seconds: float = 0.0  # wall time of `sample`, actor start-up and the write included
+    generate_seconds: float = 0.0  # first batch start to last batch end over all samplers (no start-up)
+    passes: int = 0  # pipeline passes (more than 1 only when a pass lost questions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_key(question_id: str, round_index: int) -> str:
+    return f"{question_id}/{round_index}"
+
+
+def label_outputs(
+    rows: list[dict], outputs: list[RequestOutput], task: Task, round_index: int
+) -> list[dict]:
+    """Sample records (with skip_reason None) and skip records (sample_index -1) for engine outputs.
+
+    Every rationale is labeled with the task's own extractor and checker; a row without a gold answer (e.g. at
+    serving time) is extracted but never counted correct.
+    """
+    out: list[dict] = []
+    for row, result in zip(rows, outputs, strict=True):
+        qid = str(row["question_id"])
+        if result.error is not None:
+            out.append(_skip_record(qid, round_index, result.error))
+            continue
+        gold = row.get("answer")
+        for index, (text, n_tokens) in enumerate(zip(result.texts, result.n_tokens, strict=True)):
+            if gold is None:
+                extracted, correct = task.extract_answer(text), False
+            else:
+                extracted, correct = task.score(text, str(gold))
+            out.append(
+                {
+                    "question_id": qid,
+                    "round": round_index,
+                    "sample_index": index,
+                    "rationale": text,
+                    "extracted_answer": extracted,
+                    "correct": bool(correct),
+                    "n_tokens": int(n_tokens),
+                    "skip_reason": None,
+                }
+            )
+    return out
+
+
+def _skip_record(question_id: str, round_index: int, reason: str) -> dict:
+    return {
+        "question_id": question_id,
+        "round": round_index,
+        "sample_index": -1,
+        "rationale": "",
+        "extracted_answer": None,
+        "correct": False,
+        "n_tokens": 0,
+        "skip_reason": reason,
+    }
+
+
+def check_rows(rows: list[dict]) -> None:
+    """Refuse rows the pipeline cannot key: missing question_id/prompt or a repeated question_id."""
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        for name in ("question_id", "prompt"):
+            if not isinstance(row.get(name), str) or not row[name]:
+                raise ValueError(f"sampling row {i} (question_id {row.get('question_id')!r}): field {name!r} missing or not a string")
+        if row["question_id"] in seen:
+            raise ValueError(f"sampling row {i}: question_id {row['question_id']!r} appears twice")
+        seen.add(row["question_id"])
+
+
+def finalize(records: list[dict]) -> tuple[pa.Table, list[dict]]:
+    """(sample table sorted by (question_id, sample_index), skipped list), duplicates dropped.
+
+    Retried batches can deliver a question twice; a (question_id, sample_index) pair is kept once (samples are
+    seeded per row, so the copies are equal). A question with samples is never also reported as skipped.
+    """
+    samples: dict[tuple[str, int], dict] = {}
+    skips: dict[str, str] = {}
+    for rec in records:
+        if rec.get("skip_reason") is not None:
+            skips.setdefault(rec["question_id"], rec["skip_reason"])
+        else:
+            samples.setdefault((rec["question_id"], int(rec["sample_index"])), rec)
+    ordered = [samples[k] for k in sorted(samples)]
+    sampled_ids = {qid for qid, _ in samples}
+    skipped = [{"question_id": q, "reason": r} for q, r in sorted(skips.items()) if q not in sampled_ids]
+    columns = {name: [rec[name] for rec in ordered] for name in SAMPLE_SCHEMA.names}
+    return pa.table(columns, schema=SAMPLE_SCHEMA), skipped
+
+
+def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """Constructor kwargs for the configured engine kind."""
+    common = dict(
+        dtype=cfg.model.dtype,
+        max_prompt_tokens=cfg.sampling.max_prompt_tokens,
+        min_pixels=cfg.model.min_pixels,
+        max_pixels=cfg.model.max_pixels,
+        torch_threads=cfg.resources.torch_threads,
+    )
+    if cfg.sampling.engine == "vllm":
+        return dict(
+            common,
+            tensor_parallel_size=cfg.sampling.tensor_parallel_size,
+            gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
+            seed=cfg.seed,
+        )
+    return common
+
+
+def _decode_image(value: Any, question_id: str):
+    if value is None:
+        return None
+    if isinstance(value, str) and "://" in value:  # on a cluster images may live in object storage
+        try:
+            value = store.read_bytes(value)
+        except Exception as exc:
+            raise RecordError(question_id, "image", f"cannot read {value} ({type(exc).__name__}: {exc})") from exc
+    return load_image(value, question_id)
+
+
+# -- Ray plumbing -------------------------------------------------------------------------------------------
+
+
+class EngineActor:
+    """One engine per actor, loaded once; each call samples and labels one batch of question rows."""
+
+    def __init__(
+        self,
+        engine_kind: str,
+        model_path: str,
+        engine_kw: dict,
+        task_name: str,
+        task_params: dict,
+        params: dict,
+        round_index: int,
+    ):
+        from r3v_ray.engines import create_engine
+
+        self.engine = create_engine(engine_kind, model_path, **engine_kw)
+        self.task = get_task(task_name, **task_params)
+        self.params = SamplingParams(**params)
+        self.round_index = round_index
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        start = time.time()
+        kept, requests, records = [], [], []
+        for row in batch.to_pylist():
+            qid = str(row["question_id"])
+            try:
+                image = _decode_image(row.get("image"), qid)
+            except RecordError as exc:
+                records.append(_skip_record(qid, self.round_index, str(exc)))
+                continue
+            kept.append(row)
+            requests.append(GenerationRequest(row["prompt"], image, seed_key(qid, self.round_index)))
+        if requests:
+            records += label_outputs(kept, self.engine.generate(requests, self.params), self.task, self.round_index)
+        end = time.time()
+        for rec in records:
+            rec["batch_start"], rec["batch_end"] = start, end
+        return pa.Table.from_pylist(records, schema=_ACTOR_SCHEMA)
+
+
+def _lost_worker_errors() -> tuple[type[BaseException], ...]:
+    from ray import exceptions
+
+    names = ("RayActorError", "WorkerCrashedError", "ObjectLostError", "NodeDiedError")
+    return tuple(getattr(exceptions, n) for n in names if hasattr(exceptions, n))
+
+
+def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: SamplingParams, round_index: int):
+    """One Ray Data pass; returns (records received, error or None). Records received before an error are kept."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    lost_worker = _lost_worker_errors()
+    ds = ray.data.from_items(rows).map_batches(
+        EngineActor,
+        batch_format="pyarrow",
+        batch_size=cfg.sampling.batch_size,
+        compute=ActorPoolStrategy(size=cfg.resources.num_samplers),
+        num_cpus=cfg.resources.cpus_per_sampler,
+        num_gpus=cfg.resources.gpus_per_sampler,
+        fn_constructor_kwargs=dict(
+            engine_kind=cfg.sampling.engine,
+            model_path=model_path,
+            engine_kw=engine_kwargs(cfg),
+            task_name=cfg.task.name,
+            task_params=dict(cfg.task.params),
+            params=asdict(params),
+            round_index=round_index,
+        ),
+        # Fault tolerance: Ray Data starts pool actors with max_restarts=-1 and max_task_retries=-1, so a
+        # crashed sampler is restarted and its batch retried. Passing them here (**ray_remote_args) is
+        # deprecated since Ray 2.60 and goes away in 2.64, so the defaults are relied on; a pass that still
+        # fails is re-run by `sample` for the questions it left without output.
+    )
+    records: list[dict] = []
+    try:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            records += batch.to_pylist()
+    except lost_worker as exc:  # a sampler died for good (e.g. ray.kill): another pass can help
+        return records, exc
+    return records, None  # any other error (a bug, a bad model path) is raised as is: a re-run would repeat it
+
+
+def wait_for_release(before: dict[str, float], timeout_s: float = 60.0) -> None:
+    """Wait (bounded) until the CPUs/GPUs free before sampling are free again.
+
+    Ray Data drops its actor handles when the dataset finishes, but actors die and report their resources back
+    asynchronously; training starts right after sampling and needs those CPUs.
+    """
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = ray.available_resources()
+        short = {k: v - now.get(k, 0.0) for k, v in before.items() if now.get(k, 0.0) + 1e-6 < v}
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            log.warning("sampling: resources %s not yet released after %.0f s", short, timeout_s)
+            return
+        time.sleep(0.1)
+
+
+def sample(
+    cfg: RunConfig, model_path: str, rows: list[dict], out_uri: str, params: SamplingParams, round_index: int
+) -> SamplingStats:
+    """Sample params.n rationales per row over a pool of engine actors, label them, write `out_uri` atomically."""
+    import ray
+
+    started = time.time()
+    check_rows(rows)
+    if not ray.is_initialized():
+        ray.init()
+    before = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+    records: list[dict] = []
+    pending = list(rows)
+    passes = 0
+    try:
+        while pending:
+            if passes == _MAX_PASSES:
+                raise RuntimeError(
+                    f"sampling: {len(pending)} questions still without output after {passes} passes "
+                    f"(first: {[r['question_id'] for r in pending[:5]]}); last error: {error!r}"
+                ) from error
+            passes += 1
+            got, error = _run_pass(cfg, model_path, pending, params, round_index)
+            records += got
+            done = {rec["question_id"] for rec in got}
+            pending = [r for r in pending if r["question_id"] not in done]
+            if error is not None:
+                log.warning("sampling: pass %d failed (%r); %d questions left", passes, error, len(pending))
+            elif pending:  # a pass that ends cleanly must cover every question
+                raise RuntimeError(f"sampling: pass ended without output for {[r['question_id'] for r in pending[:5]]}")
+    finally:
+        wait_for_release(before)
+
+    table, skipped = finalize(records)
+    _check_counts(table, skipped, rows, params)
+    for item in skipped:
+        log.warning("sampling: skipped question %s: %s", item["question_id"], item["reason"])
+    store.write_parquet(out_uri, table)
+    starts = [rec["batch_start"] for rec in records]
+    ends = [rec["batch_end"] for rec in records]
+    return SamplingStats(
+        num_rows=len(rows),
+        num_samples=table.num_rows,
+        num_correct=int(sum(table.column("correct").to_pylist())),
+        num_skipped=len(skipped),
+        skipped=skipped,
+        seconds=time.time() - started,
+        generate_seconds=(max(ends) - min(starts)) if records else 0.0,
+        passes=passes,
+    )
+
+
+def _check_counts(table: pa.Table, skipped: list[dict], rows: list[dict], params: SamplingParams) -> None:
+    """Every question is either skipped or has exactly params.n samples; anything else is a bug, loudly."""
+    counts: dict[str, int] = {}
+    for qid in table.column("question_id").to_pylist():
+        counts[qid] = counts.get(qid, 0) + 1
+    skipped_ids = {s["question_id"] for s in skipped}
+    wrong = [
+        (r["question_id"], counts.get(r["question_id"], 0))
+        for r in rows
+        if r["question_id"] not in skipped_ids and counts.get(r["question_id"], 0) != params.n
+    ]
+    if wrong:
+        raise RuntimeError(f"sampling: questions without exactly {params.n} samples (id, count): {wrong[:5]}")
