@@ -61,6 +61,17 @@ def _cmd_round(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from r3v_ray.serving.checkpoint import CheckpointError
+    from r3v_ray.serving.launch import serve_forever
+
+    try:
+        return serve_forever(args)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -100,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_round)
+
+    from r3v_ray.serving.launch import add_serve_args  # argparse only; Ray Serve loads when the command runs
+
+    p = add_serve_args(sub.add_parser("serve", help="serve a checkpoint: best-of-N self-selection over HTTP (Ray Serve)"))
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("config", help="validate a config and print it with every default filled in")
     p.add_argument("config")

@@ -1,0 +1,127 @@
+"""Composing the Serve application: sampler deployment (replicas/autoscaling from ServeConfig) bound into the
+ingress. `app_builder` is the import path for `serve run`:
+
+    serve run r3v_ray.serving.app:app_builder checkpoint=runs/demo/round-002/checkpoint
+    serve run r3v_ray.serving.app:app_builder run_dir=runs/demo round=2 config=configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from r3v_ray import store
+from r3v_ray.config import ConfigError, RunConfig, config_from_dict, load_config
+from r3v_ray.serving import checkpoint as ckpt
+from r3v_ray.serving.deployments import Ingress, Sampler
+
+
+def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """Constructor arguments of the serving engine, from the run's model/sampling config."""
+    kw: dict[str, Any] = {
+        "dtype": cfg.model.dtype,
+        "max_prompt_tokens": cfg.sampling.max_prompt_tokens,
+        "min_pixels": cfg.model.min_pixels,
+        "max_pixels": cfg.model.max_pixels,
+    }
+    if cfg.serve.engine == "hf":
+        kw["torch_threads"] = cfg.serve.torch_threads
+    else:
+        kw.update(tensor_parallel_size=cfg.sampling.tensor_parallel_size, gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)
+    return kw
+
+
+def sampler_options(cfg: RunConfig) -> dict[str, Any]:
+    s = cfg.serve
+    opts: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "health_check_period_s": s.health_check_period_s,
+    }
+    if s.num_replicas == "auto":
+        opts["num_replicas"] = "auto"
+        opts["autoscaling_config"] = {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        }
+    else:
+        opts["num_replicas"] = s.num_replicas
+    return opts
+
+
+def model_info(cfg: RunConfig, served: ckpt.ServedModel) -> dict[str, Any]:
+    """What GET /v1/models reports: the model id, the checkpoint and the round it came from."""
+    return {
+        "id": cfg.serve.model_name or served.model_id(cfg.name if served.run_dir else None),
+        "checkpoint": served.checkpoint,
+        "round": served.round,
+        "run_dir": served.run_dir,
+        "task": cfg.task.name,
+        "engine": cfg.serve.engine,
+    }
+
+
+def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
+    s = cfg.serve
+    sampler = Sampler.options(**sampler_options(cfg)).bind(
+        served.checkpoint, s.engine, engine_kwargs(cfg), s.max_batch_size, s.batch_wait_timeout_s
+    )
+    settings = {
+        "serve": s.model_dump(mode="json"),
+        "task": cfg.task.name,
+        "task_params": cfg.task.params,
+        "model": model_info(cfg, served),
+    }
+    return Ingress.options(num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": s.ingress_cpus}).bind(sampler, settings)
+
+
+def load_run_config(config: str | None = None, run_dir: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """An explicit config file wins; else the run directory's own config.yaml; else the defaults."""
+    if config:
+        return load_config(config, overrides)
+    if run_dir and store.exists(store.join(run_dir, "config.yaml")):
+        import yaml
+
+        data = yaml.safe_load(store.read_text(store.join(run_dir, "config.yaml"))) or {}
+        return _with_overrides(data, overrides, f"{run_dir}/config.yaml")
+    return _with_overrides({}, overrides, "<defaults>")
+
+
+def _with_overrides(data: dict, overrides: list[str] | None, source: str) -> RunConfig:
+    import yaml
+
+    from r3v_ray.config import _set_dotted  # the same `a.b=value` rule as load_config
+
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return config_from_dict(data, source)
+
+
+def prepare(
+    checkpoint: str | None = None,
+    run_dir: str | None = None,
+    round_: int | None = None,
+    task: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[RunConfig, ckpt.ServedModel]:
+    cfg = load_run_config(config, run_dir, overrides)
+    if task:
+        cfg.task.name = task
+    return cfg, ckpt.resolve(checkpoint, run_dir, round_)
+
+
+def app_builder(args: dict[str, str]) -> Application:
+    """`serve run r3v_ray.serving.app:app_builder key=value ...`; keys: checkpoint | run_dir [round], task,
+    config, and any dotted config override (e.g. serve.max_n=4)."""
+    args = dict(args)
+    known = {k: args.pop(k, None) for k in ("checkpoint", "run_dir", "round", "task", "config")}
+    overrides = [f"{k}={v}" for k, v in args.items()]
+    round_ = int(known["round"]) if known["round"] not in (None, "") else None
+    cfg, served = prepare(known["checkpoint"], known["run_dir"], round_, known["task"], known["config"], overrides)
+    return build_app(cfg, served)

@@ -1,0 +1,141 @@
+"""Best-of-N selection, the method part of serving: prompts, the decision rule, and one async driver.
+
+The driver takes a `generate(request, params) -> RequestOutput` coroutine, so the same code runs behind Ray
+Serve (a deployment handle) and in-process (an engine called directly; see `select_in_process`), and the
+benchmark's "direct call" is exactly what the endpoint computes.
+
+Strategies:
+- first:       the first candidate's answer.
+- majority:    r3v_ray.selection.majority_vote over the extracted answers (ties: earliest first occurrence).
+               With no extractable answer at all, the answer is None and the first candidate is returned.
+- self_select: the model reads its N candidates with the training select prompt (r3v_ray.prompts) and answers
+               greedily; its extracted answer is final (as in Select@N), even when no candidate holds it.
+The chosen candidate is the first one whose extracted answer equals the final answer (None if none does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Awaitable, Callable
+
+from r3v_ray.engines import Engine, GenerationRequest, RequestOutput, SamplingParams
+from r3v_ray.prompts import select_prompt
+from r3v_ray.selection import majority_vote
+from r3v_ray.serving.errors import RequestError
+from r3v_ray.serving.requests import Query
+from r3v_ray.tasks import Record, Task
+
+Generate = Callable[[GenerationRequest, SamplingParams], Awaitable[RequestOutput]]
+SERVE_KEY = "serve"  # row key for seeded sampling: a request's candidates depend only on its content and seed
+
+
+@dataclass
+class Candidate:
+    index: int
+    text: str
+    answer: str | None
+    n_tokens: int
+
+
+@dataclass
+class Selection:
+    strategy: str
+    answer: str | None  # the final answer
+    chosen_index: int | None  # the candidate returned, None when no candidate holds the final answer
+    text: str  # the chosen candidate's rationale, or the selector's output when no candidate was chosen
+    finish_reason: str  # "stop" or "length" (the returned text hit its token limit)
+    candidates: list[Candidate]
+    votes: dict[str, int]
+    selector_text: str | None = None
+    selector_answer: str | None = None
+    seed: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def query_record(query: Query) -> Record:
+    # The task formats questions from a Record; a served question has no id or gold answer.
+    return Record(id="request", question=query.question, answer="", choices=query.choices)
+
+
+def candidate_request(task: Task, query: Query) -> GenerationRequest:
+    return GenerationRequest(task.cot_prompt(query_record(query)), query.image, SERVE_KEY)
+
+
+def selector_request(task: Task, query: Query, texts: list[str]) -> GenerationRequest:
+    """The self-select prompt exactly as training builds it: question (with image), then the numbered candidates."""
+    return GenerationRequest(select_prompt(task.question_text(query_record(query)), texts), query.image, SERVE_KEY)
+
+
+def decide(strategy: str, answers: list[str | None], selector_answer: str | None = None) -> tuple[str | None, int | None]:
+    """(final answer, chosen candidate index) for extracted `answers`; pure."""
+    if not answers:
+        raise ValueError("no candidates to select from")
+    if strategy == "first":
+        return answers[0], 0
+    if strategy == "majority":
+        winner, _ = majority_vote(answers)
+        return winner, (answers.index(winner) if winner is not None else 0)
+    if strategy == "self_select":
+        held = selector_answer is not None and selector_answer in answers
+        return selector_answer, (answers.index(selector_answer) if held else None)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _check(out: RequestOutput, what: str, expect: int) -> None:
+    if out.error:
+        # The engine skips over-long prompts instead of truncating them: the client asked for too much.
+        raise RequestError(what, out.error, 400, "prompt_too_long")
+    if len(out.texts) != expect:
+        raise RuntimeError(f"engine returned {len(out.texts)} texts for {what}, expected {expect}")
+
+
+async def run_selection(task: Task, query: Query, generate: Generate) -> Selection:
+    t0 = time.perf_counter()
+    out = await generate(candidate_request(task, query), query.params)
+    _check(out, "question", query.n)
+    answers = [task.extract_answer(t) for t in out.texts]
+    candidates = [Candidate(i, t, a, k) for i, (t, a, k) in enumerate(zip(out.texts, answers, out.n_tokens))]
+    t1 = time.perf_counter()
+    selector_text = selector_answer = None
+    selector_tokens = 0
+    if query.strategy == "self_select":
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=query.select_max_new_tokens, seed=query.params.seed)
+        sel = await generate(selector_request(task, query, out.texts), greedy)
+        _check(sel, "n", 1)  # the select prompt holds all N candidates: fewer or shorter ones fit
+        selector_text, selector_tokens = sel.texts[0], sel.n_tokens[0]
+        selector_answer = task.extract_answer(selector_text)
+    t2 = time.perf_counter()
+    answer, chosen = decide(query.strategy, answers, selector_answer)
+    if chosen is not None:
+        text, hit_limit = candidates[chosen].text, candidates[chosen].n_tokens >= query.params.max_new_tokens
+    else:
+        text, hit_limit = selector_text or "", selector_tokens >= query.select_max_new_tokens
+    _, votes = majority_vote(answers)
+    timings = {"sample_ms": 1000 * (t1 - t0), "select_ms": 1000 * (t2 - t1), "total_ms": 1000 * (t2 - t0)}
+    return Selection(
+        strategy=query.strategy,
+        answer=answer,
+        chosen_index=chosen,
+        text=text,
+        finish_reason="length" if hit_limit else "stop",
+        candidates=candidates,
+        votes=votes,
+        selector_text=selector_text,
+        selector_answer=selector_answer,
+        seed=query.params.seed,
+        timings_ms={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+def select_in_process(engine: Engine, task: Task, query: Query) -> Selection:
+    """The same selection with an engine in this process (no Ray, no HTTP): the benchmark's baseline."""
+
+    async def generate(request: GenerationRequest, params: SamplingParams) -> RequestOutput:
+        return engine.generate([request], params)[0]
+
+    return asyncio.run(run_selection(task, query, generate))
