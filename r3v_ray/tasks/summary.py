@@ -1,0 +1,71 @@
+"""What `r3v data inspect` shows about one split of a task's data: counts read and skipped (with reasons), an
+example prompt in both forms, and the gold-answer distribution. `summarize` reads; `format_summary` is pure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+from r3v_ray.tasks.base import ReadReport, Record, Task
+
+
+@dataclass
+class DataSummary:
+    task: str
+    split: str
+    report: ReadReport
+    answers: Counter = field(default_factory=Counter)  # gold answer -> count
+    example: Record | None = None
+    cot_prompt: str | None = None
+    direct_prompt: str | None = None
+    direct_target: str | None = None
+
+
+def summarize(task: Task, path: str | Path, split: str, limit: int | None = None) -> DataSummary:
+    """Read up to `limit` records of one split (all when None) and summarise them."""
+    report = ReadReport(source=f"{task.name} {split} ({path})")
+    summary = DataSummary(task=task.name, split=split, report=report)
+    for record in islice(task.read(path, split, report), limit):
+        summary.answers[record.answer] += 1
+        if summary.example is None:
+            summary.example = record
+            summary.cot_prompt = task.cot_prompt(record)
+            summary.direct_prompt = task.direct_prompt(record)
+            summary.direct_target = task.format_answer(record.answer)
+    return summary
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def format_summary(summary: DataSummary, top: int = 10, show_skips: int = 10) -> str:
+    report = summary.report
+    lines = [f"task {summary.task}, split {summary.split}", f"  {report.summary()}"]
+    for skip in report.skipped[:show_skips]:
+        lines.append(f"    skipped {skip.record_id}: {skip.field}: {skip.reason}")
+    if len(report.skipped) > show_skips:
+        lines.append(f"    ... and {len(report.skipped) - show_skips} more")
+    if summary.example is not None:
+        ex = summary.example
+        lines += [
+            f"example {ex.id} (image: {ex.image}; gold: {ex.answer})",
+            "  CoT prompt:",
+            _indent(summary.cot_prompt or ""),
+            "  warm-up direct prompt -> target:",
+            _indent(summary.direct_prompt or ""),
+            _indent(f"-> {summary.direct_target}"),
+        ]
+        if ex.rationale:
+            lines += ["  teacher rationale:", _indent(ex.rationale)]
+    total = sum(summary.answers.values())
+    lines.append(f"answers: {len(summary.answers)} distinct over {total} records")
+    for answer, count in summary.answers.most_common(top):
+        lines.append(f"  {count:>7}  {100 * count / total:5.1f}%  {answer}")
+    if len(summary.answers) > top:
+        rest = total - sum(c for _, c in summary.answers.most_common(top))
+        lines.append(f"  {rest:>7}  {100 * rest / total:5.1f}%  ({len(summary.answers) - top} other answers)")
+    return "\n".join(lines)
