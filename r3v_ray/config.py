@@ -133,6 +133,20 @@ class ResourcesConfig(_Strict):
     cpus_per_train_worker: float = Field(1.0, ge=0.0)
     gpus_per_train_worker: float = Field(0.0, ge=0.0)
     torch_threads: int = Field(1, ge=1)  # per actor/worker: 1 on small CPU machines avoids oversubscription
+    # Cluster placement (cluster.yaml): extra Ray resources and a GPU model (Ray's accelerator_type, e.g. "A10G")
+    # per sampler actor / train worker, so the autoscaler starts the right node type. Empty: no constraint.
+    sampler_resources: dict[str, float] = Field(default_factory=dict)
+    sampler_accelerator_type: str | None = None
+    train_worker_resources: dict[str, float] = Field(default_factory=dict)
+    train_accelerator_type: str | None = None
+
+    @model_validator(mode="after")
+    def _custom_resources_only(self) -> "ResourcesConfig":
+        # CPU/GPU have their own fields; Ray refuses them inside `resources` only once a job is running.
+        for name in ("sampler_resources", "train_worker_resources"):
+            if {"CPU", "GPU"} & set(getattr(self, name)):
+                raise ValueError(f"resources.{name}: CPU and GPU go in the cpus_/gpus_ fields, not here")
+        return self
 
 
 class ServeConfig(_Strict):
@@ -171,6 +185,9 @@ class ServeConfig(_Strict):
     app_name: str = "r3v"
     route_prefix: str = "/"
     model_name: str | None = None  # the id in /v1/models; derived from the run and round when unset
+    # Cluster placement of the sampler replicas (see resources.sampler_resources): extra Ray resources, GPU model.
+    replica_resources: dict[str, float] = Field(default_factory=dict)
+    accelerator_type: str | None = None
 
     @model_validator(mode="after")
     def _limits_consistent(self) -> "ServeConfig":
@@ -180,6 +197,8 @@ class ServeConfig(_Strict):
             raise ValueError("serve.max_new_tokens must be <= serve.max_new_tokens_limit")
         if self.min_replicas > self.max_replicas:
             raise ValueError("serve.min_replicas must be <= serve.max_replicas")
+        if {"CPU", "GPU"} & set(self.replica_resources):
+            raise ValueError("serve.replica_resources: CPU and GPU go in cpus_per_replica/gpus_per_replica")
         return self
 
 
