@@ -72,6 +72,29 @@ def _cmd_serve(args) -> int:
         return 2
 
 
+def _cmd_data_inspect(args) -> int:
+    import yaml
+
+    from r3v_ray.tasks import get_task
+    from r3v_ray.tasks.summary import format_summary, summarize
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            print(f"error: --param {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        key, raw = item.split("=", 1)
+        params[key.strip()] = yaml.safe_load(raw)
+    try:
+        task = get_task(args.task, **params)
+        summary = summarize(task, args.path, args.split, limit=args.limit)
+    except (FileNotFoundError, ValueError, TypeError) as exc:  # no data file, unknown task or task parameter
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, top=args.top))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -116,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_serve_args(sub.add_parser("serve", help="serve a checkpoint: best-of-N self-selection over HTTP (Ray Serve)"))
     p.set_defaults(func=_cmd_serve)
+
+    data = sub.add_parser("data", help="look at a task's data").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("inspect", help="counts read/skipped (with reasons), an example prompt, the answer distribution")
+    p.add_argument("--task", required=True, help="a registered task: synthetic, geoqa, tabmwp, chartqa, ...")
+    p.add_argument("--path", required=True, help="the task's data directory (or file, for the generic task)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (YAML value)")
+    p.add_argument("--limit", type=int, default=None, help="read at most this many records")
+    p.add_argument("--top", type=int, default=10, help="answers to list")
+    p.set_defaults(func=_cmd_data_inspect)
 
     p = sub.add_parser("config", help="validate a config and print it with every default filled in")
     p.add_argument("config")
