@@ -72,6 +72,26 @@ def _cmd_serve(args) -> int:
         return 2
 
 
+def _cmd_plan(args) -> int:
+    """The resources each stage will ask for; starts nothing."""
+    import json
+
+    import yaml
+
+    from r3v_ray.config import ConfigError, load_config
+    from r3v_ray.plan import report
+
+    cluster = None
+    if args.cluster:
+        try:
+            cluster = yaml.safe_load(open(args.cluster))
+        except OSError as exc:
+            raise ConfigError(f"{args.cluster}: cannot read the cluster config ({exc.strerror})") from None
+    text, data = report(load_config(args.config, args.set), cluster)
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
 def _cmd_data_inspect(args) -> int:
     import yaml
 
@@ -149,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="read at most this many records")
     p.add_argument("--top", type=int, default=10, help="answers to list")
     p.set_defaults(func=_cmd_data_inspect)
+
+    p = sub.add_parser("plan", help="print the resources each stage of a config asks for (starts nothing)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--cluster", help="a cluster launcher config (cluster.yaml): match stages to its node types")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("config", help="validate a config and print it with every default filled in")
     p.add_argument("config")

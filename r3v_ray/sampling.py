@@ -23,6 +23,7 @@ import pyarrow as pa
 from r3v_ray import store
 from r3v_ray.config import RunConfig, SamplingConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
+from r3v_ray.resources import sampler_remote_args
 from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
 
 log = logging.getLogger(__name__)
@@ -263,8 +264,8 @@ def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: Samplin
         batch_format="pyarrow",
         batch_size=cfg.sampling.batch_size,
         compute=ActorPoolStrategy(size=cfg.resources.num_samplers),
-        num_cpus=cfg.resources.cpus_per_sampler,
-        num_gpus=cfg.resources.gpus_per_sampler,
+        # CPUs/GPUs, custom resources and accelerator type from the config (what `r3v plan` prints).
+        **sampler_remote_args(cfg),
         fn_constructor_kwargs=dict(
             engine_kind=cfg.sampling.engine,
             model_path=model_path,
