@@ -127,7 +127,7 @@ def tabmwp_normalize(text: str, unit: str | None = None) -> str:
     by words ('5 apples') is that number.
     """
     t = _LATEX_FRAC.sub(r"\1/\2", text.strip()).replace("\u2212", "-")
-    t = re.sub(r"(?<![AP]\.M)\.$", "", t).strip()  # a final period, but not the one in 'A.M.'/'P.M.'
+    t = re.sub(r"(?<![AaPp]\.[Mm])\.$", "", t).strip()  # a final period, but not the one in 'A.M.'/'P.M.'
     number = tabmwp_number(t)
     if number is not None:
         return number

@@ -14,12 +14,10 @@ from typing import Iterator
 
 from r3v_ray.tasks.answers import parse_integer
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task
-from r3v_ray.tasks.jsonstream import iter_json_rows
 from r3v_ray.tasks.sources import (
     build_records,
-    find_split_file_or_none,
     image_name,
-    iter_datasets_rows,
+    json_or_datasets_rows,
     require_image,
     text_field,
 )
@@ -44,8 +42,7 @@ class ClevrMathTask(Task):
         return value is not None and value == self.normalize(gold)
 
     def iter_records(self, path: Path, split: str, report: ReadReport) -> Iterator[Record]:
-        data_file = find_split_file_or_none(path, FILES, split)
-        rows = iter_json_rows(data_file) if data_file else iter_datasets_rows(path, split)
+        rows, _ = json_or_datasets_rows(path, FILES, split, "clevr_math")
         image_dirs = [path / "clevr_math_imgs", path / "images", path]
         cache = Path(self.image_cache_dir) if self.image_cache_dir else path / ".r3v-image-cache" / "clevr_math" / split
 

@@ -15,14 +15,12 @@ from typing import Iterator
 
 from r3v_ray.tasks.answers import letter_index, with_answer_line
 from r3v_ray.tasks.base import ReadReport, Record, RecordError
-from r3v_ray.tasks.jsonstream import iter_json_rows
 from r3v_ray.tasks.multiple_choice import MultipleChoiceTask, gold_letter
 from r3v_ray.tasks.sources import (
     build_records,
     choices_field,
-    find_split_file_or_none,
     image_name,
-    iter_datasets_rows,
+    json_or_datasets_rows,
     require_image,
     text_field,
 )
@@ -43,8 +41,7 @@ class M3CoTTask(MultipleChoiceTask):
         return f"Context: {context}\n{text}" if context else text
 
     def iter_records(self, path: Path, split: str, report: ReadReport) -> Iterator[Record]:
-        data_file = find_split_file_or_none(path, FILES, split)
-        rows = iter_json_rows(data_file) if data_file else iter_datasets_rows(path, split)
+        rows, data_file = json_or_datasets_rows(path, FILES, split, "m3cot")
         base = data_file.parent if data_file else path
         image_dirs = [base, base / "images", path, path / "images"]
         cache = Path(self.image_cache_dir) if self.image_cache_dir else path / ".r3v-image-cache" / "m3cot" / split

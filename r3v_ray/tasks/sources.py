@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from r3v_ray.tasks.base import ReadReport, Record, RecordError
-from r3v_ray.tasks.jsonstream import BadLine
+from r3v_ray.tasks.jsonstream import BadLine, iter_json_rows
 
 # Releases name the held-out split differently (TabMWP and M3CoT 'dev', Hugging Face 'validation', ChartQA 'val').
 _SPLIT_GROUPS = (("dev", "validation", "val"),)
@@ -207,3 +207,23 @@ def iter_datasets_rows(path: str | Path, split: str) -> Iterator[tuple[str, dict
             ds = ds.cast_column(column, datasets.Image(decode=False))
     for index, row in enumerate(ds):
         yield f"{split}[{index}]", row
+
+
+def json_or_datasets_rows(
+    path: Path, patterns: Iterable[str], split: str, what: str
+) -> tuple[Iterator[tuple[str, Any]], Path | None]:
+    """The rows of the split's JSON / JSON-lines file when the release's file is there, else of the local
+    `datasets` directory at `path`; also the data file (None for `datasets`). A miss names both places."""
+    patterns = tuple(patterns)
+    data_file = find_split_file_or_none(path, patterns, split)
+    if data_file is not None:
+        return iter_json_rows(data_file), data_file
+    expected = ", ".join(p.format(split=split) for p in patterns)
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        try:
+            yield from iter_datasets_rows(path, split)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{what}: no {expected} in {path}, and no `datasets` data either: {exc}") from None
+
+    return rows(), None
