@@ -538,3 +538,18 @@ def test_normal_forms_are_stable(name):
         if once is not None:
             assert task.normalize(once) == once, (text, once)
             assert task.check(once, text), (text, once)
+
+
+def test_generic_json_keyed_by_id_and_m3cot_paths_from_the_repository_root(tmp_path):
+    png(tmp_path / "images" / "k.png")
+    write_json(tmp_path / "test.json", {"k1": {"question": "How many?", "answer": "4", "image": "images/k.png"},
+                                        "k2": {"question": "No answer.", "image": "images/k.png"}})
+    records, report = read(get_task("generic"), tmp_path, "test")
+    assert [r.id for r in records] == ["k1"] and skipped(report) == {"k2": "answer"}
+    # M3CoT's own files name images from the repository root ('data/images/<id>.png').
+    root = tmp_path / "M3CoT" / "data"
+    png(root / "images" / "r1.png")
+    row = {"id": "r1", "question": "Which?", "choices": ["a", "b"], "answer": "B", "image": "data/images/r1.png"}
+    write_lines(root / "test.jsonl", [row])
+    records, _ = read(get_task("m3cot"), root, "test")
+    assert records[0].image == str(root / "images" / "r1.png")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from r3v_ray.tasks.answers import chart_number, fold_text, format_number, parse_number, relaxed_match
+from r3v_ray.tasks.answers import fold_text, format_number, parse_number, relaxed_match
 from r3v_ray.tasks.base import ReadReport, Record, Task
 from r3v_ray.tasks.jsonstream import iter_json_document
 from r3v_ray.tasks.sources import build_records, find_split_file, require_image, text_field
@@ -62,7 +62,7 @@ class ChartQATask(Task):
                     question=question,
                     answer=label,
                     image=require_image(rid, row.get("imgname"), image_dirs),
-                    metadata={"source": source, "imgname": row.get("imgname"), "numeric": chart_number(label) is not None},
+                    metadata={"source": source, "imgname": row.get("imgname")},
                 )
 
             rows = ((f"{data_file.name}[{i}]", row) for i, row in iter_json_document(data_file))

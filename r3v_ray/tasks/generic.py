@@ -3,7 +3,8 @@
 
 Where: `path` is a file (`.jsonl`, `.json`, `.parquet`), or a directory holding `<split>.jsonl`, `<split>.json` or
 `<split>.parquet` (dev/validation/val are one split), or else a local `datasets` directory (a `save_to_disk` folder,
-or a folder of data files such as a downloaded hub snapshot), streamed; `format` forces one of these.
+or a folder of data files such as a downloaded hub snapshot), streamed; `format` forces one of these. A `.json`
+file is a JSON array, JSON lines, or one object keyed by id.
 Rows: {"id", "question", "answer", "image", "choices", "rationale", "metadata"}; `columns` maps these fields to the
 source's column names (e.g. {"question": "query", "answer": "label", "image": "imgname"}). An image is a path
 (absolute, or relative to the data file's directory, `image_dir` or `<dir>/images`) or embedded bytes (as parquet and
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 
 from r3v_ray.tasks.answers import fold_text, format_number, letter_index, parse_number
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, last_answer_text
-from r3v_ray.tasks.jsonstream import iter_json_rows
+from r3v_ray.tasks.jsonstream import first_char, iter_json_document, iter_json_rows
 from r3v_ray.tasks.multiple_choice import gold_letter, letter_for
 from r3v_ray.tasks.sources import (
     build_records,
@@ -35,6 +36,26 @@ from r3v_ray.tasks.sources import (
 FIELDS = ("id", "question", "answer", "image", "choices", "rationale", "metadata")
 FORMATS = ("auto", "jsonl", "json", "parquet", "datasets")
 _SUFFIX_FORMAT = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+
+
+def _is_keyed_document(path: Path) -> bool:
+    """A JSON object of records keyed by id ({"q1": {...}, ...}) rather than JSON lines: its first value is an
+    object (a JSON-lines record's first value is a field such as its id)."""
+    if first_char(path) != "{":
+        return False
+    pairs = iter_json_document(path)
+    try:
+        first = next(pairs, None)
+    except RecordError:
+        return False
+    finally:
+        pairs.close()
+    return first is not None and isinstance(first[1], dict)
+
+
+def _keyed_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    for key, row in iter_json_document(path):
+        yield str(key), (dict(row, id=row.get("id") or key) if isinstance(row, dict) else row)
 
 
 class GenericTask(Task):
@@ -95,6 +116,8 @@ class GenericTask(Task):
             return iter_datasets_rows(path, split), path
         if fmt == "parquet":
             return iter_parquet_rows(data_file), data_file.parent
+        if data_file.suffix == ".json" and _is_keyed_document(data_file):
+            return _keyed_rows(data_file), data_file.parent
         return iter_json_rows(data_file), data_file.parent
 
     def iter_records(self, path: Path, split: str, report: ReadReport) -> Iterator[Record]:

@@ -87,7 +87,7 @@ class _Cursor:
 def iter_json_document(path: str | Path, chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[str | int, Any]]:
     """(index, element) for a top-level array, (key, value) for a top-level object; streamed."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         cur = _Cursor(fh, path, chunk_chars)
         opening = cur.expect("[{")
         closing = "]" if opening == "[" else "}"
@@ -114,7 +114,7 @@ def iter_json_document(path: str | Path, chunk_chars: int = CHUNK_CHARS) -> Iter
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict | BadLine]]:
     """(line number, parsed row) per non-empty line; a line that does not parse comes back as a BadLine."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -126,7 +126,7 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict | BadLine]]:
 
 def first_char(path: str | Path) -> str:
     """The first non-whitespace character of a text file ('' when empty): tells a JSON array from JSON lines."""
-    with Path(path).open(encoding="utf-8") as fh:
+    with Path(path).open(encoding="utf-8-sig") as fh:
         while True:
             chunk = fh.read(4096)
             if not chunk:

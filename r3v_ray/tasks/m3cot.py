@@ -61,7 +61,8 @@ class M3CoTTask(MultipleChoiceTask):
                 id=rid,
                 question=question,
                 answer=answer,
-                image=require_image(rid, image, image_dirs),
+                # The GitHub release's paths start at its repository root ('data/images/<id>.png').
+                image=require_image(rid, image, image_dirs, fallback_names=[f"images/{Path(image).name}"]),
                 choices=choices,
                 rationale=with_answer_line(row.get("rationale"), self.format_answer(answer)),
                 metadata=metadata,

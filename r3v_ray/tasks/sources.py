@@ -103,10 +103,13 @@ def resolve_image(name: str, search_dirs: Iterable[Path]) -> Path | None:
     return None
 
 
-def require_image(record_id: str, name: str | None, search_dirs: list[Path]) -> str:
+def require_image(record_id: str, name: str | None, search_dirs: list[Path], fallback_names: Iterable[str] = ()) -> str:
+    """The resolved path of a record's image (`name`, else the first `fallback_names` found); RecordError if none."""
     if not name:
         raise RecordError(record_id, "image", "missing")
     found = resolve_image(name, search_dirs)
+    for other in fallback_names:
+        found = found or resolve_image(other, search_dirs)
     if found is None:
         looked = ", ".join(str(d) for d in search_dirs) or "."
         raise RecordError(record_id, "image", f"file not found: {name} (looked in {looked})")

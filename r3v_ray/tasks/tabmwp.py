@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from r3v_ray.tasks.answers import letter_index, option_letter, tabmwp_normalize, tabmwp_number, with_answer_line
-from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, last_answer_text, letters
+from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, format_choices, last_answer_text, letters
 from r3v_ray.tasks.jsonstream import iter_json_document
 from r3v_ray.tasks.sources import build_records, choices_field, find_split_file, require_image, text_field
 
@@ -50,12 +50,13 @@ class TabMWPTask(Task):
 
     # -- prompts ---------------------------------------------------------------------------------
     def question_text(self, record: Record) -> str:
-        question = record.question
+        text = record.question
         unit = record.metadata.get("unit")
         if unit:
-            question += f" (Unit: {unit})"
-        record_view = Record(record.id, question, record.answer, record.image, record.choices)
-        return super().question_text(record_view)
+            text += f" (Unit: {unit})"
+        if record.choices:
+            text += "\n" + format_choices(record.choices)
+        return text
 
     def cot_prompt(self, record: Record) -> str:
         return f"{self.question_text(record)}\n{MC_COT if record.choices else FREE_COT}"
