@@ -54,7 +54,7 @@ def sampler_options(cfg: RunConfig) -> dict[str, Any]:
 def model_info(cfg: RunConfig, served: ckpt.ServedModel) -> dict[str, Any]:
     """What GET /v1/models reports: the model id, the checkpoint and the round it came from."""
     return {
-        "id": cfg.serve.model_name or served.model_id(cfg.name if served.run_dir else None),
+        "id": cfg.serve.model_name or served.model_id(),
         "checkpoint": served.checkpoint,
         "round": served.round,
         "run_dir": served.run_dir,

@@ -32,9 +32,10 @@ class ServedModel:
     round: int | None
     run_dir: str | None
 
-    def model_id(self, run_name: str | None = None) -> str:
+    def model_id(self) -> str:
+        """<run name>-round-<k> (a run directory is runs/<name>), else the checkpoint directory's name."""
         if self.round is not None:
-            base = run_name or (Path(self.run_dir).name if self.run_dir else "r3v")
+            base = Path(self.run_dir.rstrip("/")).name if self.run_dir else "r3v"
             return f"{base}-round-{self.round}"
         return Path(self.checkpoint.rstrip("/")).name or "r3v"
 

@@ -1,0 +1,355 @@
+"""The self-selection endpoint against a running Ray Serve app on 127.0.0.1 (one app for the module).
+
+The served checkpoint is the tiny model, briefly fine-tuned here (real torch, a few seconds) so that its sampled
+rationales end in extractable answers ("3" or "5") and its self-select answer is "7": then first, majority and
+self_select give different answers and each strategy's rule can be checked on real model output.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from r3v_ray.config import ServeConfig
+from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
+from r3v_ray.prompts import select_prompt
+from r3v_ray.selection import majority_vote
+from r3v_ray.serving import checkpoint as ckpt
+from r3v_ray.serving.batching import generate_grouped
+from r3v_ray.serving.errors import RequestError
+from r3v_ray.serving.requests import build_query, parse_chat, parse_select
+from r3v_ray.serving.selector import decide, select_in_process
+from r3v_ray.tasks import Record, get_task
+
+QUESTION = "How many red objects are there?"
+RATIONALES = ["There are 3 red objects.\nAnswer: 3", "There are 5 red objects.\nAnswer: 5"]
+SELECTOR_TARGET = "Answer: 7"
+MAX_NEW = 24
+MAX_IMAGE_BYTES = 50_000
+TASK = get_task("synthetic")
+
+
+def _png_b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _teach(src: str, out: str, image: Image.Image, steps: int = 40) -> None:
+    """Fine-tune the tiny model: CoT prompt -> one of two rationales (2:1), select prompt -> SELECTOR_TARGET."""
+    from r3v_ray.models import chat_example, load_model_and_processor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model, proc = load_model_and_processor(src)
+        record = Record(id="q", question=QUESTION, answer="")
+        rng = random.Random(0)
+        pairs = [(TASK.cot_prompt(record), t) for t in (RATIONALES[0], RATIONALES[0], RATIONALES[1])]
+        for _ in range(4):
+            cands = [rng.choice(RATIONALES + ["no idea"]) for _ in range(rng.randint(2, 4))]
+            pairs.append((select_prompt(TASK.question_text(record), cands), SELECTOR_TARGET))
+        batch = []
+        for prompt, target in pairs:
+            p, c = chat_example(proc, prompt, target)
+            enc = proc(text=[p + c], images=[image], return_tensors="pt")
+            labels = enc["input_ids"].clone()
+            labels[:, : proc(text=[p], images=[image], return_tensors="pt")["input_ids"].shape[1]] = -100
+            batch.append((enc, labels))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            opt.zero_grad()
+            for enc, labels in batch:
+                (model(**enc, labels=labels).loss / len(batch)).backward()
+            opt.step()
+        model.eval()
+        shutil.copytree(src, out)
+        model.save_pretrained(out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return TASK.render(next(TASK.generate_records("test", 1, 0)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, image, tmp_path_factory):
+    """A run directory whose newest round (1) holds the taught checkpoint."""
+    root = tmp_path_factory.mktemp("serve-run") / "servetest"
+    (root / "round-000").mkdir(parents=True)  # a round without a checkpoint: skipped when picking the newest
+    _teach(tiny_model_dir, str(root / "round-001" / "checkpoint"), image)
+    return str(root)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, run_dir):
+    """The app started as `r3v serve --run-dir D` starts it; torn down (Serve) before Ray goes."""
+    import argparse
+
+    from ray import serve
+
+    from r3v_ray.serving.launch import add_serve_args, start
+
+    port = _free_port()
+    overrides = [
+        f"serve.max_new_tokens={MAX_NEW}",
+        "serve.select_max_new_tokens=8",
+        "serve.max_n=4",
+        f"serve.max_image_bytes={MAX_IMAGE_BYTES}",
+        "serve.health_check_period_s=1",
+        "serve.app_name=r3v-test",
+    ]
+    argv = ["--run-dir", run_dir, "--port", str(port)] + [a for o in overrides for a in ("--set", o)]
+    args = add_serve_args(argparse.ArgumentParser()).parse_args(argv)
+    url, model_id = start(args)
+    assert url == f"http://127.0.0.1:{port}"
+    yield {"url": url, "model": model_id}
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(run_dir):
+    return create_engine("hf", ckpt.resolve(run_dir=run_dir).checkpoint, torch_threads=1)
+
+
+def _select(url: str, **body) -> requests.Response:
+    return requests.post(f"{url}/v1/select", json=body, timeout=120)
+
+
+# -- pure parts -------------------------------------------------------------------------------------------
+def test_decide_rules():
+    answers = ["5", None, "3", "3"]
+    assert decide("first", answers) == ("5", 0)
+    assert decide("majority", answers) == ("3", 2)
+    assert decide("majority", [None, None]) == (None, 0)  # nothing to vote on: the first candidate, no answer
+    assert decide("self_select", answers, "3") == ("3", 2)
+    assert decide("self_select", answers, "7") == ("7", None)  # the model's answer is final, even if unheld
+    assert decide("self_select", [None], None) == (None, None)
+
+
+def test_parse_select_applies_defaults_and_limits(image):
+    cfg = ServeConfig(max_n=4)
+    q = parse_select({"question": " Q? ", "image": _png_b64(image), "sampling": {"seed": 9, "top_k": 5}}, cfg)
+    assert (q.question, q.n, q.strategy, q.image.size) == ("Q?", cfg.default_n, cfg.default_strategy, image.size)
+    assert (q.params.seed, q.params.top_k, q.params.temperature) == (9, 5, cfg.temperature)
+    with pytest.raises(RequestError, match="sampling.top_p"):
+        parse_select({"question": "Q", "sampling": {"top_p": 0}}, cfg)
+    with pytest.raises(RequestError, match="answer_choices"):
+        parse_chat({"model": "m", "messages": [{"role": "user", "content": "Q"}], "answer_choices": []}, cfg, "m")
+    assert build_query(cfg, "Q", None, None, 1, "first", temperature=0.0).params.greedy
+
+
+def test_checkpoint_resolution(run_dir, tmp_path):
+    served = ckpt.resolve(run_dir=run_dir)
+    assert (served.round, served.model_id()) == (1, "servetest-round-1")
+    assert ckpt.resolve(checkpoint=served.checkpoint).round == 1  # the round is read from the path
+    with pytest.raises(ckpt.CheckpointError, match="round 0 has no model checkpoint"):
+        ckpt.resolve(run_dir=run_dir, round_=0)
+    with pytest.raises(ckpt.CheckpointError, match="either"):
+        ckpt.resolve()
+    local = ckpt.localize(f"file://{served.checkpoint}", cache_dir=str(tmp_path))
+    assert local.startswith(str(tmp_path)) and ckpt.is_checkpoint(local)
+
+
+def test_grouped_generation_matches_separate_calls(engine, image):
+    a = SamplingParams(n=2, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=8, seed=1)
+    b = SamplingParams(n=1, temperature=0.0, max_new_tokens=8)
+    reqs = [GenerationRequest(f"{QUESTION} {i}", image, f"k{i}") for i in range(3)]
+    items = [(reqs[0], a), (reqs[1], b), (reqs[2], a)]
+    grouped = generate_grouped(engine, items)
+    assert [o.texts for o in grouped] == [engine.generate([r], p)[0].texts for r, p in items]
+    # a request the engine refuses fails alone; its batch neighbours still get their text
+    bad = GenerationRequest(QUESTION, Image.new("RGB", (2, 600)), "bad")
+    mixed = generate_grouped(engine, [(reqs[0], b), (bad, b)])
+    assert mixed[0].texts and not mixed[1].texts and "refused" in mixed[1].error
+
+
+# -- the running app ------------------------------------------------------------------------------------------
+def test_healthz_and_models_name_checkpoint_and_round(served, run_dir):
+    assert requests.get(f"{served['url']}/healthz", timeout=30).json()["status"] == "ok"
+    (entry,) = requests.get(f"{served['url']}/v1/models", timeout=30).json()["data"]
+    assert entry["id"] == served["model"] == "servetest-round-1"
+    assert entry["round"] == 1 and entry["checkpoint"].endswith("round-001/checkpoint") and entry["run_dir"] == run_dir
+
+
+def _seed_where_first_is_not_majority(engine, image) -> int:
+    # Candidates are a function of the seed alone, so the test can pick a seed where the two rules disagree.
+    record = Record(id="q", question=QUESTION, answer="")
+    for seed in range(40):
+        params = SamplingParams(n=4, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=MAX_NEW, seed=seed)
+        out = engine.generate([GenerationRequest(TASK.cot_prompt(record), image, "serve")], params)[0]
+        answers = [TASK.extract_answer(t) for t in out.texts]
+        winner, votes = majority_vote(answers)
+        if winner is not None and answers[0] != winner and votes[winner] > 2:
+            return seed
+    raise AssertionError("no seed among 40 where first and majority disagree; is the taught model wrong?")
+
+
+def test_each_strategy_over_http_follows_its_rule(served, engine, image):
+    seed = _seed_where_first_is_not_majority(engine, image)
+    body = {"question": QUESTION, "image": _png_b64(image), "n": 4, "sampling": {"seed": seed}}
+    got = {s: _select(served["url"], strategy=s, **body).json() for s in ("first", "majority", "self_select")}
+    cands = got["first"]["candidates"]
+    answers = [c["answer"] for c in cands]
+    assert all(g["candidates"] == cands and g["seed"] == seed for g in got.values())  # seeded: same candidates
+    assert got["first"]["answer"] == answers[0] and got["first"]["chosen_index"] == 0
+    winner, votes = majority_vote(answers)
+    assert got["majority"]["answer"] == winner != answers[0]
+    assert got["majority"]["votes"] == votes and cands[got["majority"]["chosen_index"]]["answer"] == winner
+    sel = got["self_select"]
+    assert sel["selector_answer"] == sel["answer"] == "7" and sel["chosen_index"] is None
+    assert sel["text"] == sel["selector_text"] and got["first"]["selector_text"] is None
+    assert all(g["timings_ms"]["total_ms"] > 0 for g in got.values())
+
+
+def test_http_answer_equals_in_process_selection(served, engine, image):
+    body = {"question": QUESTION, "image": _png_b64(image), "n": 3, "strategy": "self_select", "sampling": {"seed": 5}}
+    over_http = _select(served["url"], **body).json()
+    query = parse_select(body, ServeConfig(max_new_tokens=MAX_NEW, select_max_new_tokens=8))
+    direct = select_in_process(engine, TASK, query)
+    assert [c["text"] for c in over_http["candidates"]] == [c.text for c in direct.candidates]
+    assert (over_http["answer"], over_http["selector_text"]) == (direct.answer, direct.selector_text)
+
+
+def test_concurrent_requests_are_batched_without_mixing_answers(served, image):
+    bodies = [
+        {"question": QUESTION, "image": _png_b64(image), "n": 2, "strategy": "first", "sampling": {"seed": s}}
+        for s in range(4)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: _select(served["url"], **b).json(), bodies))
+    alone = [_select(served["url"], **b).json() for b in bodies]
+    assert [t["candidates"] for t in together] == [a["candidates"] for a in alone]
+
+
+def test_openai_client_chat_completion_and_models(served, image):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{served['url']}/v1", api_key="unused", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == [served["model"]]
+    resp = client.chat.completions.create(
+        model=served["model"],
+        messages=[
+            {"role": "system", "content": "ignored: the served prompt is the trained one"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": QUESTION},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_png_b64(image)}"}},
+                ],
+            },
+        ],
+        n=3,
+        max_tokens=MAX_NEW,
+        seed=11,
+        extra_body={"strategy": "majority"},
+    )
+    selection = resp.model_extra["selection"]
+    assert resp.model == served["model"] and len(resp.choices) == 1
+    assert selection["strategy"] == "majority" and selection["n"] == 3 and selection["seed"] == 11
+    winner, _ = majority_vote([c["answer"] for c in selection["candidates"]])
+    assert selection["answer"] == winner and winner is not None
+    assert TASK.extract_answer(resp.choices[0].message.content) == winner
+    with pytest.raises(openai.BadRequestError, match="n: must be between 1 and 4"):
+        client.chat.completions.create(model=served["model"], messages=[{"role": "user", "content": "Q"}], n=9)
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Q"}])
+
+
+# -- bad requests: a 4xx naming the problem, never a 500 ---------------------------------------------------------
+def _bad_cases() -> list:
+    png = _png_b64(Image.new("RGB", (8, 8)))
+    big = base64.b64encode(random.Random(0).randbytes(MAX_IMAGE_BYTES + 1000)).decode()
+    user = lambda content: {"model": "servetest-round-1", "messages": [{"role": "user", "content": content}]}  # noqa: E731
+    img_part = lambda url: {"type": "image_url", "image_url": {"url": url}}  # noqa: E731
+    S, C = "/v1/select", "/v1/chat/completions"
+    return [
+        ("missing question", S, {"image": png}, 400, "question", "missing or empty"),
+        ("empty question", S, {"question": "   "}, 400, "question", "missing or empty"),
+        ("image not base64", S, {"question": "Q", "image": "@@@ not base64 @@@"}, 400, "image", "not valid base64"),
+        ("bytes not an image", S, {"question": "Q", "image": base64.b64encode(b"plain text").decode()}, 400, "image", "not a readable image"),
+        ("image over the size limit", S, {"question": "Q", "image": big}, 413, "image", "over the limit"),
+        ("image too elongated", S, {"question": "Q", "image": _png_b64(Image.new("RGB", (2, 600)))}, 400, "image", "aspect ratio"),
+        ("n zero", S, {"question": "Q", "n": 0}, 400, "n", "between 1 and 4"),
+        ("n too large", S, {"question": "Q", "n": 5}, 400, "n", "between 1 and 4"),
+        ("n not an integer", S, {"question": "Q", "n": "three"}, 400, "n", "integer"),
+        ("unknown strategy", S, {"question": "Q", "strategy": "best"}, 400, "strategy", "unknown strategy 'best'"),
+        ("unknown field", S, {"question": "Q", "bogus": 1}, 400, "bogus", "unknown field"),
+        ("top_p out of range", S, {"question": "Q", "sampling": {"top_p": 1.5}}, 400, "sampling.top_p", "(0, 1]"),
+        ("max_new_tokens over limit", S, {"question": "Q", "sampling": {"max_new_tokens": 10**6}}, 400, "sampling.max_new_tokens", "between 1 and"),
+        ("greedy with n > 1", S, {"question": "Q", "n": 3, "sampling": {"temperature": 0}}, 400, "sampling.temperature", "identical"),
+        ("malformed JSON", S, b'{"question": "Q",', 400, None, "malformed JSON"),
+        ("JSON not an object", S, b"[1, 2]", 400, None, "must be an object"),
+        ("empty body", S, b"", 400, None, "empty request body"),
+        ("chat: unknown model", C, {**user("Q"), "model": "other"}, 404, "model", "not served here"),
+        ("chat: no user message", C, {"model": "servetest-round-1", "messages": [{"role": "system", "content": "x"}]}, 400, "messages", "no message with role 'user'"),
+        ("chat: remote image URL", C, user([{"type": "text", "text": "Q"}, img_part("https://example.com/a.png")]), 400, "image_url.url", "not fetched"),
+        ("chat: two images", C, user([img_part(f"data:image/png;base64,{png}")] * 2), 400, "messages[0].content[1]", "more than one image"),
+        ("chat: empty question", C, user([img_part(f"data:image/png;base64,{png}")]), 400, "messages", "missing or empty"),
+        ("chat: not an image URI", C, user([{"type": "text", "text": "Q"}, img_part("data:text/plain;base64,aGk=")]), 400, "image_url.url", "not an image"),
+        ("chat: unknown strategy", C, {**user("Q"), "strategy": "vote"}, 400, "strategy", "unknown strategy"),
+        ("chat: stream", C, {**user("Q"), "stream": True}, 400, "stream", "not supported"),
+        ("chat: max_tokens over limit", C, {**user("Q"), "max_tokens": 10**6}, 400, "max_tokens", "between 1 and"),
+    ]
+
+
+@pytest.mark.parametrize("name,path,body,status,param,needle", _bad_cases(), ids=[c[0] for c in _bad_cases()])
+def test_bad_request_gets_4xx_naming_the_problem(served, name, path, body, status, param, needle):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = requests.post(f"{served['url']}{path}", data=data, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"] and err["type"] == "invalid_request_error"
+    if param is not None:
+        assert param in err["param"] and err["message"].startswith(err["param"])
+
+
+# -- fault tolerance (last: it replaces the sampler replica) ---------------------------------------------------
+def _sampler_replicas() -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#R3VSampler#" in a["name"]}
+
+
+def test_killed_sampler_replica_is_replaced_and_requests_succeed(served, image):
+    import ray
+
+    body = {"question": QUESTION, "image": _png_b64(image), "n": 2, "strategy": "majority", "sampling": {"seed": 1}}
+    before = _select(served["url"], **body).json()
+    (old,) = _sampler_replicas()
+    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+    statuses, deadline = [], time.monotonic() + 150
+    while time.monotonic() < deadline:
+        r = _select(served["url"], **body)
+        statuses.append(r.status_code)
+        if r.status_code == 200 and _sampler_replicas() - {old}:
+            break
+        time.sleep(1)
+    assert statuses[-1] == 200, statuses
+    assert 500 not in statuses  # while no replica is up the answer is 503 "retry", never an internal error
+    assert set(statuses) <= {200, 503}
+    assert old not in _sampler_replicas() and len(_sampler_replicas()) == 1
+    for _ in range(2):  # later requests succeed, and the new replica computes the same seeded answer
+        after = _select(served["url"], **body)
+        assert after.status_code == 200 and after.json()["candidates"] == before["candidates"]
