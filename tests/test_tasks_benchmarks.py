@@ -553,3 +553,10 @@ def test_generic_json_keyed_by_id_and_m3cot_paths_from_the_repository_root(tmp_p
     write_lines(root / "test.jsonl", [row])
     records, _ = read(get_task("m3cot"), root, "test")
     assert records[0].image == str(root / "images" / "r1.png")
+
+
+def test_image_paths_are_absolute_when_the_data_path_is_relative(tmp_path, monkeypatch):
+    geoqa_dir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    records, _ = read(get_task("geoqa"), "geoqa", "test")
+    assert all(Path(r.image).is_absolute() and Path(r.image).is_file() for r in records)

@@ -113,7 +113,7 @@ def require_image(record_id: str, name: str | None, search_dirs: list[Path], fal
     if found is None:
         looked = ", ".join(str(d) for d in search_dirs) or "."
         raise RecordError(record_id, "image", f"file not found: {name} (looked in {looked})")
-    return str(found)
+    return str(found.absolute())  # Ray workers may run in another working directory
 
 
 def _safe_name(record_id: str) -> str:
@@ -137,7 +137,7 @@ def write_image_bytes(data: bytes, record_id: str, cache_dir: Path) -> Path:
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(target)
-    return target
+    return target.absolute()
 
 
 def image_name(value: Any, record_id: str, cache_dir: Path) -> str | None:
