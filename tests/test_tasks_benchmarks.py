@@ -238,7 +238,8 @@ def chartqa_dir(tmp_path: Path, split_dir: str = "test") -> Path:
             {"imgname": "c1.png", "query": "No label.", "label": ""},
         ],
     )
-    write_json(root / split_dir / f"{split_dir}_augmented.json", [{"imgname": "c2.png", "query": "Is it rising?", "label": "Yes"}])
+    augmented = [{"imgname": "c2.png", "query": "Is it rising?", "label": "Yes"}]
+    write_json(root / split_dir / f"{split_dir}_augmented.json", augmented)
     return root
 
 
@@ -350,8 +351,10 @@ def m3cot_dir(tmp_path: Path) -> Path:
     rows = [
         dict(base, id="m1", question="Which force acts?", choices=["gravity", "magnetism", "friction"], answer="A",
              context="A ball falls.", rationale="The ball falls because of gravity.", image_path="images/m1.png"),
-        dict(base, id="m2", question="Missing image.", choices=["a", "b"], answer="A", context="", image_path="images/m2.png"),
-        dict(base, id="m3", question="Bad letter.", choices=["x", "y", "z"], answer="F", context="", image="images/m1.png"),
+        dict(base, id="m2", question="Missing image.", choices=["a", "b"], answer="A", context="",
+             image_path="images/m2.png"),
+        dict(base, id="m3", question="Bad letter.", choices=["x", "y", "z"], answer="F", context="",
+             image="images/m1.png"),
         '{"id": "m4", "question": broken',
     ]
     write_lines(root / "dev.jsonl", rows)
@@ -407,7 +410,8 @@ def test_generic_jsonl_of_the_common_record(tmp_path):
             {"id": "q2", "question": "Which?", "answer": "dog", "choices": ["cat", "dog"], "image": "images/x.png"},
             {"question": "No id.", "answer": "1", "image": "images/x.png"},
             {"id": "q4", "question": "No image.", "answer": "1"},
-            {"id": "q5", "question": "Bad letter.", "answer": "(D)", "choices": ["cat", "dog"], "image": "images/x.png"},
+            {"id": "q5", "question": "Bad letter.", "answer": "(D)", "choices": ["cat", "dog"],
+             "image": "images/x.png"},
         ],
     )
     task = get_task("generic")

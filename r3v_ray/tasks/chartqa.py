@@ -32,7 +32,7 @@ class ChartQATask(Task):
     def __init__(self, sources: list[str] | tuple[str, ...] = SOURCES):
         unknown = set(sources) - set(SOURCES)
         if unknown or not sources:
-            raise ValueError(f"chartqa task: sources must be a non-empty subset of {list(SOURCES)}, got {list(sources)}")
+            raise ValueError(f"chartqa task: sources must be a non-empty subset of {list(SOURCES)}: {list(sources)}")
         self.sources = tuple(sources)
 
     def normalize(self, answer: str) -> str | None:

@@ -27,7 +27,9 @@ FILES = ("clevr_{split}.json", "{split}.json", "{split}.jsonl")
 
 class ClevrMathTask(Task):
     name = "clevr_math"
-    cot_instruction = "Think step by step, then give the final answer as a single integer on the last line as 'Answer: <number>'."
+    cot_instruction = (
+        "Think step by step, then give the final answer as a single integer on the last line as 'Answer: <number>'."
+    )
     direct_instruction = "Answer with a single integer only, as 'Answer: <number>'."
 
     def __init__(self, image_cache_dir: str | None = None):

@@ -25,7 +25,10 @@ FILES = ("problems_{split}.json",)
 NUMERIC_TYPES = ("integer_number", "decimal_number")
 METADATA_FIELDS = ("ques_type", "ans_type", "grade", "table_title", "table", "split")
 
-MC_COT = "Think step by step using the table, then give the letter of the correct option on the last line as 'Answer: <letter>'."
+MC_COT = (
+    "Think step by step using the table, then give the letter of the correct option on the last line "
+    "as 'Answer: <letter>'."
+)
 FREE_COT = (
     "Think step by step using the table, then give the final answer (a number, or a word or phrase) on the last line "
     "as 'Answer: <answer>'."
@@ -93,7 +96,10 @@ class TabMWPTask(Task):
         data_file = find_split_file(path, FILES, split, "tabmwp")
         tables = [path / "tables"]
         # The file is keyed by pid; the pid rides along in the row so `build` can name the record.
-        rows = ((str(pid), dict(row, pid=pid) if isinstance(row, dict) else row) for pid, row in iter_json_document(data_file))
+        rows = (
+            (str(pid), dict(row, pid=pid) if isinstance(row, dict) else row)
+            for pid, row in iter_json_document(data_file)
+        )
 
         def build(index: int, row: dict) -> Record:
             pid = str(row["pid"])
