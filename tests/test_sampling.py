@@ -1,0 +1,251 @@
+"""Distributed sampling on a real local Ray with the tiny model: counts, seeds, greedy, a killed sampler, skips."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from r3v_ray import store
+from r3v_ray.config import RunConfig
+from r3v_ray.engines import RequestOutput, SamplingParams
+from r3v_ray.prompts import select_prompt
+from r3v_ray.sampling import (
+    SAMPLE_SCHEMA,
+    check_rows,
+    finalize,
+    label_outputs,
+    params_from_config,
+    records_to_rows,
+    sample,
+)
+from r3v_ray.tasks import get_task
+
+TASK = get_task("synthetic")
+
+
+def _cfg(**sampling) -> RunConfig:
+    cfg = RunConfig()
+    cfg.sampling.max_new_tokens = 8
+    cfg.sampling.batch_size = 4
+    for key, value in sampling.items():
+        setattr(cfg.sampling, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_data_dir):
+    return records_to_rows(list(TASK.read(synthetic_data_dir, "train"))[:10], TASK)
+
+
+@pytest.fixture(scope="module")
+def odd_rows(rows, tmp_path_factory):
+    """Rows that must be skipped (corrupt image, over-long prompt) and rows in other legal shapes."""
+    bad = tmp_path_factory.mktemp("bad") / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    return [
+        {**rows[0], "question_id": "corrupt-image", "image": str(bad)},
+        {**rows[1], "question_id": "too-long", "prompt": "How many objects? " * 200},
+        {**rows[2], "question_id": "image-bytes", "image": Path(rows[2]["image"]).read_bytes()},
+        {**rows[3], "question_id": "no-image", "image": None},
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, tiny_model_dir, rows, odd_rows, tmp_path_factory):
+    """One sampled run shared by several tests: 10 questions + 4 odd rows, n=2."""
+    out = tmp_path_factory.mktemp("run1") / "samples.parquet"
+    cfg = _cfg(max_prompt_tokens=256)
+    params = params_from_config(cfg.sampling, seed=7, n=2)
+    handler = _Capture()
+    logging.getLogger("r3v_ray.sampling").addHandler(handler)
+    try:
+        stats = sample(cfg, tiny_model_dir, rows + odd_rows, str(out), params, round_index=1)
+    finally:
+        logging.getLogger("r3v_ray.sampling").removeHandler(handler)
+    return stats, out, handler.messages, ray_local.available_resources()
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+# -- pure parts ---------------------------------------------------------------------------------------------
+
+
+def test_rows_and_params_from_config(rows):
+    assert set(rows[0]) == {"question_id", "prompt", "image", "answer"}
+    assert rows[0]["prompt"].endswith(TASK.cot_instruction) and os.path.isabs(rows[0]["image"])
+    cfg = RunConfig()
+    p = params_from_config(cfg.sampling, seed=3)
+    assert (p.n, p.temperature, p.top_p, p.top_k, p.max_new_tokens, p.seed) == (3, 0.9, 0.95, 50, 384, 3)
+    assert params_from_config(cfg.sampling, seed=3, n=5).n == 5
+    greedy = params_from_config(cfg.sampling, seed=3, greedy=True)
+    assert greedy.greedy and greedy.n == 1
+
+
+def test_labeling_uses_the_task_extractor_and_never_credits_without_gold():
+    rows = [{"question_id": "q1", "answer": "4"}, {"question_id": "q2", "answer": None}, {"question_id": "q3", "answer": "1"}]
+    outputs = [
+        RequestOutput(texts=["2 + 2 = 4.\nAnswer: 4", "no answer here"], n_tokens=[9, 3]),
+        RequestOutput(texts=["Answer: 4"], n_tokens=[3]),
+        RequestOutput(error="prompt has 999 tokens > max_prompt_tokens 256"),
+    ]
+    recs = label_outputs(rows, outputs, TASK, round_index=2)
+    assert [(r["question_id"], r["sample_index"], r["extracted_answer"], r["correct"]) for r in recs] == [
+        ("q1", 0, "4", True),
+        ("q1", 1, None, False),
+        ("q2", 0, "4", False),
+        ("q3", -1, None, False),
+    ]
+    assert recs[-1]["skip_reason"].startswith("prompt has 999 tokens") and all(r["round"] == 2 for r in recs)
+
+
+def test_finalize_dedupes_sorts_and_prefers_samples_over_skips():
+    def rec(qid, i, text="t", skip=None):
+        return dict(question_id=qid, round=1, sample_index=i, rationale=text, extracted_answer=None,
+                    correct=False, n_tokens=1, skip_reason=skip)
+
+    table, skipped = finalize(
+        [rec("b", 1), rec("b", 0), rec("a", 0), rec("b", 0, "dup"), rec("c", -1, skip="bad image"),
+         rec("a", -1, skip="stale"), rec("c", -1, skip="bad image")]
+    )
+    assert table.schema == SAMPLE_SCHEMA
+    assert list(zip(table["question_id"].to_pylist(), table["sample_index"].to_pylist())) == [("a", 0), ("b", 0), ("b", 1)]
+    assert table["rationale"].to_pylist()[1] == "t"
+    assert skipped == [{"question_id": "c", "reason": "bad image"}]
+
+
+def test_rows_without_a_key_or_with_a_repeated_id_are_refused_before_anything_is_written(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match=r"row 1 .*'prompt'"):
+        check_rows([{"question_id": "a", "prompt": "x"}, {"question_id": "b"}])
+    out = tmp_path / "samples.parquet"
+    with pytest.raises(ValueError, match="'a' appears twice"):
+        sample(_cfg(), tiny_model_dir, [{"question_id": "a", "prompt": "x"}] * 2, str(out), SamplingParams(), 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the Ray pipeline ---------------------------------------------------------------------------------------
+
+
+def test_every_question_gets_exactly_n_samples_once(first_run, rows):
+    stats, out, _, _ = first_run
+    table = store.read_parquet(str(out))
+    assert table.schema == SAMPLE_SCHEMA
+    keys = list(zip(table["question_id"].to_pylist(), table["sample_index"].to_pylist()))
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    expected = {r["question_id"] for r in rows} | {"image-bytes", "no-image"}
+    assert set(table["question_id"].to_pylist()) == expected
+    assert sorted(keys) == sorted((q, i) for q in expected for i in range(2))
+    assert set(table["round"].to_pylist()) == {1} and all(n >= 1 for n in table["n_tokens"].to_pylist())
+    assert (stats.num_rows, stats.num_samples, stats.num_skipped, stats.passes) == (14, 24, 2, 1)
+    assert stats.num_correct == sum(table["correct"].to_pylist())
+    # labels come from the task's own extractor and checker
+    gold = {r["question_id"]: r["answer"] for r in rows}
+    for rec in table.to_pylist():
+        if rec["question_id"] in gold:
+            assert (rec["extracted_answer"], rec["correct"]) == TASK.score(rec["rationale"], gold[rec["question_id"]])
+
+
+def test_bad_rows_are_skipped_logged_and_counted(first_run):
+    stats, _, messages, _ = first_run
+    reasons = {s["question_id"]: s["reason"] for s in stats.skipped}
+    assert set(reasons) == {"corrupt-image", "too-long"}
+    assert "unreadable image" in reasons["corrupt-image"] and "max_prompt_tokens 256" in reasons["too-long"]
+    assert any("corrupt-image" in m and "unreadable image" in m for m in messages)
+    assert any("too-long" in m for m in messages)
+    assert stats.to_dict()["num_skipped"] == 2
+
+
+def test_output_is_written_atomically_and_samplers_are_released(first_run):
+    _, out, _, resources_after = first_run
+    assert [p.name for p in out.parent.iterdir()] == ["samples.parquet"]  # no temporary file left behind
+    assert resources_after.get("CPU") == 2.0  # the sampler actors gave their CPUs back
+
+
+def test_same_seed_gives_the_same_samples_whatever_the_batching(first_run, tiny_model_dir, rows, tmp_path):
+    _, out, _, _ = first_run
+    cfg = _cfg(max_prompt_tokens=256, batch_size=3)
+    cfg.resources.num_samplers = 1
+    again = tmp_path / "again.parquet"
+    sample(cfg, tiny_model_dir, rows[::-1], str(again), params_from_config(cfg.sampling, seed=7, n=2), 1)
+    first = store.read_parquet(str(out)).to_pylist()
+    assert store.read_parquet(str(again)).to_pylist() == [r for r in first if r["question_id"].startswith("syn-")]
+
+
+def test_greedy_passes_any_prompt_through_and_matches_a_local_engine(ray_local, tiny_model_dir, rows, tmp_path):
+    from r3v_ray.engines import GenerationRequest, create_engine
+    from r3v_ray.tasks import load_image
+
+    # evaluation sends self-select prompts through the same function with greedy parameters
+    select_rows = [{**r, "prompt": select_prompt(r["prompt"], ["Answer: 1", "Answer: 2"])} for r in rows[:6]]
+    cfg = _cfg()
+    greedy = params_from_config(cfg.sampling, seed=0, greedy=True)
+    out = tmp_path / "greedy.parquet"
+    stats = sample(cfg, tiny_model_dir, select_rows, str(out), greedy, round_index=0)
+    assert stats.num_samples == 6
+    got = {r["question_id"]: r["rationale"] for r in store.read_parquet(str(out)).to_pylist()}
+    engine = create_engine("hf", tiny_model_dir, torch_threads=1)
+    local = engine.generate([GenerationRequest(r["prompt"], load_image(r["image"]), r["question_id"]) for r in select_rows], greedy)
+    assert got == {r["question_id"]: o.texts[0] for r, o in zip(select_rows, local)}
+
+
+def _alive_sampler_handle(ray, deadline_s: float = 120.0):
+    """A handle to a live sampler actor of the running dataset.
+
+    ray.util.state needs the dashboard, which the shared `ray_local` leaves off; the GCS actor table has the
+    same facts.
+    """
+    from ray._private.state import actors
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        alive = [aid for aid, info in actors().items() if "EngineActor" in info["ActorClassName"] and info["State"] == "ALIVE"]
+        if alive:
+            worker = ray._private.worker.global_worker
+            return alive[0], worker.core_worker.get_actor_handle(ray.ActorID.from_hex(alive[0]))
+        time.sleep(0.05)
+    raise AssertionError("no sampler actor became alive")
+
+
+@pytest.mark.parametrize("no_restart", [False, True], ids=["crash-restarted", "killed-for-good"])
+def test_a_killed_sampler_still_yields_complete_duplicate_free_output(ray_local, tiny_model_dir, synthetic_data_dir, tmp_path, no_restart):
+    rows = records_to_rows(list(TASK.read(synthetic_data_dir, "train"))[:20], TASK)
+    cfg = _cfg(batch_size=2, max_new_tokens=24)
+    params = params_from_config(cfg.sampling, seed=1, n=2)
+    out = tmp_path / "samples.parquet"
+    result: dict = {}
+
+    def run():
+        try:
+            result["stats"] = sample(cfg, tiny_model_dir, rows, str(out), params, round_index=1)
+        except BaseException as exc:  # surfaced by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        actor_id, handle = _alive_sampler_handle(ray_local)
+        assert thread.is_alive(), "sampling finished before the kill: the test would prove nothing"
+        ray_local.kill(handle, no_restart=no_restart)
+    finally:
+        thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    table = store.read_parquet(str(out))
+    keys = list(zip(table["question_id"].to_pylist(), table["sample_index"].to_pylist()))
+    assert sorted(keys) == keys == sorted((r["question_id"], i) for r in rows for i in range(2))
+    from ray._private.state import actors
+
+    if no_restart:  # the dataset lost an actor for good: a second pass covered what the first left
+        assert result["stats"].passes == 2
+    else:  # Ray Data restarted the actor and retried its batch
+        assert actors()[actor_id]["NumRestarts"] >= 1 and result["stats"].passes == 1
