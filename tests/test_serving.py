@@ -29,7 +29,7 @@ from r3v_ray.serving import checkpoint as ckpt
 from r3v_ray.serving.batching import generate_grouped
 from r3v_ray.serving.errors import RequestError
 from r3v_ray.serving.requests import build_query, parse_chat, parse_select
-from r3v_ray.serving.selector import decide, select_in_process
+from r3v_ray.serving.selector import decide, row_key, select_in_process
 from r3v_ray.tasks import Record, get_task
 
 QUESTION = "How many red objects are there?"
@@ -197,8 +197,8 @@ def _seed_where_first_is_not_majority(engine, image) -> int:
     # Candidates are a function of the seed alone, so the test can pick a seed where the two rules disagree.
     record = Record(id="q", question=QUESTION, answer="")
     for seed in range(40):
-        params = SamplingParams(n=4, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=MAX_NEW, seed=seed)
-        out = engine.generate([GenerationRequest(TASK.cot_prompt(record), image, "serve")], params)[0]
+        params = SamplingParams(n=4, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=MAX_NEW)
+        out = engine.generate([GenerationRequest(TASK.cot_prompt(record), image, row_key(seed))], params)[0]
         answers = [TASK.extract_answer(t) for t in out.texts]
         winner, votes = majority_vote(answers)
         if winner is not None and answers[0] != winner and votes[winner] > 2:

@@ -16,6 +16,7 @@ The chosen candidate is the first one whose extracted answer equals the final an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
@@ -28,7 +29,13 @@ from r3v_ray.serving.requests import Query
 from r3v_ray.tasks import Record, Task
 
 Generate = Callable[[GenerationRequest, SamplingParams], Awaitable[RequestOutput]]
-SERVE_KEY = "serve"  # row key for seeded sampling: a request's candidates depend only on its content and seed
+
+
+def row_key(seed: int) -> str:
+    """The request's seed goes into the row key, not into SamplingParams: the engine seeds each row from its key,
+    so a request's candidates depend only on its content and seed, and concurrent requests with different seeds
+    still share one engine call (the sampler batches by equal SamplingParams)."""
+    return f"serve-{seed}"
 
 
 @dataclass
@@ -63,12 +70,12 @@ def query_record(query: Query) -> Record:
 
 
 def candidate_request(task: Task, query: Query) -> GenerationRequest:
-    return GenerationRequest(task.cot_prompt(query_record(query)), query.image, SERVE_KEY)
+    return GenerationRequest(task.cot_prompt(query_record(query)), query.image, row_key(query.params.seed))
 
 
 def selector_request(task: Task, query: Query, texts: list[str]) -> GenerationRequest:
     """The self-select prompt exactly as training builds it: question (with image), then the numbered candidates."""
-    return GenerationRequest(select_prompt(task.question_text(query_record(query)), texts), query.image, SERVE_KEY)
+    return GenerationRequest(select_prompt(task.question_text(query_record(query)), texts), query.image, row_key(query.params.seed))
 
 
 def decide(strategy: str, answers: list[str | None], selector_answer: str | None = None) -> tuple[str | None, int | None]:
@@ -96,7 +103,7 @@ def _check(out: RequestOutput, what: str, expect: int) -> None:
 
 async def run_selection(task: Task, query: Query, generate: Generate) -> Selection:
     t0 = time.perf_counter()
-    out = await generate(candidate_request(task, query), query.params)
+    out = await generate(candidate_request(task, query), dataclasses.replace(query.params, seed=0))
     _check(out, "question", query.n)
     answers = [task.extract_answer(t) for t in out.texts]
     candidates = [Candidate(i, t, a, k) for i, (t, a, k) in enumerate(zip(out.texts, answers, out.n_tokens))]
@@ -104,7 +111,7 @@ async def run_selection(task: Task, query: Query, generate: Generate) -> Selecti
     selector_text = selector_answer = None
     selector_tokens = 0
     if query.strategy == "self_select":
-        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=query.select_max_new_tokens, seed=query.params.seed)
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=query.select_max_new_tokens)
         sel = await generate(selector_request(task, query, out.texts), greedy)
         _check(sel, "n", 1)  # the select prompt holds all N candidates: fewer or shorter ones fit
         selector_text, selector_tokens = sel.texts[0], sel.n_tokens[0]
