@@ -182,6 +182,7 @@ class ServeConfig(_Strict):
     # Ingress deployment: HTTP parsing only, so it takes no CPU away from the model replicas by default.
     ingress_replicas: int = Field(1, ge=1)
     ingress_cpus: float = Field(0.0, ge=0.0)
+    ingress_max_ongoing_requests: int = Field(128, ge=1)  # above Serve's default of 5 so the sampler can batch
     app_name: str = "r3v"
     route_prefix: str = "/"
     model_name: str | None = None  # the id in /v1/models; derived from the run and round when unset
