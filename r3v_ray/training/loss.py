@@ -1,0 +1,63 @@
+"""The R3V objective: L = L_SFT + alpha * L_REF + beta * L_SEL (DESIGN.md section 1, step 4).
+
+Each term is the token-mean NLL over the assistant tokens of its own examples (warm-up counts with SFT). The
+sums and token counts are kept apart so that the mean can be taken over a whole global batch, across
+micro-batches and workers, and a term with no tokens contributes exactly 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from r3v_ray.training.collator import IGNORE_INDEX
+from r3v_ray.training.examples import TASK_IDS, TERM_OF_TASK, TERMS
+
+# task id -> term index, as a lookup table
+_TERM_INDEX = torch.tensor([TERMS.index(TERM_OF_TASK[name]) for name in sorted(TASK_IDS, key=TASK_IDS.get)])
+
+
+def term_weights(alpha: float, beta: float) -> torch.Tensor:
+    return torch.tensor([1.0, alpha, beta], dtype=torch.float32)
+
+
+def token_terms(labels: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq-1) term index of every predicted token (the shifted labels); -1 where there is no label."""
+    target = labels[:, 1:]
+    terms = _TERM_INDEX.to(labels.device)[task_ids].unsqueeze(1).expand_as(target)
+    return torch.where(target != IGNORE_INDEX, terms, torch.full_like(terms, -1))
+
+
+def term_token_counts(labels: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    """Assistant tokens per term, shape (3,)."""
+    terms = token_terms(labels, task_ids)
+    return torch.stack([(terms == t).sum() for t in range(len(TERMS))]).to(torch.float32)
+
+
+def term_nll_sums(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL per term, shape (3,), differentiable."""
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    terms = token_terms(labels, task_ids).reshape(-1)
+    return torch.stack([nll[terms == t].sum() for t in range(len(TERMS))])
+
+
+def combine(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_t w_t * sums_t / counts_t, with empty terms contributing 0."""
+    means = sums / counts.to(sums.device).clamp(min=1.0)
+    return (weights.to(sums.device) * means).sum()
+
+
+def reflection_loss(
+    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, alpha: float, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(loss, per-term token-mean NLL) for one batch on its own."""
+    sums = term_nll_sums(logits, labels, task_ids)
+    counts = term_token_counts(labels, task_ids)
+    loss = combine(sums, counts, term_weights(alpha, beta))
+    means = (sums.detach() / counts.to(sums.device).clamp(min=1.0)).tolist()
+    return loss, dict(zip(TERMS, means))

@@ -1,0 +1,159 @@
+"""The driver side of one training round: a Ray Train TorchTrainer over DeepSpeed workers, then the export of
+the final model as a Hugging Face directory at `out_dir` (atomically: a temporary sibling, then a rename)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from r3v_ray import store
+from r3v_ray.config import RunConfig
+from r3v_ray.training.examples import read_examples
+from r3v_ray.training.worker import HF_DIR, STATE_FILE, fingerprint, train_loop_per_worker
+
+log = logging.getLogger("r3v_ray.training")
+
+
+class TrainingError(RuntimeError):
+    """Training did not produce a model; the message says which run and why."""
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: str  # the exported Hugging Face directory (= out_dir)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    ray_checkpoint: str | None = None  # where Ray Train keeps the final checkpoint (resumable DeepSpeed state)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _storage_path(out_dir: str) -> str:
+    """Ray Train's storage for this export: `<out_dir>.ray`, next to it."""
+    return (out_dir.rstrip("/") if "://" in out_dir else os.path.abspath(out_dir)) + ".ray"
+
+
+def _publish(src_fs: pafs.FileSystem, src: str, out_dir: str) -> None:
+    """Copy a directory to out_dir through a temporary sibling and a rename (the old export, if any, goes last)."""
+    fs, dst = store.resolve(out_dir)
+    parent, _, name = dst.rstrip("/").rpartition("/")
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.create_dir(tmp, recursive=True)
+    pafs.copy_files(src, tmp, source_filesystem=src_fs, destination_filesystem=fs)
+    old = None
+    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+        old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:8]}"
+        fs.move(dst, old)
+    fs.move(tmp, dst)
+    if old:
+        fs.delete_dir(old)
+
+
+def _summary(state: dict, seconds: float) -> dict[str, Any]:
+    history = state["history"]
+    terms = ("loss", "loss_sft", "loss_refine", "loss_select")
+    metrics: dict[str, Any] = {
+        "steps": state["step"],
+        "examples": state["examples"],
+        "skipped_too_long": len(state["skipped_too_long"]),
+        "skipped_examples": state["skipped_too_long"],
+        "plan": state["plan"],
+        "resumed_from_step": state["resumed_from_step"],
+        "seconds": seconds,
+        "setup_seconds": state["setup_seconds"],
+        "train_seconds": state["train_seconds"],
+        "history": history,
+    }
+    for term in terms:
+        values = [h[term] for h in history]
+        metrics[f"final_{term}"] = values[-1] if values else None
+        metrics[f"mean_{term}"] = sum(values) / len(values) if values else None
+    done = state["plan"]["global_batch"] * len(history)
+    metrics["examples_per_second"] = done / state["train_seconds"] if state["train_seconds"] else None
+    return metrics
+
+
+def train(
+    cfg: RunConfig,
+    train_uri: str,
+    base_model_path: str,
+    out_dir: str,
+    round_index: int,
+    *,
+    fail_once_at_step: int | None = None,
+) -> TrainResult:
+    """Fine-tune `base_model_path` on the example rows in `train_uri` with the R3V loss; export to `out_dir`.
+
+    Runs cfg.resources.num_train_workers Ray Train workers, each with a DeepSpeed engine. A worker failure
+    restarts the group from the last reported checkpoint (up to cfg.training.max_failures times); a re-run with
+    the same out_dir, data and settings resumes too. `fail_once_at_step` injects one worker failure (tests).
+    Per-step losses are in metrics["history"] and, while training runs, in the Ray metric r3v_train_loss.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not store.exists(train_uri):
+        raise TrainingError(f"training data {train_uri} does not exist")
+    if not ray.is_initialized():
+        ray.init()
+    res = cfg.resources
+    use_gpu = res.gpus_per_train_worker > 0
+    per_worker = {"CPU": res.cpus_per_train_worker}
+    if use_gpu:
+        per_worker["GPU"] = res.gpus_per_train_worker
+    # One Ray Train run per (data, settings): a re-run of the same training resumes from its last checkpoint,
+    # while other data or settings never pick up a stale one.
+    digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index)
+    storage_path = _storage_path(out_dir)
+    fault_marker = None
+    if fail_once_at_step is not None:
+        fault_marker = f"{store.resolve(storage_path)[1]}/{digest}/fault-injected"
+    started = time.perf_counter()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "train_uri": train_uri,
+            "base_model_path": base_model_path,
+            "round_index": round_index,
+            "fail_once_at_step": fail_once_at_step,
+            "fault_marker": fault_marker,
+            "fingerprint": digest,
+            "attempt": uuid.uuid4().hex[:8],
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res.num_train_workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RayRunConfig(
+            name=digest,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.checkpoints_to_keep),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        raise TrainingError(f"training round {round_index} into {out_dir} failed: {exc}") from exc
+    if result.error is not None:
+        raise TrainingError(f"training round {round_index} into {out_dir} failed: {result.error}")
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        raise TrainingError(f"training round {round_index}: no checkpoint was reported")
+    src_fs, src = checkpoint.filesystem, checkpoint.path
+    state = json.loads(src_fs.open_input_stream(f"{src}/{STATE_FILE}").read().decode())
+    if not state.get("final"):
+        raise TrainingError(f"training round {round_index}: the last checkpoint {src} is not the final one")
+    _publish(src_fs, f"{src}/{HF_DIR}", out_dir)
+    metrics = _summary(state, time.perf_counter() - started)
+    log.info("round %d: trained %d steps, final loss %.4f, exported to %s", round_index, metrics["steps"],
+             metrics["final_loss"], out_dir)
+    return TrainResult(checkpoint_dir=out_dir, metrics=metrics, ray_checkpoint=src)

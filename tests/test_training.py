@@ -1,0 +1,250 @@
+"""Collator, loss, step plan (no Ray), then real Ray Train + DeepSpeed runs on the tiny model (one Ray per module).
+
+Three training runs in all: 2 workers with ZeRO-2 and an injected worker failure (loss falls, every term is
+reported, resume, export reloads and generates), LoRA, and alpha = beta = 0 against a plain single-process SFT
+loop written out here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from r3v_ray.config import RunConfig
+from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
+from r3v_ray.models import load_model, load_model_and_processor, load_processor
+from r3v_ray.reflect import build_training_data
+from r3v_ray.tasks import RecordError, get_task, load_image
+from r3v_ray.training import (
+    IGNORE_INDEX,
+    TASK_IDS,
+    ExampleError,
+    ReflectionCollator,
+    make_plan,
+    model_inputs,
+    read_examples,
+    reflection_loss,
+    train,
+    write_examples,
+)
+from r3v_ray.training.plan import global_batches, lr_factor, worker_micro_batches
+
+TASK = get_task("synthetic")
+
+
+def _examples(data_dir: str, n_questions: int) -> list[dict]:
+    """A small R3V training set: every question has its teacher rationale as a positive and a wrong one."""
+    records = {r.id: r for r in list(TASK.read(data_dir, "train"))[:n_questions]}
+    pool = []
+    for qid, r in records.items():
+        bad = "B" if r.answer == "A" else "A" if r.answer == "B" else str(int(r.answer) + 1)
+        pool.append(dict(question_id=qid, round=1, sample_index=0, rationale=r.rationale, extracted_answer=r.answer, correct=True))
+        wrong = f"There are many objects.\nAnswer: {bad}"
+        pool.append(dict(question_id=qid, round=1, sample_index=1, rationale=wrong, extracted_answer=bad, correct=False))
+    examples, _ = build_training_data(pool, records, TASK, RunConfig().reflect, round_index=1)
+    return examples
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    return load_processor(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def train_uri(synthetic_data_dir, tmp_path_factory):
+    # 4 questions: 4 sft + 4 refine + 4 select + 8 warm-up = 20 examples
+    uri = str(tmp_path_factory.mktemp("train-data") / "train.parquet")
+    write_examples(uri, _examples(synthetic_data_dir, 4))
+    return uri
+
+
+# -- examples file, collator, loss, plan -------------------------------------------------------------------------
+
+
+def test_examples_file_round_trips_and_bad_rows_are_named(train_uri, tmp_path):
+    rows = read_examples(train_uri)
+    assert Counter(r["task"] for r in rows) == {"warmup": 8, "sft": 4, "refine": 4, "select": 4}
+    bad = dict(rows[0], task="chat")
+    with pytest.raises(ExampleError, match=rf"example 1 \(question '{rows[0]['question_id']}'\): field 'task'"):
+        write_examples(str(tmp_path / "bad.parquet"), [rows[0], bad])
+    with pytest.raises(ExampleError, match="field 'target'"):
+        write_examples(str(tmp_path / "bad.parquet"), [dict(rows[0], target="")])
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_label_mask_covers_exactly_the_assistant_tokens(processor, train_uri):
+    rows = read_examples(train_uri)
+    text_only = dict(rows[0], image=None, task="select")
+    batch_rows = [rows[0], text_only, rows[-1]]
+    collator = ReflectionCollator(processor)
+    batch = collator(batch_rows)
+    tok = processor.tokenizer
+    image_id = processor.image_token_id
+    assert batch["task_ids"].tolist() == [TASK_IDS[r["task"]] for r in batch_rows]
+    for i, row in enumerate(batch_rows):
+        ids, labels, mask = batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i]
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any()  # right padding
+        assert (ids[n:] == tok.pad_token_id).all() and (labels[n:] == IGNORE_INDEX).all()
+        labelled = (labels != IGNORE_INDEX).nonzero().flatten()
+        # one contiguous run at the end of the sequence: the assistant turn, its end-of-turn token included
+        assert labelled.tolist() == list(range(n - len(labelled), n))
+        assert tok.decode(ids[labelled]) == row["target"] + "<|im_end|>"
+        assert (labels[labelled] == ids[labelled]).all()
+        assert tok.decode(ids[: n - len(labelled)]).endswith("<|im_start|>assistant\n")
+        n_image = int((ids == image_id).sum())
+        assert n_image == (9 if row["image"] else 0)  # an 84x84 image is 3x3 merged tokens
+        assert batch["mm_token_type_ids"][i].sum() == n_image and not (labels[ids == image_id] != IGNORE_INDEX).any()
+        assert collator.length(row) == n
+    # pixel rows only for the two examples with an image (4 patches per merged token)
+    assert batch["pixel_values"].shape[0] == 2 * 9 * 4 and batch["image_grid_thw"].shape == (2, 3)
+    with pytest.raises(RecordError, match=f"record '{rows[0]['question_id']}': field 'image'"):
+        collator([dict(rows[0], image="/nonexistent/picture.png")])
+
+
+def test_each_term_is_the_token_mean_of_its_own_examples_and_alpha_beta_zero_is_plain_sft(tiny_model_dir, processor, train_uri):
+    rows = read_examples(train_uri)
+    pick = [next(r for r in rows if r["task"] == t) for t in ("warmup", "sft", "refine", "select")]
+    collator = ReflectionCollator(processor)
+    batch = collator(pick)
+    model = load_model(tiny_model_dir)
+    logits = model(**model_inputs(batch)).logits
+
+    def hf_loss(keep_tasks):  # the model's own causal-LM loss on a subset's labels
+        labels = batch["labels"].clone()
+        for i, r in enumerate(pick):
+            if r["task"] not in keep_tasks:
+                labels[i] = IGNORE_INDEX
+        return model(**model_inputs(batch), labels=labels).loss
+
+    loss, terms = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.5, beta=2.0)
+    assert terms["sft"] == pytest.approx(hf_loss({"warmup", "sft"}).item(), rel=1e-5)
+    assert terms["refine"] == pytest.approx(hf_loss({"refine"}).item(), rel=1e-5)
+    assert terms["select"] == pytest.approx(hf_loss({"select"}).item(), rel=1e-5)
+    assert loss.item() == pytest.approx(terms["sft"] + 0.5 * terms["refine"] + 2.0 * terms["select"], rel=1e-5)
+
+    # alpha = beta = 0: the same value and the same gradients as plain SFT on the SFT/warm-up examples
+    zero, _ = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.0, beta=0.0)
+    plain = hf_loss({"warmup", "sft"})
+    grads = [torch.autograd.grad(x, model.lm_head.weight, retain_graph=True)[0] for x in (zero, plain)]
+    assert zero.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+    # a term without tokens in the batch contributes exactly 0
+    only_sft = collator(pick[:2])
+    loss, terms = reflection_loss(model(**model_inputs(only_sft)).logits, only_sft["labels"], only_sft["task_ids"], 1.0, 1.0)
+    assert terms["refine"] == 0.0 and terms["select"] == 0.0 and loss.item() == pytest.approx(terms["sft"])
+
+
+def test_step_plan_accumulates_to_the_global_batch_and_is_seeded():
+    tcfg = RunConfig().training.model_copy(update=dict(global_batch_size=16, micro_batch_size=4, epochs=2.0, warmup_ratio=0.1))
+    plan = make_plan(20, tcfg, world_size=2)
+    assert (plan.micro_batch, plan.grad_accum, plan.global_batch, plan.steps, plan.warmup_steps) == (4, 2, 16, 3, 1)
+    batches = global_batches(20, plan, seed=0)
+    assert batches == global_batches(20, plan, seed=0) != global_batches(20, plan, seed=1)
+    assert sorted(batches[0] + batches[1][:4]) == list(range(20))  # the first epoch is a permutation
+    lengths = list(range(20))
+    parts = [worker_micro_batches(batches[0], lengths, plan, rank) for rank in (0, 1)]
+    assert all(len(p) == 2 and all(len(mb) == 4 for mb in p) for p in parts)
+    assert sorted(i for p in parts for mb in p for i in mb) == sorted(batches[0])
+    small = make_plan(5, tcfg.model_copy(update=dict(global_batch_size=2)), world_size=2)
+    assert (small.micro_batch, small.grad_accum, small.global_batch) == (1, 1, 2)
+    assert [lr_factor(s, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0] and lr_factor(0, 0) == 1.0
+
+
+# -- Ray Train + DeepSpeed -----------------------------------------------------------------------------------------
+
+
+def _cfg(workers: int, **training) -> RunConfig:
+    base = dict(lr=3e-3, epochs=6.0, global_batch_size=8, micro_batch_size=2, zero_stage=2, warmup_ratio=0.0)
+    return RunConfig.model_validate(
+        {"training": {**base, **training}, "resources": {"num_train_workers": workers, "cpus_per_train_worker": 1}}
+    )
+
+
+def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_local, tiny_model_dir, train_uri, tmp_path, synthetic_data_dir):
+    cfg = _cfg(2, checkpoint_every_steps=4, max_failures=1)
+    out = str(tmp_path / "round-001" / "checkpoint")
+    result = train(cfg, train_uri, tiny_model_dir, out, round_index=1, fail_once_at_step=6)
+    m = result.metrics
+    assert result.checkpoint_dir == out and json.loads(json.dumps(result.to_dict()))["checkpoint_dir"] == out
+    assert m["plan"] == {"world_size": 2, "micro_batch": 2, "grad_accum": 2, "global_batch": 8, "steps": 15, "warmup_steps": 0}
+    assert m["resumed_from_step"] == 4  # the injected failure at step 6 restarted from the step-4 checkpoint
+    history = m["history"]
+    assert [h["step"] for h in history] == list(range(1, 16))
+    for term in ("sft", "refine", "select"):
+        assert all(f"loss_{term}" in h for h in history) and sum(h[f"tokens_{term}"] for h in history) > 0
+        assert m[f"final_loss_{term}"] is not None
+    first, last = history[0]["loss_sft"], sum(h["loss_sft"] for h in history[-3:]) / 3
+    assert last < 0.7 * first, (first, last)
+    assert history[-1]["loss"] == pytest.approx(history[-1]["loss_sft"] + history[-1]["loss_refine"] + history[-1]["loss_select"], rel=1e-5)
+
+    # the export is a plain Hugging Face directory that the loader and the hf engine use
+    assert not list(Path(out).parent.glob(".checkpoint.tmp-*"))
+    model, processor = load_model_and_processor(out)
+    base_model = load_model(tiny_model_dir)
+    assert not torch.equal(model.lm_head.weight, base_model.lm_head.weight)
+    vision = [n for n, _ in model.named_parameters() if ".visual." in f".{n}"]
+    assert vision and all(torch.equal(model.get_parameter(n), base_model.get_parameter(n)) for n in vision)  # frozen
+    record = next(iter(TASK.read(synthetic_data_dir, "train")))
+    engine = create_engine("hf", out, torch_threads=1)
+    [output] = engine.generate([GenerationRequest(TASK.cot_prompt(record), load_image(record.image), record.id)], SamplingParams(max_new_tokens=8))
+    assert output.error is None and output.n_tokens[0] >= 1
+
+
+def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_dir, train_uri, tmp_path):
+    cfg = _cfg(1, finetune="lora", epochs=2.0, lr=1e-2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    out = str(tmp_path / "lora")
+    result = train(cfg, train_uri, tiny_model_dir, out, round_index=1)
+    assert result.metrics["steps"] == 5
+    assert not (Path(out) / "adapter_config.json").exists()  # merged: loads like any checkpoint
+    model, base_model = load_model(out), load_model(tiny_model_dir)
+    assert set(n for n, _ in model.named_parameters()) == set(n for n, _ in base_model.named_parameters())
+    changed = {n for n, p in model.named_parameters() if not torch.allclose(p, base_model.get_parameter(n))}
+    assert changed and all(n.rsplit(".", 2)[-2] in {"q_proj", "k_proj", "v_proj", "o_proj"} for n in changed), changed
+    assert not any(".visual." in f".{n}" for n in changed)
+
+
+def test_alpha_beta_zero_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, train_uri, tmp_path, processor):
+    cfg = _cfg(1, alpha=0.0, beta=0.0, global_batch_size=4, micro_batch_size=4, epochs=1.0, lr=1e-3, warmup_ratio=0.4)
+    out = str(tmp_path / "star")
+    history = train(cfg, train_uri, tiny_model_dir, out, round_index=1).metrics["history"]
+
+    # Plain SFT, written out: the model's own loss on the SFT and warm-up labels, torch AdamW, clipping.
+    tcfg = cfg.training
+    examples = read_examples(train_uri)
+    collator = ReflectionCollator(processor)
+    plan = make_plan(len(examples), tcfg, world_size=1)
+    torch.manual_seed(0)
+    model = load_model(tiny_model_dir)
+    model.train()
+    for name, param in model.named_parameters():
+        param.requires_grad_(".visual." not in f".{name}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    plain_losses = []
+    for step, ids in enumerate(global_batches(len(examples), plan, tcfg.seed)):
+        rows = [examples[i] for i in ids]
+        batch = collator(rows)
+        labels = batch["labels"].clone()
+        labels[[r["task"] not in ("warmup", "sft") for r in rows]] = IGNORE_INDEX
+        loss = model(**model_inputs(batch), labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tcfg.gradient_clipping)
+        for group in optimizer.param_groups:
+            group["lr"] = tcfg.lr * lr_factor(step, plan.warmup_steps)
+        optimizer.step()
+        optimizer.zero_grad()
+        plain_losses.append(loss.item())
+
+    assert len(history) == len(plain_losses) == 5
+    assert [h["loss"] for h in history] == pytest.approx(plain_losses, rel=1e-4)
+    assert [h["loss_sft"] for h in history] == pytest.approx(plain_losses, rel=1e-4)
+    assert any(h["loss_refine"] > 0 for h in history)  # refine/select were in the batches, with weight 0
+    trained = load_model(out)
+    for name, param in model.named_parameters():
+        assert torch.allclose(trained.get_parameter(name), param, atol=1e-5), name
