@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 
 from r3v_ray import store
 from r3v_ray.config import RunConfig
+from r3v_ray.resources import scaling_config_kwargs
 from r3v_ray.training.examples import read_examples
 from r3v_ray.training.worker import HF_DIR, STATE_FILE, fingerprint, train_loop_per_worker
 
@@ -105,11 +106,9 @@ def train(
         raise TrainingError(f"training data {train_uri} does not exist")
     if not ray.is_initialized():
         ray.init()
-    res = cfg.resources
-    use_gpu = res.gpus_per_train_worker > 0
-    per_worker = {"CPU": res.cpus_per_train_worker}
-    if use_gpu:
-        per_worker["GPU"] = res.gpus_per_train_worker
+    # Workers, CPUs/GPUs, custom resources and accelerator type from the config (what `r3v plan` prints).
+    scaling = scaling_config_kwargs(cfg)
+    use_gpu = scaling["use_gpu"]
     # One Ray Train run per (data, settings): a re-run of the same training resumes from its last checkpoint,
     # while other data or settings never pick up a stale one.
     digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index)
@@ -131,7 +130,7 @@ def train(
             "attempt": uuid.uuid4().hex[:8],
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=res.num_train_workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(**scaling),
         run_config=RayRunConfig(
             name=digest,
             storage_path=storage_path,
