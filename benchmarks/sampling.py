@@ -1,0 +1,131 @@
+"""Sampling throughput: the Ray Data pipeline (2 engine actors) against a sequential single-process loop.
+
+The sequential baseline is the paper's way: one process, one batch at a time, the same hf engine, the same
+questions, the same sampling parameters, with the same per-batch work as an actor (image decoding, generation,
+labeling). Both rates exclude model loading: the pipeline's rate counts from the first batch start to the last
+batch end over all actors (Ray Data scheduling inside that window is included, actor start-up is not; while one
+actor is still starting the other's work already counts, which is conservative); the end-to-end rate of `sample`
+(start-up and the parquet write included) is reported as well.
+
+    .venv/bin/python benchmarks/sampling.py [--quick] [--questions 96] [--repeats 2] [--two-thread-baseline]
+
+Last line: one JSON object {"benchmark": "sampling", "ratio": pipeline/sequential, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from r3v_ray.config import RunConfig  # noqa: E402
+from r3v_ray.engines import GenerationRequest, create_engine  # noqa: E402
+from r3v_ray.sampling import label_outputs, params_from_config, records_to_rows, sample, seed_key  # noqa: E402
+from r3v_ray.tasks import get_task, load_image  # noqa: E402
+
+
+def sequential_rate(model_dir: str, rows: list[dict], cfg: RunConfig, params, task, torch_threads: int) -> tuple[float, int]:
+    """(rationales per second, rationales) of one process looping over the batches."""
+    engine = create_engine("hf", model_dir, torch_threads=torch_threads, max_prompt_tokens=cfg.sampling.max_prompt_tokens)
+    size = cfg.sampling.batch_size
+    done = 0
+    start = time.perf_counter()
+    for i in range(0, len(rows), size):
+        batch = rows[i : i + size]
+        requests = [
+            GenerationRequest(r["prompt"], load_image(r["image"], r["question_id"]), seed_key(r["question_id"], 1))
+            for r in batch
+        ]
+        done += sum(1 for rec in label_outputs(batch, engine.generate(requests, params), task, 1) if rec["skip_reason"] is None)
+    return done / (time.perf_counter() - start), done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a short run: 48 questions in batches of 4, 1 repeat")
+    ap.add_argument("--questions", type=int, default=96)
+    ap.add_argument("--samples", type=int, default=3, help="rationales per question")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating sequential/pipeline runs; medians reported")
+    ap.add_argument(
+        "--two-thread-baseline", action="store_true", help="also time the sequential loop with 2 torch threads"
+    )
+    args = ap.parse_args()
+    if args.quick:
+        # Smaller batches keep enough of them per actor for the window to mean something.
+        args.questions, args.batch_size, args.repeats = 48, 4, 1
+
+    import ray
+
+    from r3v_ray.models.tiny import build_tiny_model
+
+    cfg = RunConfig()
+    cfg.sampling.num_samples = args.samples
+    cfg.sampling.max_new_tokens = args.max_new_tokens
+    cfg.sampling.batch_size = args.batch_size
+    cfg.resources.num_samplers = 2
+    cfg.resources.cpus_per_sampler = 1.0
+    cfg.resources.torch_threads = 1
+    task = get_task("synthetic")
+    params = params_from_config(cfg.sampling, seed=0)
+
+    with tempfile.TemporaryDirectory(prefix="r3v-bench-sampling-") as tmp:
+        model_dir = str(build_tiny_model(Path(tmp) / "model"))
+        task.write_split(Path(tmp) / "data", "train", args.questions, seed=0)
+        rows = records_to_rows(list(task.read(Path(tmp) / "data", "train")), task)
+
+        seq, seq2, pipe, e2e = [], [], [], []
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            for rep in range(args.repeats):
+                rate, n_seq = sequential_rate(model_dir, rows, cfg, params, task, torch_threads=1)
+                seq.append(rate)
+                stats = sample(cfg, model_dir, rows, f"{tmp}/out-{rep}.parquet", params, round_index=1)
+                pipe.append(stats.num_samples / stats.generate_seconds)
+                e2e.append(stats.num_samples / stats.seconds)
+                if stats.num_samples != n_seq:
+                    raise RuntimeError(f"pipeline wrote {stats.num_samples} rationales, sequential {n_seq}")
+            if args.two_thread_baseline:  # the baseline given both cores as intra-op threads instead of one
+                seq2.append(sequential_rate(model_dir, rows, cfg, params, task, torch_threads=2)[0])
+        finally:
+            ray.shutdown()
+
+    pipeline_per_s, sequential_per_s = statistics.median(pipe), statistics.median(seq)
+    result = {
+        "benchmark": "sampling",
+        "ratio": round(pipeline_per_s / sequential_per_s, 3),
+        "pipeline_per_s": round(pipeline_per_s, 2),
+        "sequential_per_s": round(sequential_per_s, 2),
+        "pipeline_end_to_end_per_s": round(statistics.median(e2e), 2),
+        "sequential_2threads_per_s": round(statistics.median(seq2), 2) if seq2 else None,
+        "ratio_vs_2threads": round(pipeline_per_s / statistics.median(seq2), 3) if seq2 else None,
+        "questions": args.questions,
+        "rationales": stats.num_samples,
+        "samples_per_question": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "actors": cfg.resources.num_samplers,
+        "torch_threads_per_process": cfg.resources.torch_threads,
+        "repeats": args.repeats,
+        "runs": {"pipeline_per_s": [round(x, 2) for x in pipe], "sequential_per_s": [round(x, 2) for x in seq]},
+        "included": "pipeline_per_s: first batch start to last batch end over both actors (Ray Data scheduling, "
+        "image decoding, generation, labeling; not actor start-up, not the write). sequential_per_s: the batch "
+        "loop (decoding, generation, labeling; not model loading). end_to_end: whole sample() call.",
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
