@@ -183,6 +183,15 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
         torch_threads=cfg.resources.torch_threads,
     )
     if cfg.sampling.engine == "vllm":
+        # Each actor is one vLLM engine on GPUs of its own; tensor-parallel ranks need one whole GPU each.
+        if cfg.resources.gpus_per_sampler <= 0:
+            raise ValueError("sampling.engine=vllm needs resources.gpus_per_sampler > 0")
+        if cfg.sampling.tensor_parallel_size > 1 and cfg.sampling.tensor_parallel_size > cfg.resources.gpus_per_sampler:
+            raise ValueError(
+                f"sampling.tensor_parallel_size={cfg.sampling.tensor_parallel_size} needs "
+                f"resources.gpus_per_sampler >= {cfg.sampling.tensor_parallel_size} "
+                f"(got {cfg.resources.gpus_per_sampler})"
+            )
         return dict(
             common,
             tensor_parallel_size=cfg.sampling.tensor_parallel_size,

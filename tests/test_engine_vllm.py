@@ -64,6 +64,25 @@ def test_lora_adapter_directories_resolve_to_base_plus_adapter(tmp_path):
         resolve_lora(str(adapter), None, False)
 
 
+def test_engine_kwargs_from_config_and_tensor_parallel_needs_its_gpus():
+    from r3v_ray.config import RunConfig
+    from r3v_ray.sampling import engine_kwargs
+
+    cfg = RunConfig()
+    assert "tensor_parallel_size" not in engine_kwargs(cfg)  # hf
+    cfg.sampling.engine = "vllm"
+    with pytest.raises(ValueError, match="gpus_per_sampler > 0"):
+        engine_kwargs(cfg)
+    cfg.resources.gpus_per_sampler = 0.5  # two tp=1 engines may share a GPU
+    assert engine_kwargs(cfg)["tensor_parallel_size"] == 1
+    cfg.sampling.tensor_parallel_size = 2
+    with pytest.raises(ValueError, match="resources.gpus_per_sampler >= 2"):
+        engine_kwargs(cfg)
+    cfg.resources.gpus_per_sampler = 2
+    kw = engine_kwargs(cfg)
+    assert (kw["tensor_parallel_size"], kw["gpu_memory_utilization"], kw["max_prompt_tokens"]) == (2, 0.85, 2048)
+
+
 # -- the real engine (GPU) ----------------------------------------------------------------------------------
 
 
