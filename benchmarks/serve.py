@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", default="self_select", choices=["self_select", "majority", "first"])
     p.add_argument("--n", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-batch-size", type=int, help="default: serve.max_batch_size")
+    p.add_argument("--batch-wait", type=float, help="seconds; default: serve.batch_wait_timeout_s")
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args(argv)
     if args.quick:
@@ -112,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
 
         checkpoint = str(build_tiny_model(Path(tmp.name) / "tiny"))
     port = free_port()
-    cfg = config_from_dict({"serve": {
-        "port": port, "max_new_tokens": args.max_new_tokens, "select_max_new_tokens": 8,
-        "max_n": max(8, args.n), "max_batch_size": args.max_batch_size, "app_name": "r3v-bench",
-    }})
+    serve_cfg = {"port": port, "max_new_tokens": args.max_new_tokens, "select_max_new_tokens": 8,
+                 "max_n": max(8, args.n), "app_name": "r3v-bench"}
+    if args.max_batch_size:
+        serve_cfg["max_batch_size"] = args.max_batch_size
+    if args.batch_wait is not None:
+        serve_cfg["batch_wait_timeout_s"] = args.batch_wait
+    cfg = config_from_dict({"serve": serve_cfg})
     task = get_task(cfg.task.name)
     record = next(task.generate_records("test", 1, 0))
     buf = io.BytesIO()
@@ -152,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         del engine
 
         # (2) load
+        sampler = serve.get_deployment_handle("R3VSampler", cfg.serve.app_name)
+        before = sampler.info.remote().result()
         load = load_phase(url, body, args.clients, args.duration)
+        after = sampler.info.remote().result()
+        batches = after["batches"] - before["batches"]
+        mean_batch = (after["items"] - before["items"]) / batches if batches else 0.0
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -176,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": args.strategy,
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
-        "max_batch_size": args.max_batch_size,
+        "max_batch_size": cfg.serve.max_batch_size,
+        "batch_wait_s": cfg.serve.batch_wait_timeout_s,
+        "mean_engine_batch": round(mean_batch, 2),  # engine calls per load phase: requests per call
         "model": model_info(cfg, served)["id"],
     }
     print(json.dumps(result))

@@ -172,6 +172,22 @@ def test_checkpoint_resolution(run_dir, tmp_path):
     assert local.startswith(str(tmp_path)) and ckpt.is_checkpoint(local)
 
 
+def test_serve_run_builder_and_replicas_from_config(run_dir):
+    from ray.serve import Application
+
+    from r3v_ray.config import config_from_dict
+    from r3v_ray.serving.app import app_builder, sampler_options
+
+    assert isinstance(app_builder({"run_dir": run_dir, "round": "1", "serve.max_n": "4"}), Application)
+    with pytest.raises(ckpt.CheckpointError):
+        app_builder({"run_dir": run_dir, "round": "0"})
+    auto = sampler_options(config_from_dict({"serve": {"num_replicas": "auto", "min_replicas": 0, "max_replicas": 3}}))
+    assert auto["num_replicas"] == "auto"
+    assert auto["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 2.0}
+    fixed = sampler_options(config_from_dict({"serve": {"num_replicas": 2, "gpus_per_replica": 1}}))
+    assert fixed["num_replicas"] == 2 and fixed["ray_actor_options"]["num_gpus"] == 1
+
+
 def test_grouped_generation_matches_separate_calls(engine, image):
     a = SamplingParams(n=2, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=8, seed=1)
     b = SamplingParams(n=1, temperature=0.0, max_new_tokens=8)

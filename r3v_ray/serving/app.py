@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from r3v_ray import store
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict, load_config
+from r3v_ray.resources import serve_actor_options
 from r3v_ray.serving import checkpoint as ckpt
 from r3v_ray.serving.deployments import Ingress, Sampler
 
@@ -35,7 +36,7 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
 def sampler_options(cfg: RunConfig) -> dict[str, Any]:
     s = cfg.serve
     opts: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+        "ray_actor_options": serve_actor_options(cfg),  # CPUs, GPUs, custom resources, GPU model
         "max_ongoing_requests": s.max_ongoing_requests,
         "health_check_period_s": s.health_check_period_s,
     }
@@ -74,7 +75,11 @@ def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
         "task_params": cfg.task.params,
         "model": model_info(cfg, served),
     }
-    return Ingress.options(num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": s.ingress_cpus}).bind(sampler, settings)
+    return Ingress.options(
+        num_replicas=s.ingress_replicas,
+        max_ongoing_requests=s.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": s.ingress_cpus},
+    ).bind(sampler, settings)
 
 
 def load_run_config(config: str | None = None, run_dir: str | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -40,17 +40,19 @@ class Sampler:
         self.engine = create_engine(engine, checkpoint.localize(checkpoint_uri), **engine_kwargs)
         self.generate_batch.set_max_batch_size(max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batches = self.items = 0  # how well concurrent requests are batched (see info())
 
     async def generate(self, request: GenerationRequest, params: SamplingParams) -> RequestOutput:
         return await self.generate_batch((request, params))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def generate_batch(self, items: list[tuple[GenerationRequest, SamplingParams]]) -> list[RequestOutput]:
+        self.batches, self.items = self.batches + 1, self.items + len(items)
         # The engine blocks: a worker thread keeps this replica's event loop answering health checks meanwhile.
         return await asyncio.to_thread(batching.generate_grouped, self.engine, items)
 
     def info(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "pid": os.getpid()}
+        return {"checkpoint": self.checkpoint, "pid": os.getpid(), "batches": self.batches, "items": self.items}
 
 
 app = FastAPI(title="r3v-ray best-of-N self-selection", docs_url="/docs")
