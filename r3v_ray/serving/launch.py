@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,13 @@ def start(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def serve_forever(args: argparse.Namespace) -> int:
-    """`r3v serve`: deploy, print where, and keep serving until Ctrl-C, then shut Serve down."""
+    """`r3v serve`: deploy, print where, and keep serving until Ctrl-C or SIGTERM, then shut Serve down."""
     from ray import serve
 
     url, model_id = start(args)
+    # Ctrl-C or `kill` (SIGTERM) both end in serve.shutdown(); a background shell would otherwise ignore SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"serving {model_id} at {url}  (POST /v1/select, POST /v1/chat/completions, GET /v1/models, GET /healthz)", flush=True)
     try:
         while True:
