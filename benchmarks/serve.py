@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from r3v_ray.engines import create_engine
     from r3v_ray.serving import checkpoint as ckpt
     from r3v_ray.serving.app import build_app, model_info
-    from r3v_ray.serving.requests import parse_select
+    from r3v_ray.serving.parsing import parse_select
     from r3v_ray.serving.selector import select_in_process
     from r3v_ray.tasks import get_task
 

@@ -162,7 +162,7 @@ class ServeConfig(_Strict):
     max_n: int = Field(8, ge=1)
     max_image_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_new_tokens_limit: int = Field(1024, ge=1)
-    # Request defaults and limits (r3v_ray/serving/requests.py); sampling defaults match evaluation's.
+    # Request defaults and limits (r3v_ray/serving/parsing.py); sampling defaults match evaluation's.
     default_strategy: Literal["self_select", "majority", "first"] = "self_select"
     temperature: float = Field(0.9, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)

@@ -28,7 +28,7 @@ from r3v_ray.selection import majority_vote
 from r3v_ray.serving import checkpoint as ckpt
 from r3v_ray.serving.batching import generate_grouped
 from r3v_ray.serving.errors import RequestError
-from r3v_ray.serving.requests import build_query, parse_chat, parse_select
+from r3v_ray.serving.parsing import build_query, parse_chat, parse_select
 from r3v_ray.serving.selector import decide, row_key, select_in_process
 from r3v_ray.tasks import Record, get_task
 

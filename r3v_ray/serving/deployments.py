@@ -1,10 +1,9 @@
 """The two Ray Serve deployments, thin: `R3VSampler` holds the engine, `R3VIngress` speaks HTTP.
 
-The ingress parses and validates a request (serving/requests.py), runs the selection (serving/selector.py) with
+The ingress parses and validates a request (serving/parsing.py), runs the selection (serving/selector.py) with
 the sampler's deployment handle as its `generate`, and shapes the answer (serving/responses.py). A bad request
 is a RequestError -> 4xx; a sampler replica that is gone is a 503 (Serve replaces it); anything else is a bug.
 """
-
 
 import asyncio
 import logging
@@ -21,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import GenerationRequest, RequestOutput, SamplingParams, create_engine
-from r3v_ray.serving import batching, checkpoint, requests, responses
+from r3v_ray.serving import batching, checkpoint, parsing, responses
 from r3v_ray.serving.errors import RequestError
 from r3v_ray.serving.selector import run_selection
 from r3v_ray.tasks import get_task
@@ -78,9 +77,9 @@ class Ingress:
     async def _handle(self, http: Request, parse, shape) -> JSONResponse:
         try:
             length = int(http.headers.get("content-length") or 0)
-            if length > requests.max_body_bytes(self.cfg):
-                raise RequestError(None, f"request body of {length} bytes is over the limit of {requests.max_body_bytes(self.cfg)}", 413, "too_large")
-            body = requests.parse_json_body(await http.body(), self.cfg)
+            if length > parsing.max_body_bytes(self.cfg):
+                raise RequestError(None, f"request body of {length} bytes is over the limit of {parsing.max_body_bytes(self.cfg)}", 413, "too_large")
+            body = parsing.parse_json_body(await http.body(), self.cfg)
             query = parse(body)
             selection = await run_selection(self.task, query, self._generate)
             return JSONResponse(shape(selection, self.model_id))
@@ -92,11 +91,11 @@ class Ingress:
 
     @app.post("/v1/select")
     async def select(self, http: Request) -> JSONResponse:
-        return await self._handle(http, lambda body: requests.parse_select(body, self.cfg), responses.select_body)
+        return await self._handle(http, lambda body: parsing.parse_select(body, self.cfg), responses.select_body)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, http: Request) -> JSONResponse:
-        return await self._handle(http, lambda body: requests.parse_chat(body, self.cfg, self.model_id), responses.chat_body)
+        return await self._handle(http, lambda body: parsing.parse_chat(body, self.cfg, self.model_id), responses.chat_body)
 
     @app.get("/v1/models")
     async def models(self) -> dict:

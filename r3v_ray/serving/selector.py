@@ -25,7 +25,7 @@ from r3v_ray.engines import Engine, GenerationRequest, RequestOutput, SamplingPa
 from r3v_ray.prompts import select_prompt
 from r3v_ray.selection import majority_vote
 from r3v_ray.serving.errors import RequestError
-from r3v_ray.serving.requests import Query
+from r3v_ray.serving.parsing import Query
 from r3v_ray.tasks import Record, Task
 
 Generate = Callable[[GenerationRequest, SamplingParams], Awaitable[RequestOutput]]
