@@ -33,12 +33,14 @@ from r3v_ray.sampling import label_outputs, params_from_config, records_to_rows,
 from r3v_ray.tasks import get_task, load_image  # noqa: E402
 
 
-def sequential_rate(model_dir: str, rows: list[dict], cfg: RunConfig, params, task, torch_threads: int) -> tuple[float, int]:
-    """(rationales per second, rationales) of one process looping over the batches."""
+def sequential_rate(
+    model_dir: str, rows: list[dict], cfg: RunConfig, params, task, torch_threads: int
+) -> tuple[float, int, float]:
+    """(rationales per second, rationales, CPU seconds) of one process looping over the batches."""
     engine = create_engine("hf", model_dir, torch_threads=torch_threads, max_prompt_tokens=cfg.sampling.max_prompt_tokens)
     size = cfg.sampling.batch_size
     done = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(0, len(rows), size):
         batch = rows[i : i + size]
         requests = [
@@ -46,7 +48,7 @@ def sequential_rate(model_dir: str, rows: list[dict], cfg: RunConfig, params, ta
             for r in batch
         ]
         done += sum(1 for rec in label_outputs(batch, engine.generate(requests, params), task, 1) if rec["skip_reason"] is None)
-    return done / (time.perf_counter() - start), done
+    return done / (time.perf_counter() - start), done, time.process_time() - cpu_start
 
 
 def main() -> None:
@@ -84,15 +86,17 @@ def main() -> None:
         task.write_split(Path(tmp) / "data", "train", args.questions, seed=0)
         rows = records_to_rows(list(task.read(Path(tmp) / "data", "train")), task)
 
-        seq, seq2, pipe, e2e = [], [], [], []
+        seq, seq2, pipe, e2e, seq_cpu, pipe_cpu = [], [], [], [], [], []
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             for rep in range(args.repeats):
-                rate, n_seq = sequential_rate(model_dir, rows, cfg, params, task, torch_threads=1)
+                rate, n_seq, cpu = sequential_rate(model_dir, rows, cfg, params, task, torch_threads=1)
                 seq.append(rate)
+                seq_cpu.append(cpu / n_seq)
                 stats = sample(cfg, model_dir, rows, f"{tmp}/out-{rep}.parquet", params, round_index=1)
                 pipe.append(stats.num_samples / stats.generate_seconds)
                 e2e.append(stats.num_samples / stats.seconds)
+                pipe_cpu.append(stats.cpu_seconds / stats.num_samples)
                 if stats.num_samples != n_seq:
                     raise RuntimeError(f"pipeline wrote {stats.num_samples} rationales, sequential {n_seq}")
             if args.two_thread_baseline:  # the baseline given both cores as intra-op threads instead of one
@@ -107,6 +111,9 @@ def main() -> None:
         "pipeline_per_s": round(pipeline_per_s, 2),
         "sequential_per_s": round(sequential_per_s, 2),
         "pipeline_end_to_end_per_s": round(statistics.median(e2e), 2),
+        # CPU per rationale tells intrinsic overhead apart from contention with other work on a shared machine.
+        "pipeline_cpu_ms_per_rationale": round(1000 * statistics.median(pipe_cpu), 2),
+        "sequential_cpu_ms_per_rationale": round(1000 * statistics.median(seq_cpu), 2),
         "sequential_2threads_per_s": round(statistics.median(seq2), 2) if seq2 else None,
         "ratio_vs_2threads": round(pipeline_per_s / statistics.median(seq2), 3) if seq2 else None,
         "questions": args.questions,
@@ -120,7 +127,8 @@ def main() -> None:
         "runs": {"pipeline_per_s": [round(x, 2) for x in pipe], "sequential_per_s": [round(x, 2) for x in seq]},
         "included": "pipeline_per_s: first batch start to last batch end over both actors (Ray Data scheduling, "
         "image decoding, generation, labeling; not actor start-up, not the write). sequential_per_s: the batch "
-        "loop (decoding, generation, labeling; not model loading). end_to_end: whole sample() call.",
+        "loop (decoding, generation, labeling; not model loading). end_to_end: whole sample() call. cpu_ms: process "
+        "CPU time per rationale inside batches (samplers) or the loop (sequential); the Ray driver's own CPU is not in it.",
         "cpu_count": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

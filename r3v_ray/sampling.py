@@ -40,10 +40,16 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 # What an actor returns: the sample columns plus a skip reason (a skipped question is one row with
-# sample_index -1) and the batch's start/end times (for throughput without actor start-up).
+# sample_index -1), the batch's start/end times (for throughput without actor start-up) and the sampler
+# process's CPU seconds for the batch (for efficiency on a machine shared with other work).
 _ACTOR_SCHEMA = pa.schema(
     list(SAMPLE_SCHEMA)
-    + [("skip_reason", pa.string()), ("batch_start", pa.float64()), ("batch_end", pa.float64())]
+    + [
+        ("skip_reason", pa.string()),
+        ("batch_start", pa.float64()),
+        ("batch_end", pa.float64()),
+        ("batch_cpu_seconds", pa.float64()),
+    ]
 )
 _MAX_PASSES = 3  # a pass re-runs only the questions a failed pass left without output
 
@@ -83,6 +89,7 @@ class SamplingStats:
     skipped: list[dict] = field(default_factory=list)  # {"question_id", "reason"}
     seconds: float = 0.0  # wall time of `sample`, actor start-up and the write included
     generate_seconds: float = 0.0  # first batch start to last batch end over all samplers (no start-up)
+    cpu_seconds: float = 0.0  # CPU time the samplers spent in batches (all their threads)
     passes: int = 0  # pipeline passes (more than 1 only when a pass lost questions)
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,7 +243,7 @@ class EngineActor:
         self.round_index = round_index
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         kept, requests, records = [], [], []
         for row in batch.to_pylist():
             qid = str(row["question_id"])
@@ -249,9 +256,9 @@ class EngineActor:
             requests.append(GenerationRequest(row["prompt"], image, seed_key(qid, self.round_index)))
         if requests:
             records += label_outputs(kept, self.engine.generate(requests, self.params), self.task, self.round_index)
-        end = time.time()
+        end, cpu = time.time(), time.process_time() - cpu_start
         for rec in records:
-            rec["batch_start"], rec["batch_end"] = start, end
+            rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"] = start, end, cpu
         return pa.Table.from_pylist(records, schema=_ACTOR_SCHEMA)
 
 
@@ -356,8 +363,7 @@ def sample(
     for item in skipped:
         log.warning("sampling: skipped question %s: %s", item["question_id"], item["reason"])
     store.write_parquet(out_uri, table)
-    starts = [rec["batch_start"] for rec in records]
-    ends = [rec["batch_end"] for rec in records]
+    batches = {(rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"]) for rec in records}
     return SamplingStats(
         num_rows=len(rows),
         num_samples=table.num_rows,
@@ -365,7 +371,8 @@ def sample(
         num_skipped=len(skipped),
         skipped=skipped,
         seconds=time.time() - started,
-        generate_seconds=(max(ends) - min(starts)) if records else 0.0,
+        generate_seconds=(max(b[1] for b in batches) - min(b[0] for b in batches)) if batches else 0.0,
+        cpu_seconds=sum(b[2] for b in batches),
         passes=passes,
     )
 
