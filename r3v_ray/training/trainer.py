@@ -48,6 +48,13 @@ def _publish(src_fs: pafs.FileSystem, src: str, out_dir: str) -> None:
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)
     pafs.copy_files(src, tmp, source_filesystem=src_fs, destination_filesystem=fs)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        # Object stores have no directory rename: the complete temporary copy is copied once more into place.
+        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+            fs.delete_dir(dst)
+        pafs.copy_files(tmp, dst, source_filesystem=fs, destination_filesystem=fs)
+        fs.delete_dir(tmp)
+        return
     old = None
     if fs.get_file_info(dst).type != pafs.FileType.NotFound:
         old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:8]}"
