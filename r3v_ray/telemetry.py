@@ -52,8 +52,10 @@ class RunMetrics:
 def metrics_actor():
     """The cluster's metrics actor, created on first use; None (and a log line) if it cannot be had."""
     try:
+        # Pinned to the head: a detached actor on an autoscaled worker would keep that node from ever going idle.
         return RunMetrics.options(
-            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+            name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+            resources={"node:__internal_head__": 0.001},
         ).remote()
     except Exception as exc:  # metrics must never fail a round
         log.warning("custom metrics unavailable: %s", exc)

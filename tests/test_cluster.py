@@ -5,6 +5,16 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -115,3 +125,216 @@ def test_requests_from_config_are_accepted_by_ray():
     assert sampler_remote_args(demo) == {"num_cpus": 1.0, "num_gpus": 0.0}
     kw = scaling_config_kwargs(demo)
     assert not kw["use_gpu"] and kw["resources_per_worker"] == {"CPU": 1.0} and "accelerator_type" not in kw
+
+
+# -- a round on a local simulated autoscaling cluster ---------------------------------------------------------
+#
+# ray.cluster_utils.AutoscalingCluster cannot be used here as it ships: in the Ray 2.60 wheel its constructor reads
+# autoscaler/_private/fake_multi_node/example.yaml, which the wheel does not contain (FileNotFoundError), and its
+# start()/shutdown() run `ray stop --force`, which would end every Ray cluster on this shared machine. The
+# cluster below is what it starts, done directly: a `ray start --head --block` whose autoscaler uses the same
+# fake_multinode provider (RAY_FAKE_CLUSTER=1) and starts real raylets as worker nodes on demand. The whole
+# process group is ended at teardown. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray resolve every address to
+# 127.0.0.1 (the simulated nodes would otherwise bind to the machine's public IP).
+
+PY = sys.executable
+SAMPLER_TYPE = {"CPU": 2, "r3v_sampler": 2}  # a worker type per role, told apart by a custom resource
+TRAINER_TYPE = {"CPU": 2, "r3v_trainer": 2}
+OBJECT_STORE = 300 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_cluster_config(gcs_port: int, worker_types: dict[str, dict], idle_timeout_minutes: float) -> dict:
+    """An autoscaler config for the fake_multinode provider: a head with no CPUs and worker types with min 0."""
+    types = {"ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}}
+    for name, resources in worker_types.items():
+        types[name] = {"resources": dict(resources, object_store_memory=OBJECT_STORE), "node_config": {},
+                       "min_workers": 0, "max_workers": 1}
+    empty_lists = ("cluster_synced_files", "rsync_exclude", "rsync_filter", "initialization_commands",
+                   "setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+                   "worker_start_ray_commands")
+    return {
+        "cluster_name": "r3v-fake", "max_workers": len(worker_types), "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes, "docker": {}, "auth": {}, "file_mounts": {},
+        "file_mounts_sync_continuously": False, "head_node_type": "ray.head.default", "available_node_types": types,
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs_port}", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        **{k: [] for k in empty_lists},
+    }
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(ROOT),
+               PATH=f"{Path(PY).parent}:{env.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _get(url: str) -> dict:
+    return json.load(urllib.request.urlopen(url, timeout=10))
+
+
+@contextmanager
+def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minutes: float):
+    """Yields (gcs address, dashboard url, env); the head's process group (autoscaler and simulated nodes) is
+    ended on exit."""
+    gcs, dash = _free_port(), _free_port()
+    tmp = tempfile.mkdtemp(prefix="r3v-as-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    config = Path(tmp) / "autoscaling.json"
+    config.write_text(json.dumps(fake_cluster_config(gcs, worker_types, idle_timeout_minutes)))
+    env = _env() | {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0",
+           "--node-ip-address=127.0.0.1", f"--autoscaling-config={config}", f"--object-store-memory={OBJECT_STORE}",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--temp-dir={tmp}", "--disable-usage-stats"]
+    log = open(Path(tmp) / "head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                _get(f"{url}/api/v0/nodes?limit=10")
+                break
+            except Exception:
+                assert proc.poll() is None, (Path(tmp) / "head.log").read_text()[-2000:]
+                assert time.time() < deadline, "the head node did not come up"
+                time.sleep(1)
+        yield f"127.0.0.1:{gcs}", url, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+class ClusterWatcher(threading.Thread):
+    """Polls the state API: alive worker nodes by type, and which of our actors are alive, with timestamps."""
+
+    def __init__(self, url: str, period_s: float = 1.0):
+        super().__init__(daemon=True)
+        self.url, self.period_s = url, period_s
+        self.samples: list[dict] = []  # {"t", "workers": {node_id: type}, "actors": {(class name, node_id)}}
+        self.nodes: dict[str, dict] = {}  # node_id -> latest state-API record (workers only)
+        self.stop = threading.Event()
+
+    def poll(self) -> dict:
+        nodes = _get(f"{self.url}/api/v0/nodes?limit=1000&detail=true")["data"]["result"]["result"]
+        actors = _get(f"{self.url}/api/v0/actors?limit=1000&filter_keys=state&filter_predicates=%3D"
+                      "&filter_values=ALIVE")["data"]["result"]["result"]
+        workers = {}
+        for n in nodes:
+            if n["is_head_node"]:
+                continue
+            self.nodes[n["node_id"]] = n
+            if n["state"] == "ALIVE":
+                workers[n["node_id"]] = node_type(n)
+        sample = {"t": time.time(), "workers": workers, "actors": {(a["class_name"], a["node_id"]) for a in actors}}
+        self.samples.append(sample)
+        return sample
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # the dashboard can be slow under load; the next poll counts
+                pass
+            self.stop.wait(self.period_s)
+
+
+def node_type(node: dict) -> str:
+    res = node["resources_total"]
+    return "sampler" if "r3v_sampler" in res else "trainer" if "r3v_trainer" in res else "other"
+
+
+def stage_windows(run: Path, rounds: int) -> list[tuple[str, float, float]]:
+    """(stage, start, end) of every finished stage, from the round manifests."""
+    out = []
+    for k in range(rounds + 1):
+        stages = json.loads((run / f"round-{k:03d}" / "manifest.json").read_text())["stages"]
+        for name, rec in stages.items():
+            out.append((name, rec["finished_at"] - rec["seconds"], rec["finished_at"]))
+    return out
+
+
+def most_alive(samples: list[dict], windows, kind: str, stages: set[str]) -> int:
+    """The most alive worker nodes of one type seen while any of `stages` ran."""
+    return max((sum(v == kind for v in s["workers"].values()) for s in samples
+                if any(name in stages and a <= s["t"] <= b for name, a, b in windows)), default=0)
+
+
+@pytest.mark.slow
+def test_round_on_local_autoscaling_cluster_adds_nodes_per_stage_and_removes_them(tmp_path, tiny_model_dir,
+                                                                                   synthetic_data_dir):
+    cfg = {
+        "name": "as", "rounds": 1,
+        "model": {"path": tiny_model_dir},
+        "task": {"name": "synthetic", "data_dir": synthetic_data_dir, "max_train": 12, "max_test": 6},
+        "sampling": {"num_samples": 2, "max_new_tokens": 24, "batch_size": 6},
+        "training": {"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384},
+        "evaluation": {"n": 2, "max_new_tokens": 24, "zero_shot": False, "select": False},  # lean: 2 passes
+        # The custom resources are what steer each stage to its node type (as accelerator types do on AWS).
+        # One actor/worker each keeps the run light on 2 cores; the multi-worker paths are tested elsewhere.
+        "resources": {"num_samplers": 1, "num_train_workers": 1, "sampler_resources": {"r3v_sampler": 1},
+                      "train_worker_resources": {"r3v_trainer": 1}},
+        "storage": {"root": str(tmp_path / "runs")},
+    }
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "runs" / "as"
+
+    with local_autoscaling_cluster({"sampler": SAMPLER_TYPE, "trainer": TRAINER_TYPE}, 0.1) as (gcs, url, env):
+        watcher = ClusterWatcher(url)
+        assert watcher.poll()["workers"] == {}  # min_workers 0: nothing but the CPU-less head
+        watcher.start()
+        try:
+            done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)], cwd=ROOT,
+                                  env=env | {"RAY_ADDRESS": gcs}, capture_output=True, text=True, timeout=1200)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+            # Idle workers are removed by the autoscaler (idle timeout 6 s); wait for it, bounded.
+            deadline = time.time() + 240
+            while watcher.samples[-1]["workers"] and time.time() < deadline:
+                time.sleep(1)
+        finally:
+            watcher.stop.set()
+            watcher.join(timeout=30)
+        final = watcher.poll()
+
+    assert json.loads((run / "round-001" / "eval.json").read_text())["num_questions"] == 6
+    windows = stage_windows(run, rounds=1)
+    assert {w[0] for w in windows} == {"sample", "build", "train", "eval"}
+    uses = {"sampler": {"sample", "eval"}, "trainer": {"train"}}
+
+    # Worker nodes of both types were added, each one while a stage that asks for its type was running.
+    started = {t: [n for n in watcher.nodes.values() if node_type(n) == t] for t in uses}
+    assert started["sampler"] and started["trainer"], watcher.nodes
+    for kind, nodes in started.items():
+        for n in nodes:
+            t = n["start_time_ms"] / 1000
+            assert any(s in uses[kind] and a - 1 <= t <= b + 1 for s, a, b in windows), (kind, t, windows)
+    assert most_alive(watcher.samples, windows, "sampler", {"sample"}) >= 1
+    assert most_alive(watcher.samples, windows, "sampler", {"eval"}) >= 1
+    assert most_alive(watcher.samples, windows, "trainer", {"train"}) >= 1
+    assert max(len(s["workers"]) for s in watcher.samples) <= 2  # max_workers 1 per type
+
+    # Sampler actors were gone whenever training workers were alive (samplers release before training).
+    names = [{c for c, _ in s["actors"]} for s in watcher.samples]
+    assert any("RayTrainWorker" in n for n in names) and any(any("EngineActor" in c for c in n) for n in names)
+    assert not [n for n in names if "RayTrainWorker" in n and any("EngineActor" in c for c in n)]
+
+    # ... and after the round every worker node was removed for being idle.
+    assert final["workers"] == {}, final
+    assert all(n["state"] == "DEAD" and n["end_time_ms"] > 0 for n in watcher.nodes.values()), watcher.nodes
+    print(json.dumps({"windows": windows, "nodes": {k: (node_type(n), n["start_time_ms"], n["end_time_ms"])
+                                                      for k, n in watcher.nodes.items()},
+                      "polls": len(watcher.samples)}))
