@@ -338,3 +338,25 @@ def test_round_on_local_autoscaling_cluster_adds_nodes_per_stage_and_removes_the
     print(json.dumps({"windows": windows, "nodes": {k: (node_type(n), n["start_time_ms"], n["end_time_ms"])
                                                       for k, n in watcher.nodes.items()},
                       "polls": len(watcher.samples)}))
+
+
+def test_kuberay_rayjob_groups_hold_what_the_gpu_config_asks_for():
+    from r3v_ray.plan import plan, units_per_node
+
+    job = yaml.safe_load((ROOT / "deploy" / "kuberay-rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob" and "jobs/selftrain.py" in job["spec"]["entrypoint"]
+    groups = {}
+    for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        assert g["minReplicas"] == 0 and g["maxReplicas"] >= 1
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        custom = json.loads(json.loads(g["rayStartParams"]["resources"]))  # KubeRay's quoted JSON string
+        groups[g["groupName"]] = {"CPU": float(limits["cpu"]), "GPU": float(limits["nvidia.com/gpu"]), **custom}
+    stages = {s["stage"]: s for s in plan(load_config(ROOT / "configs" / "qwen2vl-7b-geoqa.yaml"))}
+    # Each stage fits only its own group, and the group's maxReplicas covers the stage's units.
+    for stage, group in (("sample", "gpu-sampler"), ("train", "gpu-trainer"), ("serve", "gpu-sampler")):
+        fits = {name: units_per_node(stages[stage]["per_unit"], res) for name, res in groups.items()}
+        assert [n for n, k in fits.items() if k > 0] == [group], (stage, fits)
+    spec = {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+    for stage, group in (("sample", "gpu-sampler"), ("train", "gpu-trainer")):
+        per_pod = units_per_node(stages[stage]["per_unit"], groups[group])
+        assert spec[group]["maxReplicas"] * per_pod >= stages[stage]["units"]
