@@ -120,6 +120,8 @@ def check_placement(placed: list[dict[str, Any]], types: dict[str, dict[str, Any
         if not st["nodes"]:
             out.append(f"{st['stage']}: no node type can hold {_fmt(st['per_unit'])}")
             continue
+        if any(types[n]["head"] and c == 1 for n, c in st["nodes"].items()):
+            continue  # the head alone has room: no worker node is needed
         workers = {n: c for n, c in st["nodes"].items() if not types[n]["head"]}
         for name, count in workers.items():
             if count > types[name]["max_workers"] and len(workers) == 1:

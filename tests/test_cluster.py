@@ -89,6 +89,10 @@ def test_plan_demo_config(capsys):
     assert "nothing is started" in text and all(s in text for s in ("sample", "build", "train", "eval", "serve"))
     assert "peak of one round (stages run one at a time): CPU=2" in text
 
+    # On cluster.yaml the CPU-only demo fits the head alone: no worker node is needed, so no note about choices.
+    data = _plan_json(capsys, "--config", str(ROOT / "configs" / "demo.yaml"), "--cluster", str(ROOT / "cluster.yaml"))
+    assert data["stages"][2]["nodes"]["head"] == 1 and data["notes"] == [] and data["peak_nodes"] == {}
+
 
 def test_plan_gpu_config_on_cluster_yaml(capsys):
     data = _plan_json(capsys, "--config", str(ROOT / "configs" / "qwen2vl-7b-geoqa.yaml"),
