@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,6 +202,7 @@ def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minute
     log = open(Path(tmp) / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
+    passed = False
     try:
         deadline = time.time() + 180
         while True:
@@ -212,6 +214,7 @@ def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minute
                 assert time.time() < deadline, "the head node did not come up"
                 time.sleep(1)
         yield f"127.0.0.1:{gcs}", url, env
+        passed = True
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -220,6 +223,8 @@ def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minute
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+    if passed:  # the session logs stay on a failure, for a look at the autoscaler's monitor.log
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class ClusterWatcher(threading.Thread):
