@@ -11,7 +11,6 @@ import logging
 from collections import defaultdict
 from typing import Iterable
 
-from r3v_ray.prompts import select_prompt
 from r3v_ray.selection import majority_vote
 from r3v_ray.tasks.base import Record, Task
 
@@ -56,29 +55,11 @@ def _share(question_ids: list[str], is_correct) -> float:
     return 100.0 * sum(1 for q in question_ids if is_correct(q)) / len(question_ids)
 
 
-def select_rows(records: dict[str, Record], task: Task, sampled_rows: Iterable[dict], n: int) -> list[dict]:
-    """Sampler input rows for Select@N: the model reads its own first n candidates with the self-select prompt."""
-    rows = []
-    for qid, group in sorted(_by_question(sampled_rows).items()):
-        record = records[qid]
-        candidates = [r["rationale"] for r in group[:n]]
-        rows.append(
-            {
-                "question_id": qid,
-                "prompt": select_prompt(task.question_text(record), candidates),
-                "image": record.image,
-                "answer": record.answer,
-            }
-        )
-    return rows
-
-
 def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: str, round_index: int,
              greedy_only: bool = False) -> dict:
-    """Run the evaluation samplings (greedy, N samples, self-select) and return the metrics dict.
+    """Evaluate one model in one sampling pass (greedy, N samples and self-select in the same actors).
 
-    Intermediate samples are kept under `out_uri` (greedy.parquet, samples.parquet, select.parquet) so every
-    number in eval.json can be traced back to the rationales behind it.
+    The rationales behind every number stay under `out_uri` (greedy.parquet, samples.parquet, select.parquet).
     """
     from r3v_ray.engines import SamplingParams
     from r3v_ray.sampling import records_to_rows, sample
@@ -86,25 +67,27 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
 
     by_id = {r.id: r for r in records}
     qids = list(by_id)
-    rows = records_to_rows(records, task)
     ev = cfg.evaluation
-    metrics: dict = {"round": round_index, "model": model_path, "num_questions": len(qids), "n": ev.n}
-
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=ev.max_new_tokens, seed=ev.seed)
-    stats = sample(cfg, model_path, rows, join(out_uri, "greedy.parquet"), greedy, round_index)
-    metrics["test@1"] = accuracy_at_1(qids, read_parquet(join(out_uri, "greedy.parquet")).to_pylist())
-    metrics["skipped"] = stats.skipped
+    metrics: dict = {"round": round_index, "model": model_path, "num_questions": len(qids)}
+    greedy_uri = join(out_uri, "greedy.parquet")
+    rows = records_to_rows(records, task)
     if greedy_only:
-        return metrics
-
-    sampled = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
-                             max_new_tokens=ev.max_new_tokens, seed=ev.seed)
-    sample(cfg, model_path, rows, join(out_uri, "samples.parquet"), sampled, round_index)
-    sampled_rows = read_parquet(join(out_uri, "samples.parquet")).to_pylist()
-    metrics[f"oracle@{ev.n}"] = oracle_at_n(qids, sampled_rows, ev.n)
-    metrics[f"majority@{ev.n}"] = majority_at_n(by_id, task, sampled_rows, ev.n)
-    if ev.select:
-        sel_rows = select_rows(by_id, task, sampled_rows, ev.n)
-        sample(cfg, model_path, sel_rows, join(out_uri, "select.parquet"), greedy, round_index)
-        metrics[f"select@{ev.n}"] = accuracy_at_1(qids, read_parquet(join(out_uri, "select.parquet")).to_pylist())
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+        stats = sample(cfg, model_path, rows, greedy_uri, params, round_index)
+    else:
+        for row in rows:
+            row["select_question"] = task.question_text(by_id[row["question_id"]])
+        params = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
+                                max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+        samples_uri, select_uri = join(out_uri, "samples.parquet"), join(out_uri, "select.parquet")
+        stats = sample(cfg, model_path, rows, samples_uri, params, round_index, greedy_uri=greedy_uri,
+                       select_uri=select_uri if ev.select else None, select_n=ev.n)
+        sampled_rows = read_parquet(samples_uri).to_pylist()
+        metrics["n"] = ev.n
+        metrics[f"oracle@{ev.n}"] = oracle_at_n(qids, sampled_rows, ev.n)
+        metrics[f"majority@{ev.n}"] = majority_at_n(by_id, task, sampled_rows, ev.n)
+        if ev.select:
+            metrics[f"select@{ev.n}"] = accuracy_at_1(qids, read_parquet(select_uri).to_pylist())
+    metrics["test@1"] = accuracy_at_1(qids, read_parquet(greedy_uri).to_pylist())
+    metrics["skipped"] = stats.skipped
     return metrics

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +23,7 @@ import pyarrow as pa
 from r3v_ray import store
 from r3v_ray.config import RunConfig, SamplingConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
+from r3v_ray.prompts import select_prompt
 from r3v_ray.resources import sampler_remote_args
 from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
 
@@ -49,6 +50,7 @@ _ACTOR_SCHEMA = pa.schema(
         ("batch_start", pa.float64()),
         ("batch_end", pa.float64()),
         ("batch_cpu_seconds", pa.float64()),
+        ("kind", pa.string()),  # "sample", or the extra passes evaluation asks for: "greedy", "select"
     ]
 )
 _MAX_PASSES = 3  # a pass re-runs only the questions a failed pass left without output
@@ -160,7 +162,7 @@ def check_rows(rows: list[dict]) -> None:
         seen.add(row["question_id"])
 
 
-def finalize(records: list[dict]) -> tuple[pa.Table, list[dict]]:
+def finalize(records: list[dict], kind: str = "sample") -> tuple[pa.Table, list[dict]]:
     """(sample table sorted by (question_id, sample_index), skipped list), duplicates dropped.
 
     Retried batches can deliver a question twice; a (question_id, sample_index) pair is kept once (samples are
@@ -169,6 +171,8 @@ def finalize(records: list[dict]) -> tuple[pa.Table, list[dict]]:
     samples: dict[tuple[str, int], dict] = {}
     skips: dict[str, str] = {}
     for rec in records:
+        if (rec.get("kind") or "sample") != kind:  # decode-time skips carry no kind: they belong to "sample"
+            continue
         if rec.get("skip_reason") is not None:
             skips.setdefault(rec["question_id"], rec["skip_reason"])
         else:
@@ -223,7 +227,13 @@ def _decode_image(value: Any, question_id: str):
 
 
 class EngineActor:
-    """One engine per actor, loaded once; each call samples and labels one batch of question rows."""
+    """One engine per actor, loaded once; each call samples and labels one batch of question rows.
+
+    Evaluation asks for two more passes over the same batch while the model is loaded: a greedy answer
+    (`greedy_params`), and self-selection (`select_n`): the model reads its own first select_n samples with the
+    self-select prompt built from the row's "select_question" and answers greedily. Loading the model once per
+    evaluation instead of three times matters most for vLLM engines, whose start-up takes minutes.
+    """
 
     def __init__(
         self,
@@ -234,6 +244,8 @@ class EngineActor:
         task_params: dict,
         params: dict,
         round_index: int,
+        greedy_params: dict | None = None,
+        select_n: int | None = None,
     ):
         from r3v_ray.engines import create_engine
 
@@ -241,6 +253,8 @@ class EngineActor:
         self.task = get_task(task_name, **task_params)
         self.params = SamplingParams(**params)
         self.round_index = round_index
+        self.greedy = SamplingParams(**greedy_params) if greedy_params else None
+        self.select_n = select_n
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start, cpu_start = time.time(), time.process_time()
@@ -255,11 +269,31 @@ class EngineActor:
             kept.append(row)
             requests.append(GenerationRequest(row["prompt"], image, seed_key(qid, self.round_index)))
         if requests:
-            records += label_outputs(kept, self.engine.generate(requests, self.params), self.task, self.round_index)
+            outputs = self.engine.generate(requests, self.params)
+            records += self._label(kept, outputs, "sample")
+            if self.greedy is not None:
+                records += self._label(kept, self.engine.generate(requests, self.greedy), "greedy")
+            if self.select_n:
+                records += self._self_select(kept, requests, outputs)
         end, cpu = time.time(), time.process_time() - cpu_start
         for rec in records:
             rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"] = start, end, cpu
         return pa.Table.from_pylist(records, schema=_ACTOR_SCHEMA)
+
+    def _label(self, rows: list[dict], outputs: list[RequestOutput], kind: str) -> list[dict]:
+        records = label_outputs(rows, outputs, self.task, self.round_index)
+        for rec in records:
+            rec["kind"] = kind
+        return records
+
+    def _self_select(self, rows: list[dict], requests: list[GenerationRequest], outputs: list[RequestOutput]):
+        chosen = [(row, req, out) for row, req, out in zip(rows, requests, outputs) if out.error is None]
+        select_requests = [
+            GenerationRequest(select_prompt(row["select_question"], out.texts[: self.select_n]), req.image, req.key)
+            for row, req, out in chosen
+        ]
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.params.max_new_tokens, seed=self.params.seed)
+        return self._label([row for row, _, _ in chosen], self.engine.generate(select_requests, greedy), "select")
 
 
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:
@@ -269,7 +303,8 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(exceptions, n) for n in names if hasattr(exceptions, n))
 
 
-def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: SamplingParams, round_index: int):
+def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: SamplingParams, round_index: int,
+              extra: dict):
     """One Ray Data pass; returns (records received, error or None). Records received before an error are kept."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -290,6 +325,7 @@ def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: Samplin
             task_params=dict(cfg.task.params),
             params=asdict(params),
             round_index=round_index,
+            **extra,
         ),
         # Fault tolerance: Ray Data starts pool actors with max_restarts=-1 and max_task_retries=-1, so a
         # crashed sampler is restarted and its batch retried. Passing them here (**ray_remote_args) is
@@ -326,13 +362,34 @@ def wait_for_release(before: dict[str, float], timeout_s: float = 60.0) -> None:
 
 
 def sample(
-    cfg: RunConfig, model_path: str, rows: list[dict], out_uri: str, params: SamplingParams, round_index: int
+    cfg: RunConfig,
+    model_path: str,
+    rows: list[dict],
+    out_uri: str,
+    params: SamplingParams,
+    round_index: int,
+    greedy_uri: str | None = None,
+    select_uri: str | None = None,
+    select_n: int | None = None,
 ) -> SamplingStats:
-    """Sample params.n rationales per row over a pool of engine actors, label them, write `out_uri` atomically."""
+    """Sample params.n rationales per row over a pool of engine actors, label them, write `out_uri` atomically.
+
+    Evaluation's extra passes, in the same actors: with `greedy_uri`, one greedy rationale per row is written
+    there too; with `select_uri` (rows then need a "select_question"), the self-select answer over the row's
+    first `select_n` samples is written there. Both files have the sample columns.
+    """
     import ray
 
     started = time.time()
     check_rows(rows)
+    extra: dict = {}
+    if greedy_uri:
+        extra["greedy_params"] = asdict(replace(params, n=1, temperature=0.0))
+    if select_uri:
+        missing = [r["question_id"] for r in rows if not r.get("select_question")]
+        if missing:
+            raise ValueError(f"self-select needs a 'select_question' in every row; missing for {missing[:5]}")
+        extra["select_n"] = select_n or params.n
     if not ray.is_initialized():
         ray.init()
     before = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
@@ -347,7 +404,7 @@ def sample(
                     f"(first: {[r['question_id'] for r in pending[:5]]}); last error: {error!r}"
                 ) from error
             passes += 1
-            got, error = _run_pass(cfg, model_path, pending, params, round_index)
+            got, error = _run_pass(cfg, model_path, pending, params, round_index, extra)
             records += got
             done = {rec["question_id"] for rec in got}
             pending = [r for r in pending if r["question_id"] not in done]
@@ -363,11 +420,17 @@ def sample(
     for item in skipped:
         log.warning("sampling: skipped question %s: %s", item["question_id"], item["reason"])
     store.write_parquet(out_uri, table)
+    for kind, uri in (("greedy", greedy_uri), ("select", select_uri)):
+        if uri:
+            extra_table, _ = finalize(records, kind)
+            _check_counts(extra_table, skipped, rows, replace(params, n=1, temperature=0.0))
+            store.write_parquet(uri, extra_table)
     batches = {(rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"]) for rec in records}
+    num_correct = int(sum(table.column("correct").to_pylist()))
     return SamplingStats(
         num_rows=len(rows),
         num_samples=table.num_rows,
-        num_correct=int(sum(table.column("correct").to_pylist())),
+        num_correct=num_correct,
         num_skipped=len(skipped),
         skipped=skipped,
         seconds=time.time() - started,

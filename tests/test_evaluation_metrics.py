@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from r3v_ray.config import load_config
-from r3v_ray.evaluation import accuracy_at_1, majority_at_n, oracle_at_n, select_rows
+from r3v_ray.evaluation import accuracy_at_1, majority_at_n, oracle_at_n
 from r3v_ray.report import table_markdown, write_report
 from r3v_ray.tasks import Record, get_task
 
@@ -40,13 +40,6 @@ def test_oracle_and_majority_at_n():
 def test_majority_never_credits_unparseable_answers():
     sampled = [row("q1", i, None) for i in range(3)]
     assert majority_at_n({"q1": RECORDS["q1"]}, TASK, sampled, 3) == 0.0
-
-
-def test_select_rows_carry_candidates_in_order_with_the_image():
-    sampled = [row("q1", 1, "4", "second"), row("q1", 0, "3", "first")]
-    (r,) = select_rows({"q1": RECORDS["q1"]}, TASK, sampled, 2)
-    assert r["prompt"].index("first") < r["prompt"].index("second")
-    assert "Model's prediction 1:\nfirst" in r["prompt"] and r["image"] == "/img/q1.png" and r["answer"] == "3"
 
 
 def test_report_writes_table_and_png(tmp_path):

@@ -182,21 +182,37 @@ def test_same_seed_gives_the_same_samples_whatever_the_batching(first_run, tiny_
     assert store.read_parquet(str(again)).to_pylist() == [r for r in first if r["question_id"].startswith("syn-")]
 
 
-def test_greedy_passes_any_prompt_through_and_matches_a_local_engine(ray_local, tiny_model_dir, rows, tmp_path):
+def test_evaluation_passes_greedy_and_self_select_in_the_same_actors_match_a_local_engine(
+    ray_local, tiny_model_dir, rows, tmp_path
+):
     from r3v_ray.engines import GenerationRequest, create_engine
     from r3v_ray.tasks import load_image
 
-    # evaluation sends self-select prompts through the same function with greedy parameters
-    select_rows = [{**r, "prompt": select_prompt(r["prompt"], ["Answer: 1", "Answer: 2"])} for r in rows[:6]]
+    eval_rows = [{**r, "select_question": f"Question {r['question_id']}?"} for r in rows[:6]]
     cfg = _cfg()
-    greedy = params_from_config(cfg.sampling, seed=0, greedy=True)
-    out = tmp_path / "greedy.parquet"
-    stats = sample(cfg, tiny_model_dir, select_rows, str(out), greedy, round_index=0)
-    assert stats.num_samples == 6
-    got = {r["question_id"]: r["rationale"] for r in store.read_parquet(str(out)).to_pylist()}
+    params = params_from_config(cfg.sampling, seed=5, n=2)
+    uris = {k: str(tmp_path / f"{k}.parquet") for k in ("samples", "greedy", "select")}
+    stats = sample(cfg, tiny_model_dir, eval_rows, uris["samples"], params, round_index=0,
+                   greedy_uri=uris["greedy"], select_uri=uris["select"], select_n=2)
+    assert stats.num_samples == 12
+    got = {k: store.read_parquet(u).to_pylist() for k, u in uris.items()}
+    assert [len(got[k]) for k in ("samples", "greedy", "select")] == [12, 6, 6]
+
     engine = create_engine("hf", tiny_model_dir, torch_threads=1)
-    local = engine.generate([GenerationRequest(r["prompt"], load_image(r["image"]), r["question_id"]) for r in select_rows], greedy)
-    assert got == {r["question_id"]: o.texts[0] for r, o in zip(select_rows, local)}
+    greedy = params_from_config(cfg.sampling, seed=5, greedy=True)
+    requests = [GenerationRequest(r["prompt"], load_image(r["image"]), f"{r['question_id']}/0") for r in eval_rows]
+    local_samples = engine.generate(requests, params)
+    local_greedy = engine.generate(requests, greedy)
+    select_requests = [
+        GenerationRequest(select_prompt(r["select_question"], o.texts), q.image, q.key)
+        for r, o, q in zip(eval_rows, local_samples, requests)
+    ]
+    local_select = engine.generate(select_requests, greedy)
+    by_q = lambda rows_: {r["question_id"]: r["rationale"] for r in rows_}  # noqa: E731
+    assert by_q(got["greedy"]) == {r["question_id"]: o.texts[0] for r, o in zip(eval_rows, local_greedy)}
+    assert by_q(got["select"]) == {r["question_id"]: o.texts[0] for r, o in zip(eval_rows, local_select)}
+    with pytest.raises(ValueError, match="select_question"):
+        sample(cfg, tiny_model_dir, rows[:2], str(tmp_path / "x.parquet"), params, 0, select_uri=str(tmp_path / "y"))
 
 
 def _alive_sampler_handle(ray, deadline_s: float = 120.0):
