@@ -1,0 +1,175 @@
+"""End-to-end: the self-training loop on a tiny configuration, its crash/resume, and a round as a Ray job.
+
+These are the slowest tests of the suite (whole rounds: sampling, DeepSpeed training, evaluation), so each one
+covers several promises at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(path: Path, tiny_model_dir: str, data_dir: str, runs: Path, name: str, rounds: int) -> Path:
+    cfg = {
+        "name": name,
+        "rounds": rounds,
+        "model": {"path": tiny_model_dir},
+        "task": {"name": "synthetic", "data_dir": data_dir, "max_train": 12, "max_test": 6},
+        "sampling": {"num_samples": 2, "max_new_tokens": 24, "batch_size": 6},
+        "training": {"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384},
+        "evaluation": {"n": 2, "max_new_tokens": 24},
+        "resources": {"num_samplers": 2, "num_train_workers": 2},
+        "storage": {"root": str(runs)},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{Path(PY).parent}:{env.get('PATH', '')}", PYTHONPATH=str(ROOT))
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _manifest(run: Path, k: int) -> dict:
+    path = run / f"round-{k:03d}" / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tmp_path, tiny_model_dir,
+                                                                                synthetic_data_dir):
+    config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, synthetic_data_dir, tmp_path / "runs", "t", rounds=2)
+    run = tmp_path / "runs" / "t"
+    cmd = [PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        # Wait until round 1 has sampled and built its data: its training is then under way.
+        while "build" not in _manifest(run, 1).get("stages", {}):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "round 1 never reached training"
+            time.sleep(0.5)
+        time.sleep(3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole driver process group: our Ray included
+        proc.wait()
+        log.close()
+    before = _manifest(run, 1)["stages"]
+    assert "train" not in before
+    samples = run / "round-001" / "samples.parquet"
+    samples_bytes, samples_mtime = samples.read_bytes(), samples.stat().st_mtime_ns
+
+    second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = second.stdout + second.stderr
+    assert "round 0] stage train: already done" in out and "round 1] stage sample: already done" in out
+    assert "round 1] stage train: starting" in out
+    assert samples.read_bytes() == samples_bytes and samples.stat().st_mtime_ns == samples_mtime
+    assert _manifest(run, 1)["stages"]["sample"] == before["sample"]
+
+    # Every file of the run-directory layout (DESIGN.md section 2).
+    assert (run / "config.yaml").is_file() and (run / "report.md").is_file()
+    assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    for k in range(3):
+        rd = run / f"round-{k:03d}"
+        assert (rd / "checkpoint" / "config.json").is_file() and (rd / "eval.json").is_file()
+        assert set(_manifest(run, k)["stages"]) >= {"build", "train", "eval"}
+        if k:
+            assert (rd / "samples.parquet").is_file() and (rd / "train.parquet").is_file()
+    ev0 = json.loads((run / "round-000" / "eval.json").read_text())
+    ev2 = json.loads((run / "round-002" / "eval.json").read_text())
+    assert {"zero-shot", "test@1", "oracle@2", "majority@2", "select@2"} <= set(ev0)
+    assert {"test@1", "oracle@2", "majority@2", "select@2"} <= set(ev2) and ev2["num_questions"] == 6
+    report = (run / "report.md").read_text()
+    assert all(f"| {k} |" in report for k in range(3))
+
+    # A changed config is refused with a clear message.
+    changed = subprocess.run(cmd + ["--set", "training.lr=0.5"], cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert changed.returncode != 0 and "--force" in changed.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """A `ray start --head --block` cluster on 127.0.0.1 owned by this test (its whole process group is ended)."""
+    ports = {name: _free_port() for name in ("gcs", "dashboard", "metrics")}
+    env = _env() | {"RAY_AUTH_MODE": "disabled"}
+    ray_bin = str(Path(PY).parent / "ray")
+    cmd = [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+           f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+           f"--metrics-export-port={ports['metrics']}", "--include-dashboard=true", "--disable-usage-stats"]
+    log = open(tmp_path / "head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{ports['dashboard']}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except Exception:
+                assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
+                assert time.time() < deadline, "the head node did not come up"
+                time.sleep(1)
+        yield address, ports["metrics"], env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head_node, tiny_model_dir,
+                                                                   synthetic_data_dir):
+    address, metrics_port, env = head_node
+    config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, synthetic_data_dir, tmp_path / "runs", "job", rounds=0)
+    runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "__pycache__", "*.egg-info"],
+                              "env_vars": {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}})
+    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+           "--submission-id", "r3v-job-round-0", "--runtime-env-json", runtime_env, "--",
+           "python", "jobs/round.py", "--config", str(config), "--round", "0"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "round 0 finished" in done.stdout
+    assert json.loads((tmp_path / "runs" / "job" / "round-000" / "eval.json").read_text())["num_questions"] == 6
+
+    from ray.job_submission import JobSubmissionClient
+
+    assert str(JobSubmissionClient(address).get_job_status("r3v-job-round-0")).endswith("SUCCEEDED")
+
+    # The custom metrics reach the cluster's Prometheus export, tagged with run and round.
+    deadline, text = time.time() + 90, ""
+    while time.time() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        if "r3v_accuracy" in text and "r3v_train_loss" in text:
+            break
+        time.sleep(3)
+    assert 'run="job"' in text and "r3v_accuracy" in text and "r3v_train_loss" in text, text[-2000:]
