@@ -49,6 +49,7 @@ def ray_local():
     """One local Ray per test module (num_cpus=2), torn down by the module that started it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": always a fresh instance, never a cluster someone else started with `ray start`
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
