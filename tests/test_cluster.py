@@ -198,7 +198,10 @@ def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minute
     cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0",
            "--node-ip-address=127.0.0.1", f"--autoscaling-config={config}", f"--object-store-memory={OBJECT_STORE}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--temp-dir={tmp}", "--disable-usage-stats"]
+           f"--temp-dir={tmp}", "--disable-usage-stats",
+           # explicit free ports: Ray's fixed defaults (the agent's 52365) collide with any other cluster here
+           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     log = open(Path(tmp) / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"

@@ -117,25 +117,33 @@ def _free_port() -> int:
 @pytest.fixture
 def head_node(tmp_path):
     """A `ray start --head --block` cluster on 127.0.0.1 owned by this test (its whole process group is ended)."""
-    ports = {name: _free_port() for name in ("gcs", "dashboard", "metrics")}
+    # Every port free and explicit: Ray's fixed defaults (e.g. the agent's 52365) collide with any other cluster.
+    ports = {name: _free_port() for name in ("gcs", "dashboard", "metrics", "agent", "agent_grpc", "runtime_env",
+                                             "node_manager", "object_manager")}
     env = _env() | {"RAY_AUTH_MODE": "disabled"}
     ray_bin = str(Path(PY).parent / "ray")
     cmd = [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
            f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-           f"--metrics-export-port={ports['metrics']}", "--include-dashboard=true", "--disable-usage-stats"]
+           f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent']}",
+           f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
+           f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
+           "--include-dashboard=true", "--disable-usage-stats"]
     log = open(tmp_path / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{ports['dashboard']}"
     try:
         deadline = time.time() + 120
+        # Ready means a job can be submitted: the dashboard answers before the node's job agent does.
+        from ray.job_submission import JobSubmissionClient
+
         while True:
             try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                JobSubmissionClient(address).submit_job(entrypoint="echo ready", submission_id="probe")
                 break
             except Exception:
                 assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
                 assert time.time() < deadline, "the head node did not come up"
-                time.sleep(1)
+                time.sleep(2)
         yield address, ports["metrics"], env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -172,4 +180,5 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
         if "r3v_accuracy" in text and "r3v_train_loss" in text:
             break
         time.sleep(3)
-    assert 'run="job"' in text and "r3v_accuracy" in text and "r3v_train_loss" in text, text[-2000:]
+    assert 'run="job"' in text and "r3v_accuracy" in text and "r3v_train_loss" in text, (
+        [line for line in done.stdout.splitlines() if "metric" in line or "telemetry" in line][:20])
