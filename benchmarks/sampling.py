@@ -87,7 +87,7 @@ def main() -> None:
         rows = records_to_rows(list(task.read(Path(tmp) / "data", "train")), task)
 
         seq, seq2, pipe, e2e, seq_cpu, pipe_cpu = [], [], [], [], [], []
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             for rep in range(args.repeats):
                 rate, n_seq, cpu = sequential_rate(model_dir, rows, cfg, params, task, torch_threads=1)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     served = ckpt.resolve(checkpoint=checkpoint)
     url = f"http://127.0.0.1:{port}/v1/select"
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(cfg, served), name=cfg.serve.app_name, route_prefix="/")

@@ -18,6 +18,7 @@ from r3v_ray import store, telemetry
 from r3v_ray.config import RunConfig
 from r3v_ray.manifest import Manifest
 from r3v_ray.prepare import ensure_data, ensure_model
+from r3v_ray.raycluster import ensure_ray
 from r3v_ray.report import collect, write_report
 from r3v_ray.tasks import get_task
 
@@ -87,11 +88,8 @@ class RoundRunner:
 
     # -- stages --------------------------------------------------------------------------------------
     def run(self) -> dict:
-        import ray
-
         cfg = self.cfg
-        if not ray.is_initialized():
-            ray.init()
+        ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
         store.makedirs(self.uri)
         _write_config(cfg, self.force)
         manifest = Manifest.open(store.join(self.uri, "manifest.json"), cfg.digest(), self.k, self.force)

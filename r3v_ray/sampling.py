@@ -390,8 +390,9 @@ def sample(
         if missing:
             raise ValueError(f"self-select needs a 'select_question' in every row; missing for {missing[:5]}")
         extra["select_n"] = select_n or params.n
-    if not ray.is_initialized():
-        ray.init()
+    from r3v_ray.raycluster import ensure_ray
+
+    ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
     before = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
     records: list[dict] = []
     pending = list(rows)

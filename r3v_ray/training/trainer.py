@@ -111,8 +111,14 @@ def train(
 
     if not store.exists(train_uri):
         raise TrainingError(f"training data {train_uri} does not exist")
-    if not ray.is_initialized():
-        ray.init()
+    # Workers may run in another directory: local paths travel as absolute ones (a hub name stays as it is).
+    if "://" not in train_uri:
+        train_uri = os.path.abspath(train_uri)
+    if os.path.exists(base_model_path):
+        base_model_path = os.path.abspath(base_model_path)
+    from r3v_ray.raycluster import ensure_ray
+
+    ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
     # Workers, CPUs/GPUs, custom resources and accelerator type from the config (what `r3v plan` prints).
     scaling = scaling_config_kwargs(cfg)
     use_gpu = scaling["use_gpu"]
@@ -129,6 +135,7 @@ def train(
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"),
             "train_uri": train_uri,
+            "cwd": os.getcwd(),  # relative image paths in the examples are relative to the caller's directory
             "base_model_path": base_model_path,
             "round_index": round_index,
             "fail_once_at_step": fail_once_at_step,
