@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean reproduce
 
 $(STAMP): pyproject.toml requirements/cpu-constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# The paper's table in miniature on the built-in task (3 seeds; see docs/reproduction.md).
+reproduce: $(STAMP)
+	$(PY) -m r3v_ray.cli reproduce --config configs/reproduce.yaml --seeds 0 1 2

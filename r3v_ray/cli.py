@@ -115,6 +115,15 @@ def _cmd_data_inspect(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from r3v_ray.config import load_config
+    from r3v_ray.reproduce import reproduce
+
+    result = reproduce(load_config(args.config, args.set), args.seeds, args.out)
+    print(f"done in {result['minutes']} minutes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -147,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("reproduce", help="the paper's table in miniature over several seeds (STaR vs R3V)")
+    p.add_argument("--config", default="configs/reproduce.yaml")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", help="output directory (default: <storage.root>/<name>-reproduction)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("round", help="run one round of a config in this process (see jobs/round.py)")
     p.add_argument("--config", required=True)

@@ -1,0 +1,135 @@
+"""The paper's table in miniature: zero-shot CoT, warm-up M0, STaR and R3V after K rounds, and test-time
+selection for the last R3V model, over several seeds (issue 9).
+
+Per seed: the R3V loop runs rounds 0..K; the STaR baseline adopts R3V's round 0 (the warm-up is the same for
+both methods, so M0 is trained once) and runs its own rounds 1..K. A seed changes every random choice: the tiny
+model's initialisation, sampling, data building, training order and evaluation sampling (the task data stays).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from r3v_ray import store
+from r3v_ray.config import RunConfig
+from r3v_ray.selftrain import run_local
+
+log = logging.getLogger("r3v.reproduce")
+
+ROWS = [  # (label, method, round: 0 or "K", metric)
+    ("zero-shot CoT (untrained)", "r3v", 0, "zero-shot"),
+    ("warm-up M0, Test@1", "r3v", 0, "test@1"),
+    ("STaR, Test@1", "star", "K", "test@1"),
+    ("R3V, Test@1", "r3v", "K", "test@1"),
+    ("R3V, Majority@N", "r3v", "K", "majority@{n}"),
+    ("R3V, Select@N", "r3v", "K", "select@{n}"),
+    ("R3V, Oracle@N", "r3v", "K", "oracle@{n}"),
+]
+
+
+def seed_config(base: RunConfig, seed: int, method: str) -> RunConfig:
+    data = base.model_dump(mode="json")
+    data.update(name=f"{base.name}-s{seed}-{method}", method=method, seed=seed)
+    for section in ("training", "reflect", "evaluation"):
+        data[section]["seed"] = seed
+    if data["model"].get("tiny") is not None:  # a different random initialisation per seed
+        data["model"]["tiny"]["seed"] = seed
+        data["model"]["path"] = f"{base.model.path}-s{seed}"
+    return RunConfig.model_validate(data)
+
+
+def adopt_round0(src: RunConfig, dst: RunConfig) -> None:
+    """Give `dst` the finished round 0 of `src` (same warm-up), recorded under dst's config digest."""
+    src_dir, dst_dir = Path(src.run_dir) / "round-000", Path(dst.run_dir) / "round-000"
+    if "://" in src.run_dir:
+        raise ValueError("adopting round 0 needs a local storage.root")
+    manifest = dst_dir / "manifest.json"
+    if manifest.exists() and store.read_json(str(manifest)).get("config_digest") == dst.digest():
+        return
+    shutil.rmtree(dst_dir, ignore_errors=True)
+    shutil.copytree(src_dir, dst_dir)
+    data = store.read_json(str(dst_dir / "manifest.json"))
+    data["config_digest"] = dst.digest()
+    for stage in data["stages"].values():
+        stage["adopted_from"] = str(src_dir)
+    store.write_json(str(manifest), data)
+    store.write_text(str(Path(dst.run_dir) / "config.yaml"), dst.to_yaml())
+
+
+def run_seed(base: RunConfig, seed: int) -> dict:
+    r3v, star = seed_config(base, seed, "r3v"), seed_config(base, seed, "star")
+    run_local(r3v)
+    adopt_round0(r3v, star)
+    run_local(star, from_round=1)
+    k, n = base.rounds, base.evaluation.n
+    evals = {m: {r: store.read_json(store.join(c.run_dir, f"round-{r:03d}", "eval.json")) for r in (0, k)}
+             for m, c in (("r3v", r3v), ("star", star))}
+    return {label: evals[method][0 if rnd == 0 else k][metric.format(n=n)] for label, method, rnd, metric in ROWS}
+
+
+def summarize(per_seed: dict[int, dict]) -> dict[str, dict]:
+    out = {}
+    for label in next(iter(per_seed.values())):
+        values = [per_seed[s][label] for s in per_seed]
+        out[label] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "values": values}
+    return out
+
+
+def table_markdown(summary: dict[str, dict], seeds: list[int], n: int) -> str:
+    lines = [f"| model / metric (N={n}) | mean | spread (std) | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|" + "---|" * len(seeds)]
+    for label, row in summary.items():
+        lines.append(f"| {label.replace('@N', f'@{n}')} | {row['mean']:.2f} | {row['std']:.2f} | "
+                     + " | ".join(f"{v:.2f}" for v in row["values"]) + " |")
+    return "\n".join(lines)
+
+
+def plot_png(summary: dict[str, dict], n: int) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label.replace("@N", f"@{n}").replace(", ", "\n") for label in summary]
+    means = [row["mean"] for row in summary.values()]
+    stds = [row["std"] for row in summary.values()]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(means)), means, yerr=stds, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(means)), labels, fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("R3V in miniature (mean and std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None) -> dict:
+    out = out_dir or store.join(base.storage.root, f"{base.name}-reproduction")
+    start = time.time()
+    per_seed = {}
+    for seed in seeds:
+        t0 = time.time()
+        per_seed[seed] = run_seed(base, seed)
+        log.info("seed %d done in %.0fs: %s", seed, time.time() - t0, per_seed[seed])
+    summary = summarize(per_seed)
+    n = base.evaluation.n
+    table = table_markdown(summary, seeds, n)
+    minutes = (time.time() - start) / 60
+    result = {"seeds": seeds, "rounds": base.rounds, "n": n, "per_seed": per_seed, "summary": summary,
+              "minutes": round(minutes, 1)}
+    store.write_json(store.join(out, "reproduction.json"), result)
+    store.write_text(store.join(out, "reproduction.md"),
+                     f"# R3V in miniature\n\n{table}\n\n![reproduction](reproduction.png)\n\n"
+                     f"{len(seeds)} seeds, {base.rounds} rounds, {minutes:.1f} minutes.\n")
+    store.write_bytes(store.join(out, "reproduction.png"), plot_png(summary, n))
+    log.info("reproduction written to %s\n%s", out, table)
+    return result
