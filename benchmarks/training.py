@@ -112,7 +112,7 @@ def main() -> None:
             }
         )
         plain = plain_loop(cfg, train_uri, model_path)[1:]
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             t0 = time.perf_counter()
             result = train(cfg, train_uri, model_path, str(tmp / "out"), round_index=1)

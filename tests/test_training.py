@@ -8,6 +8,7 @@ loop written out here.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -196,11 +197,18 @@ def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_lo
     assert output.error is None and output.n_tokens[0] >= 1
 
 
-def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_dir, train_uri, tmp_path):
-    cfg = _cfg(1, finetune="lora", epochs=2.0, lr=1e-2, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_dir, train_uri, tmp_path, processor):
+    # max_seq_len below the longest (refine) examples: those are skipped and counted, never truncated
+    cfg = _cfg(1, finetune="lora", epochs=2.0, lr=1e-2, max_seq_len=132, lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    collator = ReflectionCollator(processor)
+    too_long = [e for e in read_examples(train_uri) if collator.length(e) > 132]
+    assert 0 < len(too_long) < 20
     out = str(tmp_path / "lora")
     result = train(cfg, train_uri, tiny_model_dir, out, round_index=1)
-    assert result.metrics["steps"] == 5
+    m = result.metrics
+    assert m["skipped_too_long"] == len(too_long) and m["examples"] == 20 - len(too_long)
+    assert {(s["question_id"], s["task"]) for s in m["skipped_examples"]} == {(e["question_id"], e["task"]) for e in too_long}
+    assert m["steps"] == -(-2 * m["examples"] // 8)
     assert not (Path(out) / "adapter_config.json").exists()  # merged: loads like any checkpoint
     model, base_model = load_model(out), load_model(tiny_model_dir)
     assert set(n for n, _ in model.named_parameters()) == set(n for n, _ in base_model.named_parameters())
@@ -212,7 +220,11 @@ def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_d
 def test_alpha_beta_zero_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, train_uri, tmp_path, processor):
     cfg = _cfg(1, alpha=0.0, beta=0.0, global_batch_size=4, micro_batch_size=4, epochs=1.0, lr=1e-3, warmup_ratio=0.4)
     out = str(tmp_path / "star")
-    history = train(cfg, train_uri, tiny_model_dir, out, round_index=1).metrics["history"]
+    # image paths relative to the caller's directory reach the workers too
+    rel_uri = str(tmp_path / "relative.parquet")
+    write_examples(rel_uri, [dict(e, image=os.path.relpath(e["image"])) if e["image"] else e for e in read_examples(train_uri)])
+    assert not os.path.isabs(read_examples(rel_uri)[0]["image"])
+    history = train(cfg, rel_uri, tiny_model_dir, out, round_index=1).metrics["history"]
 
     # Plain SFT, written out: the model's own loss on the SFT and warm-up labels, torch AdamW, clipping.
     tcfg = cfg.training

@@ -102,7 +102,7 @@ def train(
     Runs cfg.resources.num_train_workers Ray Train workers, each with a DeepSpeed engine. A worker failure
     restarts the group from the last reported checkpoint (up to cfg.training.max_failures times); a re-run with
     the same out_dir, data and settings resumes too. `fail_once_at_step` injects one worker failure (tests).
-    Per-step losses are in metrics["history"] and, while training runs, in the Ray metric r3v_train_loss.
+    Per-step losses are in metrics["history"] and, while training runs, in the Ray metric r3v_train_step_loss.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig

@@ -59,6 +59,13 @@ def filter_by_length(examples: list[dict], collator, max_seq_len: int) -> tuple[
     return kept, lengths, skipped
 
 
+def _absolute_image(example: dict, cwd: str) -> dict:
+    image = example.get("image")
+    if image and "://" not in image and not os.path.isabs(image):
+        return {**example, "image": os.path.join(cwd, image)}
+    return example
+
+
 def _all_reduce_sum(tensor, device):
     import torch.distributed as dist
 
@@ -104,7 +111,9 @@ class _LossGauges:
         from ray.util.metrics import Gauge
 
         self.tags = tags
-        self.gauge = Gauge("r3v_train_loss", description="R3V training loss per term", tag_keys=("term", "round"))
+        # Per step, while training runs; the round's final losses are r3v_train_loss (r3v_ray.telemetry).
+        self.gauge = Gauge("r3v_train_step_loss", description="R3V training loss per term, every step",
+                           tag_keys=("term",) + tuple(tags))
 
     def set(self, record: dict) -> None:
         for term in ("loss", "loss_sft", "loss_refine", "loss_select"):
@@ -139,6 +148,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     digest = fingerprint(all_examples, base, cfg, round_index)
     if digest != loop_cfg["fingerprint"]:
         raise RuntimeError(f"{loop_cfg['train_uri']} changed while training was starting; run again")
+    all_examples = [_absolute_image(e, loop_cfg["cwd"]) for e in all_examples]
     examples, lengths, skipped = filter_by_length(all_examples, collator, tcfg.max_seq_len)
     if not examples:
         raise ValueError(f"{loop_cfg['train_uri']}: no example fits training.max_seq_len={tcfg.max_seq_len}")
