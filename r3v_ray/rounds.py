@@ -148,8 +148,9 @@ class RoundRunner:
             init = self._previous_checkpoint()
         result = train(cfg, store.join(self.uri, "train.parquet"), init, checkpoint_dir(cfg, self.k), self.k)
         metrics = result.to_dict().get("metrics", {})
-        losses = {k.removeprefix("final_loss_"): v for k, v in metrics.items()
-                  if k.startswith("final_loss_") and isinstance(v, (int, float))}
+        # final_loss (the weighted total), final_loss_sft, final_loss_refine, final_loss_select
+        losses = {k.removeprefix("final_"): v for k, v in metrics.items()
+                  if k.startswith("final_loss") and isinstance(v, (int, float))}
         if losses:
             telemetry.report("record_losses", cfg.name, self.k, losses)
         return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},

@@ -178,7 +178,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                 log.info("resumed from the checkpoint of step %d", start)
             else:
                 log.warning("ignoring a checkpoint of other data or settings (fingerprint %s)", state.get("fingerprint"))
-    gauges = _LossGauges({"round": str(round_index)}) if rank == 0 else None
+    gauges = _LossGauges({"run": cfg.name, "round": str(round_index)}) if rank == 0 else None
     setup_seconds = time.perf_counter() - started
 
     def report(step: int, final: bool) -> None:
