@@ -59,6 +59,8 @@ def plot_png(runs: dict[str, list[dict]]) -> bytes:
             ys = [ev[name] for ev in evals if name in ev and name != "zero-shot"]
             if xs:
                 ax.plot(xs, ys, marker="o", label=f"{label} {name}")
+    all_rounds = sorted({ev["round"] for evals in runs.values() for ev in evals})
+    ax.set_xticks(all_rounds)  # rounds are whole numbers
     ax.set_xlabel("round (0 = warm-up)")
     ax.set_ylabel("accuracy on the test split (%)")
     ax.set_title("R3V self-training")
