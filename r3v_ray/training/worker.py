@@ -18,7 +18,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from r3v_ray.config import RunConfig
+from r3v_ray.models import load_processor
+from r3v_ray.training.collator import ReflectionCollator, model_inputs
+from r3v_ray.training.ds_config import deepspeed_config
+from r3v_ray.training.examples import TERMS, read_examples
+from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
+from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
+from r3v_ray.training.plan import global_batches, lr_factor, make_plan, worker_micro_batches
 
 log = logging.getLogger("r3v_ray.training")
 
@@ -29,8 +38,6 @@ DS_TAG = "state"
 
 
 def _setup_env(cfg: RunConfig) -> None:
-    import torch
-
     if cfg.resources.gpus_per_train_worker <= 0:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must precede the first deepspeed import
     torch.set_num_threads(cfg.resources.torch_threads)
@@ -78,12 +85,6 @@ def _all_reduce_sum(tensor, device):
 
 def run_step(engine, batches: list[dict], weights, world_size: int, device) -> dict[str, Any]:
     """One optimizer step over this worker's micro-batches; returns the global per-term token means."""
-    import torch
-
-    from r3v_ray.training.collator import model_inputs
-    from r3v_ray.training.examples import TERMS
-    from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts
-
     counts = sum(term_token_counts(b["labels"], b["task_ids"]) for b in batches)
     counts = _all_reduce_sum(counts, device)
     scale = world_size * len(batches)
@@ -123,18 +124,9 @@ class _LossGauges:
 def train_loop_per_worker(loop_cfg: dict) -> None:
     cfg = RunConfig.model_validate(loop_cfg["cfg"])
     _setup_env(cfg)
-    import deepspeed
+    import deepspeed  # after _setup_env: DS_ACCELERATOR is read at import
     import ray.train
-    import torch
     from torch.optim.lr_scheduler import LambdaLR
-
-    from r3v_ray.models import load_processor
-    from r3v_ray.training.collator import ReflectionCollator
-    from r3v_ray.training.ds_config import deepspeed_config
-    from r3v_ray.training.examples import read_examples
-    from r3v_ray.training.loss import term_weights
-    from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
-    from r3v_ray.training.plan import global_batches, lr_factor, make_plan, worker_micro_batches
 
     tcfg = cfg.training
     base, round_index = loop_cfg["base_model_path"], loop_cfg["round_index"]
@@ -200,18 +192,17 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
                     "skipped_too_long": skipped,
                     "resumed_from_step": resumed_from,
                     "setup_seconds": setup_seconds,
-                    "train_seconds": train_seconds,
+                    "train_seconds": sum(h["seconds"] for h in history),
                 }
                 (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             if final:
-                _export(engine, processor, Path(tmp) / HF_DIR, base, tcfg, rank, export_hf, build_trainable_model)
+                _export(engine, processor, Path(tmp) / HF_DIR, base, tcfg, rank)
             # Unique per train() call and the same on every worker, so the workers' shards merge into one
             # checkpoint and a re-run never writes into an older run's checkpoint directory.
             name = f"{'final' if final else f'step-{step:06d}'}-{loop_cfg['attempt']}"
             ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 
     fail_at, marker = loop_cfg.get("fail_once_at_step"), loop_cfg.get("fault_marker")
-    train_seconds = 0.0
     for step in range(start, plan.steps):
         t0 = time.perf_counter()
         if fail_at is not None and step == fail_at and rank == world - 1 and marker and not os.path.exists(marker):
@@ -220,9 +211,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
             raise RuntimeError(f"injected worker failure at step {step} (fault-tolerance test)")
         mine = worker_micro_batches(steps[step], lengths, plan, rank)
         batches = [collator([examples[i] for i in ids]) for ids in mine]
+        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside the step)
         record = run_step(engine, batches, weights, world, device)
-        record.update(step=step + 1, lr=engine.get_lr()[0], seconds=time.perf_counter() - t0)
-        train_seconds += record["seconds"]
+        record.update(step=step + 1, lr=lr, seconds=time.perf_counter() - t0)
         history.append(record)
         if rank == 0:
             gauges.set(record)
@@ -236,7 +227,7 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     report(plan.steps, final=True)
 
 
-def _export(engine, processor, out: Path, base: str, tcfg, rank: int, export_hf, build_trainable_model) -> None:
+def _export(engine, processor, out: Path, base: str, tcfg, rank: int) -> None:
     """Rank 0 writes the Hugging Face directory; under ZeRO-3 every rank first helps gather the weights."""
     if tcfg.zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()  # collective: all ranks call it
