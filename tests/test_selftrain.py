@@ -173,12 +173,23 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
 
     assert str(JobSubmissionClient(address).get_job_status("r3v-job-round-0")).endswith("SUCCEEDED")
 
+    # The loop's own submitter: one job per round, named and tagged; finished stages are skipped, not redone.
+    loop = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config), "--address", address],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert loop.returncode == 0, loop.stdout[-3000:] + loop.stderr[-3000:]
+    assert "stage train: already done" in loop.stdout + loop.stderr
+    info = JobSubmissionClient(address).get_job_info("r3v-job-round-0-attempt-2")
+    assert info.metadata == {"r3v_run": "job", "r3v_round": "0", "r3v_method": "r3v"}
+    assert str(info.status).endswith("SUCCEEDED")
+
     # The custom metrics reach the cluster's Prometheus export, tagged with run and round.
-    deadline, text = time.time() + 90, ""
+    wanted = ("r3v_accuracy", "r3v_train_loss")  # round 0 samples nothing, so no r3v_samples_generated
+    deadline, text = time.time() + 180, ""
     while time.time() < deadline:
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        if "r3v_accuracy" in text and "r3v_train_loss" in text:
+        if all(name in text for name in wanted):
             break
         time.sleep(3)
-    assert 'run="job"' in text and "r3v_accuracy" in text and "r3v_train_loss" in text, (
-        [line for line in done.stdout.splitlines() if "metric" in line or "telemetry" in line][:20])
+    ours = [line for line in text.splitlines() if "r3v_" in line and not line.startswith("#")]
+    assert all(name in text for name in wanted) and any('run="job"' in line for line in ours), (
+        ours[:10], [line for line in done.stdout.splitlines() if "metrics" in line or "recording" in line][:10])
