@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import re
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -196,9 +196,9 @@ class Task(ABC):
     def normalize(self, answer: str) -> str | None:
         return answer.strip().rstrip(".").strip() or None
 
-    @abstractmethod
     def check(self, predicted: str | None, gold: str) -> bool:
-        """Is an extracted answer correct? Must be False for None."""
+        """Is an extracted answer correct? Exact match after the task's normalisation; never for None."""
+        return predicted is not None and self.normalize(predicted) == self.normalize(gold)
 
     def score(self, rationale: str | None, gold: str) -> tuple[str | None, bool]:
         predicted = self.extract_answer(rationale)

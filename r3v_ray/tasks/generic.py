@@ -88,9 +88,6 @@ class GenericTask(Task):
             return format_number(number)
         return fold_text(text) or None
 
-    def check(self, predicted: str | None, gold: str) -> bool:
-        return predicted is not None and self.normalize(predicted) == self.normalize(gold)
-
     def extract_for(self, record: Record, text: str | None) -> str | None:
         raw = last_answer_text(text)
         if raw is None:

@@ -54,9 +54,6 @@ class MultipleChoiceTask(Task):
     def normalize(self, answer: str) -> str | None:
         return option_letter(answer)
 
-    def check(self, predicted: str | None, gold: str) -> bool:
-        return predicted is not None and self.normalize(predicted) == self.normalize(gold)
-
     def extract_for(self, record: Record, text: str | None) -> str | None:
         raw = last_answer_text(text)
         return None if raw is None else letter_for(raw, record.choices)

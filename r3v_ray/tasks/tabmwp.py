@@ -80,9 +80,6 @@ class TabMWPTask(Task):
             return letter
         return tabmwp_normalize(text) or None
 
-    def check(self, predicted: str | None, gold: str) -> bool:
-        return predicted is not None and self.normalize(predicted) == self.normalize(gold)
-
     def extract_for(self, record: Record, text: str | None) -> str | None:
         raw = last_answer_text(text)
         if raw is None:
