@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,9 +242,21 @@ class RunConfig(_Strict):
     def run_dir(self) -> str:
         return f"{self.storage.root.rstrip('/')}/{self.name}"
 
+    # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving.
+    _NOT_HASHED = ("name", "rounds", "resources", "serve", "storage")
+
     def digest(self) -> str:
-        """A stable hash of the whole config (manifests record it to refuse resuming under a changed config)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        """A stable hash of what decides a round's outputs (manifests record it to refuse resuming under a
+        changed config). Scheduling and storage settings are left out, and local paths are made absolute, so
+        extending `rounds` or resuming a local run as cluster jobs is not a config change."""
+        data = self.model_dump(mode="json", exclude=set(self._NOT_HASHED))
+        # task.data_dir is always a location; model.path is one when the tiny model is built there or it
+        # exists here (otherwise it is a hub name such as Qwen/Qwen2-VL-7B-Instruct).
+        local = {"data_dir": True, "path": self.model.tiny is not None or os.path.exists(self.model.path)}
+        for section, key in (("model", "path"), ("task", "data_dir")):
+            if "://" not in data[section][key] and local[key]:
+                data[section][key] = os.path.abspath(data[section][key])
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

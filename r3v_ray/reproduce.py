@@ -113,6 +113,8 @@ def plot_png(summary: dict[str, dict], n: int) -> bytes:
 
 
 def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None) -> dict:
+    if not (base.evaluation.zero_shot and base.evaluation.select):
+        raise ValueError("the reproduction table needs evaluation.zero_shot and evaluation.select switched on")
     out = out_dir or store.join(base.storage.root, f"{base.name}-reproduction")
     start = time.time()
     per_seed = {}

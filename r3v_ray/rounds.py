@@ -80,10 +80,18 @@ class RoundRunner:
     def _previous_checkpoint(self) -> str:
         prev = checkpoint_dir(self.cfg, self.k - 1)
         manifest_uri = store.join(round_uri(self.cfg, self.k - 1), "manifest.json")
-        stages = store.read_json(manifest_uri).get("stages", {}) if store.exists(manifest_uri) else {}
-        if stages.get("train", {}).get("status") != "done":
+        data = store.read_json(manifest_uri) if store.exists(manifest_uri) else {}
+        if data.get("stages", {}).get("train", {}).get("status") != "done":
             raise RuntimeError(f"round {self.k} needs round {self.k - 1}'s checkpoint, but {prev} is not finished; "
                                f"run round {self.k - 1} first")
+        if data.get("config_digest") != self.cfg.digest():
+            # Building on a model (and samples) made under other settings would mix two experiments.
+            message = (f"round {self.k - 1} was made under config {data.get('config_digest')}, not this config "
+                       f"({self.cfg.digest()}); redo the earlier rounds under this config (--from-round "
+                       f"{self.k - 1} --force) or give the run a new `name`")
+            if not self.force:
+                raise RuntimeError(message)
+            log.warning("%s --force: %s", self.tag, message)
         return prev
 
     # -- stages --------------------------------------------------------------------------------------

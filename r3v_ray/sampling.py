@@ -13,6 +13,7 @@ question id and returned in SamplingStats.skipped, for the caller to write out.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -60,9 +61,12 @@ _MAX_PASSES = 3  # a pass re-runs only the questions a failed pass left without 
 
 
 def records_to_rows(records: list[Record], task: Task) -> list[dict]:
-    """One row per question: its CoT prompt, image path (or None) and gold answer."""
+    """One row per question: its CoT prompt, image path (or None), gold answer, and the record itself (as JSON,
+    so labeling can use its options and unit: an answer given as an option's text is scored by its letter)."""
     return [
-        {"question_id": r.id, "prompt": task.cot_prompt(r), "image": r.image, "answer": r.answer} for r in records
+        {"question_id": r.id, "prompt": task.cot_prompt(r), "image": r.image, "answer": r.answer,
+         "record": json.dumps(r.to_dict(), sort_keys=True)}
+        for r in records
     ]
 
 
@@ -117,9 +121,12 @@ def label_outputs(
             out.append(_skip_record(qid, round_index, result.error))
             continue
         gold = row.get("answer")
+        record = Record(**json.loads(row["record"])) if row.get("record") else None
         for index, (text, n_tokens) in enumerate(zip(result.texts, result.n_tokens, strict=True)):
             if gold is None:
                 extracted, correct = task.extract_answer(text), False
+            elif record is not None:  # the record-aware extractor: the same one evaluation's numbers rest on
+                extracted, correct = task.score_record(record, text)
             else:
                 extracted, correct = task.score(text, str(gold))
             out.append(
@@ -423,8 +430,12 @@ def sample(
     store.write_parquet(out_uri, table)
     for kind, uri in (("greedy", greedy_uri), ("select", select_uri)):
         if uri:
-            extra_table, _ = finalize(records, kind)
-            _check_counts(extra_table, skipped, rows, replace(params, n=1, temperature=0.0))
+            # A self-select prompt (image + N candidates) can be too long where the question was not: that
+            # question is skipped for this pass only (it then counts as wrong), never a failed evaluation.
+            extra_table, extra_skipped = finalize(records, kind)
+            for item in extra_skipped:
+                log.warning("sampling: %s pass skipped question %s: %s", kind, item["question_id"], item["reason"])
+            _check_counts(extra_table, skipped + extra_skipped, rows, replace(params, n=1, temperature=0.0))
             store.write_parquet(uri, extra_table)
     batches = {(rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"]) for rec in records}
     num_correct = int(sum(table.column("correct").to_pylist()))

@@ -34,6 +34,9 @@ def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
 
     metrics = {}
     for k in range(from_round, cfg.rounds + 1):
+        if not force and round_finished(cfg, k):
+            log.info("round %d already finished under this config, skipped", k)
+            continue
         start = time.time()
         metrics[k] = run_round(cfg, k, force=force)
         log.info("round %d finished in %.1fs", k, time.time() - start)
@@ -52,7 +55,15 @@ def _absolute_overrides(cfg: RunConfig) -> list[str]:
 
 
 def _free_submission_id(client, base: str) -> str:
-    taken = {j.submission_id for j in client.list_jobs()}
+    """`base`, or `base-attempt-N` after earlier attempts; refuses while an attempt is still pending or running
+    (two jobs writing one round directory would race)."""
+    jobs = {j.submission_id: str(j.status).split(".")[-1] for j in client.list_jobs()}
+    running = [sid for sid, status in jobs.items()
+               if (sid == base or sid.startswith(f"{base}-attempt-")) and status not in TERMINAL]
+    if running:
+        raise RuntimeError(f"{running[0]} is still {jobs[running[0]]}: wait for it (ray job logs -f {running[0]}) "
+                           f"or stop it (ray job stop {running[0]}) before submitting this round again")
+    taken = set(jobs)
     if base not in taken:
         return base
     n = 2
@@ -76,6 +87,9 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR") if k in os.environ}
     ids = []
     for k in range(from_round, cfg.rounds + 1):
+        if not force and round_finished(cfg, k):
+            log.info("round %d already finished under this config, not submitted", k)
+            continue
         args = ["python", "jobs/round.py", "--config", config_path, "--round", str(k)]
         args += [a for s in sets for a in ("--set", s)] + (["--force"] if force else [])
         submission_id = _free_submission_id(client, f"r3v-{cfg.name}-round-{k}")

@@ -47,3 +47,13 @@ def test_star_is_a_config_switch():
     assert (cfg.training.alpha, cfg.training.beta) == (0.0, 0.0)
     assert not cfg.reflect.use_refine and not cfg.reflect.use_select
     assert config_from_dict({}).digest() != cfg.digest()
+
+
+def test_digest_covers_what_decides_outputs_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = config_from_dict({"task": {"data_dir": "data"}})
+    same = [{"rounds": 7}, {"resources": {"num_samplers": 8}}, {"serve": {"port": 9000}},
+            {"storage": {"root": "s3://bucket/runs"}}, {"task": {"data_dir": str(tmp_path / "data")}}]
+    for change in same:
+        assert config_from_dict(change | {"task": change.get("task", {"data_dir": "data"})}).digest() == base.digest()
+    assert config_from_dict({"task": {"data_dir": "data"}, "sampling": {"temperature": 0.5}}).digest() != base.digest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -83,7 +84,8 @@ class _Capture(logging.Handler):
 
 
 def test_rows_and_params_from_config(rows):
-    assert set(rows[0]) == {"question_id", "prompt", "image", "answer"}
+    assert set(rows[0]) == {"question_id", "prompt", "image", "answer", "record"}
+    assert json.loads(rows[0]["record"])["id"] == rows[0]["question_id"]
     assert rows[0]["prompt"].endswith(TASK.cot_instruction) and os.path.isabs(rows[0]["image"])
     cfg = RunConfig()
     p = params_from_config(cfg.sampling, seed=3)
@@ -281,3 +283,14 @@ def test_a_killed_sampler_still_yields_complete_duplicate_free_output(ray_local,
         assert result["stats"].passes in (1, 2)  # 1 only if Ray Data replaced the dead actor by itself
     else:  # Ray Data restarted the actor and retried its batch
         assert actors()[actor_id]["NumRestarts"] >= 1 and result["stats"].passes == 1
+
+
+def test_labeling_is_record_aware_for_multiple_choice():
+    # An answer given as the option's text is scored by its letter, through the record the row carries.
+    from r3v_ray.tasks import Record
+
+    task = get_task("generic")
+    record = Record(id="mc", question="Which animal?", answer="B", choices=["cat", "dog"])
+    rows = records_to_rows([record], task)
+    out = label_outputs(rows, [RequestOutput(texts=["Answer: dog", "Answer: cat"], n_tokens=[3, 3])], task, 1)
+    assert [(o["extracted_answer"], o["correct"]) for o in out] == [("B", True), ("A", False)]

@@ -81,7 +81,8 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     out = second.stdout + second.stderr
-    assert "round 0] stage train: already done" in out and "round 1] stage sample: already done" in out
+    assert "round 0 already finished under this config, skipped" in out
+    assert "round 1] stage sample: already done" in out and "round 1] stage build: already done" in out
     assert "round 1] stage train: starting" in out
     assert samples.read_bytes() == samples_bytes and samples.stat().st_mtime_ns == samples_mtime
     assert _manifest(run, 1)["stages"]["sample"] == before["sample"]
@@ -159,28 +160,29 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
                                                                    synthetic_data_dir):
     address, metrics_port, env = head_node
     config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, synthetic_data_dir, tmp_path / "runs", "job", rounds=0)
-    runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "__pycache__", "*.egg-info"],
-                              "env_vars": {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}})
-    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-           "--submission-id", "r3v-job-round-0", "--runtime-env-json", runtime_env, "--",
-           "python", "jobs/round.py", "--config", str(config), "--round", "0"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "round 0 finished" in done.stdout
+    # The loop's own submitter: one job per round, named r3v-<run>-round-<k>, tagged, logs streamed here.
+    loop = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config), "--address", address],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert loop.returncode == 0, loop.stdout[-4000:] + loop.stderr[-3000:]
+    assert "round 0 finished" in loop.stdout  # streamed from the job's driver
     assert json.loads((tmp_path / "runs" / "job" / "round-000" / "eval.json").read_text())["num_questions"] == 6
 
     from ray.job_submission import JobSubmissionClient
 
-    assert str(JobSubmissionClient(address).get_job_status("r3v-job-round-0")).endswith("SUCCEEDED")
-
-    # The loop's own submitter: one job per round, named and tagged; finished stages are skipped, not redone.
-    loop = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config), "--address", address],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert loop.returncode == 0, loop.stdout[-3000:] + loop.stderr[-3000:]
-    assert "stage train: already done" in loop.stdout + loop.stderr
-    info = JobSubmissionClient(address).get_job_info("r3v-job-round-0-attempt-2")
+    info = JobSubmissionClient(address).get_job_info("r3v-job-round-0")
     assert info.metadata == {"r3v_run": "job", "r3v_round": "0", "r3v_method": "r3v"}
     assert str(info.status).endswith("SUCCEEDED")
+
+    # By hand, as the README shows: `ray job submit -- python jobs/round.py ...`; every stage is already done.
+    runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "__pycache__", "*.egg-info"],
+                              "env_vars": {"HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}})
+    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+           "--submission-id", "by-hand-round-0", "--runtime-env-json", runtime_env, "--",
+           "python", "jobs/round.py", "--config", str(config), "--round", "0"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "stage train: already done" in done.stdout and "round 0 finished" in done.stdout
+    assert str(JobSubmissionClient(address).get_job_status("by-hand-round-0")).endswith("SUCCEEDED")
 
     # The custom metrics reach the cluster's Prometheus export, tagged with run and round.
     wanted = ("r3v_accuracy", "r3v_train_loss")  # round 0 samples nothing, so no r3v_samples_generated
@@ -192,4 +194,4 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
         time.sleep(3)
     ours = [line for line in text.splitlines() if "r3v_" in line and not line.startswith("#")]
     assert all(name in text for name in wanted) and any('run="job"' in line for line in ours), (
-        ours[:10], [line for line in done.stdout.splitlines() if "metrics" in line or "recording" in line][:10])
+        ours[:10], [line for line in loop.stdout.splitlines() if "metrics" in line or "recording" in line][:10])
