@@ -79,7 +79,14 @@ def summarize(per_seed: dict[int, dict]) -> dict[str, dict]:
     return out
 
 
+def _ordered(summary: dict[str, dict]) -> dict[str, dict]:
+    """The paper's row order (a summary read back from JSON comes with sorted keys)."""
+    order = [label for label, *_ in ROWS]
+    return dict(sorted(summary.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
 def table_markdown(summary: dict[str, dict], seeds: list[int], n: int) -> str:
+    summary = _ordered(summary)
     lines = [f"| model / metric (N={n}) | mean | spread (std) | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|---|---|" + "---|" * len(seeds)]
     for label, row in summary.items():
@@ -96,7 +103,8 @@ def plot_png(summary: dict[str, dict], n: int) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [label.replace("@N", f"@{n}").replace(", ", "\n") for label in summary]
+    summary = _ordered(summary)
+    labels = [label.replace("@N", f"@{n}").replace(", ", "\n").replace(" (", "\n(") for label in summary]
     means = [row["mean"] for row in summary.values()]
     stds = [row["std"] for row in summary.values()]
     fig, ax = plt.subplots(figsize=(8, 4))

@@ -35,3 +35,12 @@ def test_summary_and_table():
     assert summary["R3V, Select@N"]["mean"] == 55.0 and summary["R3V, Select@N"]["std"] == 5.0
     table = table_markdown(summary, [0, 1], 3)
     assert "| R3V, Select@3 | 55.00 | 5.00 | 50.00 | 60.00 |" in table
+
+
+def test_table_keeps_the_paper_order_whatever_the_key_order():
+    from r3v_ray.reproduce import ROWS
+
+    per_seed = {0: {label: 1.0 for label, *_ in reversed(ROWS)}}
+    table = table_markdown(summarize(per_seed), [0], 3)
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    assert rows[0].startswith("zero-shot") and rows[-1] == "R3V, Oracle@3"
