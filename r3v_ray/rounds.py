@@ -13,9 +13,10 @@ import logging
 import time
 
 import pyarrow as pa
+import yaml
 
 from r3v_ray import store, telemetry
-from r3v_ray.config import RunConfig
+from r3v_ray.config import RunConfig, config_from_dict
 from r3v_ray.manifest import Manifest
 from r3v_ray.prepare import ensure_data, ensure_model
 from r3v_ray.raycluster import ensure_ray
@@ -40,19 +41,16 @@ def read_split(cfg: RunConfig, task, data_dir: str, split: str):
 
 
 def _write_config(cfg: RunConfig, force: bool) -> None:
-    """runs/<name>/config.yaml records what the run was started with; a different config is refused."""
+    """runs/<name>/config.yaml records the config the run goes on under; one that would change outputs is
+    refused (scheduling changes such as more `rounds` or other resources are not: the digest leaves them out)."""
     path = store.join(cfg.run_dir, "config.yaml")
     if store.exists(path) and not force:
-        from r3v_ray.config import config_from_dict
-        import yaml
-
         old = config_from_dict(yaml.safe_load(store.read_text(path)), path)
         if old.digest() != cfg.digest():
             raise RuntimeError(
                 f"{path} holds a different config (digest {old.digest()} vs {cfg.digest()}). "
                 "Re-run with --force to continue under the new config, or give the run a new `name`."
             )
-        return
     store.write_text(path, cfg.to_yaml())
 
 
