@@ -5,6 +5,7 @@ Both are built into a temporary directory and renamed into place, so an interrup
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,12 +15,28 @@ from r3v_ray.config import RunConfig
 log = logging.getLogger(__name__)
 
 
-def _build_atomically(target: Path, build) -> Path:
+STAMP = "r3v_built_with.json"
+
+
+def _build_atomically(target: Path, build, settings: dict) -> Path:
+    """Build into a temporary directory and rename it into place, stamped with the settings that built it. An
+    existing directory is reused only if it was built with the same settings: stale data never passes silently."""
     if target.exists():
+        stamp = target / STAMP
+        if not stamp.is_file():  # made by hand (e.g. `r3v make-data`): the user's own, used as it is
+            log.info("using %s as it is (not built by r3v from a config)", target)
+            return target
+        built_with = json.loads(stamp.read_text())
+        if built_with != settings:
+            raise ValueError(
+                f"{target} was built with {built_with}, but the config asks for {settings}; remove the directory "
+                "to rebuild it, or point the config at another one"
+            )
         return target
     tmp = target.with_name(f".{target.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     build(tmp)
+    (tmp / STAMP).write_text(json.dumps(settings, sort_keys=True))
     try:
         tmp.rename(target)
     except OSError:  # another process finished first: theirs is as good as ours
@@ -37,7 +54,7 @@ def ensure_model(cfg: RunConfig) -> str:
     target = Path(cfg.model.path)
     if not target.exists():
         log.info("building the tiny model into %s", target)
-    return str(_build_atomically(target, lambda tmp: build_tiny_model(tmp, spec)))
+    return str(_build_atomically(target, lambda tmp: build_tiny_model(tmp, spec), cfg.model.tiny.model_dump()))
 
 
 def ensure_data(cfg: RunConfig) -> str:
@@ -51,4 +68,6 @@ def ensure_data(cfg: RunConfig) -> str:
     if not target.exists():
         log.info("writing the synthetic task into %s", target)
     build = lambda tmp: task.write_dataset(tmp, cfg.task.num_train, cfg.task.num_test, cfg.task.data_seed)  # noqa: E731
-    return str(_build_atomically(target, build))
+    settings = {"params": cfg.task.params, "num_train": cfg.task.num_train, "num_test": cfg.task.num_test,
+                "data_seed": cfg.task.data_seed}
+    return str(_build_atomically(target, build, json.loads(json.dumps(settings))))

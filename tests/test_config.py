@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from r3v_ray.config import ConfigError, config_from_dict, load_config
+from r3v_ray.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,18 @@ def test_digest_covers_what_decides_outputs_only(tmp_path, monkeypatch):
     for change in same:
         assert config_from_dict(change | {"task": change.get("task", {"data_dir": "data"})}).digest() == base.digest()
     assert config_from_dict({"task": {"data_dir": "data"}, "sampling": {"temperature": 0.5}}).digest() != base.digest()
+
+
+def test_built_model_and_data_are_reused_only_with_the_same_settings(tmp_path):
+    from r3v_ray.prepare import ensure_data
+
+    cfg = config_from_dict({"task": {"data_dir": str(tmp_path / "d"), "num_train": 3, "num_test": 2}})
+    first = ensure_data(cfg)
+    assert ensure_data(cfg) == first  # same settings: reused
+    other = config_from_dict({"task": {"data_dir": str(tmp_path / "d"), "num_train": 3, "num_test": 2,
+                                       "params": {"colors": ["red", "blue"]}}})
+    with pytest.raises(ValueError, match="was built with"):
+        ensure_data(other)
+    handmade = tmp_path / "handmade"
+    get_task("synthetic").write_dataset(handmade, 2, 1, seed=0)
+    assert ensure_data(config_from_dict({"task": {"data_dir": str(handmade)}})) == str(handmade)
