@@ -145,7 +145,7 @@ def head_node(tmp_path):
                 assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
                 assert time.time() < deadline, "the head node did not come up"
                 time.sleep(2)
-        yield address, ports["metrics"], env
+        yield address, ports["metrics"], env, ports["gcs"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -158,7 +158,7 @@ def head_node(tmp_path):
 
 def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head_node, tiny_model_dir,
                                                                    synthetic_data_dir):
-    address, metrics_port, env = head_node
+    address, _metrics_port, env, _gcs = head_node
     config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, synthetic_data_dir, tmp_path / "runs", "job", rounds=0)
     # The loop's own submitter: one job per round, named r3v-<run>-round-<k>, tagged, logs streamed here.
     loop = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config), "--address", address],
@@ -184,8 +184,21 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
     assert "stage train: already done" in done.stdout and "round 0 finished" in done.stdout
     assert str(JobSubmissionClient(address).get_job_status("by-hand-round-0")).endswith("SUCCEEDED")
 
-    # The custom metrics reach the cluster's Prometheus export, tagged with run and round.
-    wanted = ("r3v_accuracy", "r3v_train_loss")  # round 0 samples nothing, so no r3v_samples_generated
+
+def test_custom_metrics_reach_the_clusters_export_endpoint(head_node):
+    """A driver on the cluster records through r3v's metrics actor; the series appear on the node's
+    Prometheus export, tagged with run and round."""
+    _address, metrics_port, env, gcs = head_node
+    driver = (
+        "import ray; from r3v_ray import telemetry; "
+        f"ray.init(address='127.0.0.1:{gcs}'); "
+        "telemetry.report('record_sampling', 'probe', 1, 30, 12); "
+        "telemetry.report('record_losses', 'probe', 1, {'loss': 0.5, 'loss_sft': 0.3}); "
+        "telemetry.report('record_accuracy', 'probe', 1, {'test@1': 42.0})"
+    )
+    done = subprocess.run([PY, "-c", driver], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    wanted = ("r3v_accuracy", "r3v_train_loss", "r3v_samples_generated", "r3v_positive_share")
     deadline, text = time.time() + 180, ""
     while time.time() < deadline:
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
@@ -193,5 +206,6 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
             break
         time.sleep(3)
     ours = [line for line in text.splitlines() if "r3v_" in line and not line.startswith("#")]
-    assert all(name in text for name in wanted) and any('run="job"' in line for line in ours), (
-        ours[:10], [line for line in loop.stdout.splitlines() if "metrics" in line or "recording" in line][:10])
+    assert all(name in text for name in wanted), ours
+    accuracy = [line for line in ours if line.startswith("ray_r3v_accuracy") or line.startswith("r3v_accuracy")]
+    assert any('run="probe"' in line and 'round="1"' in line and line.endswith(" 42.0") for line in accuracy), ours
