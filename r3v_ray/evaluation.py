@@ -7,14 +7,11 @@ the distributed sampler. Every test question counts in every denominator: a ques
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Iterable
 
 from r3v_ray.selection import majority_vote
 from r3v_ray.tasks.base import Record, Task
-
-log = logging.getLogger(__name__)
 
 
 def _by_question(rows: Iterable[dict]) -> dict[str, list[dict]]:

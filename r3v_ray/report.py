@@ -6,11 +6,8 @@ Several runs (e.g. R3V and its STaR baseline) can share one report: their column
 from __future__ import annotations
 
 import io
-import logging
 
 from r3v_ray import store
-
-log = logging.getLogger(__name__)
 
 METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@"]
 
