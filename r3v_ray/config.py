@@ -83,6 +83,9 @@ class ReflectConfig(_Strict):
     mixed_max_n: int = Field(6, ge=2)
     min_rationale_chars: int = Field(20, ge=0)  # shorter positives are not used: too short to hold reasoning
     warmup_cot: int | None = Field(None, ge=0)  # teacher rationales in the warm-up set (None: all that exist)
+    # Perception examples per training image in the warm-up set: the task's caption under this many of the caption
+    # prompts. They stand in for a pretrained VLM's perception, which a randomly initialised tiny model lacks.
+    warmup_captions: int = Field(0, ge=0, le=6)
     seed: int = 0
 
 

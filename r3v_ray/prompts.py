@@ -10,6 +10,17 @@ REFINE_HEADER = "Model's prediction:"
 REFINE_INSTRUCTION = "Judge the correctness of the model's prediction and refine it."
 SELECT_INSTRUCTION = "Which prediction is correct? Give the final answer."
 
+# Perception examples (reflect.warmup_captions) ask for the caption in several wordings of different lengths: under
+# one fixed prompt a tiny model learns to find the image by relative position and fails under any other prompt.
+CAPTION_PROMPTS = [
+    "Describe the image.",
+    "Describe the image please.",
+    "What is in the picture? Describe the image.",
+    "Count the objects of each colour.",
+    "Tell me the colours you see, with counts.",
+    "Look at the image and describe it in a few words.",
+]
+
 
 def refine_prompt(cot_prompt: str, negative_rationale: str) -> str:
     """(x, y-) -> prompt whose target is a positive rationale y+."""
@@ -26,6 +37,6 @@ def select_prompt(question_prompt: str, candidates: list[str]) -> str:
 
 
 # Words the tiny tokenizer should learn merges for.
-PROMPT_WORDS = [REFINE_HEADER, REFINE_INSTRUCTION, SELECT_INSTRUCTION] + [
+PROMPT_WORDS = [REFINE_HEADER, REFINE_INSTRUCTION, SELECT_INSTRUCTION, *CAPTION_PROMPTS] + [
     f"Model's prediction {i}:" for i in range(1, 7)
 ]

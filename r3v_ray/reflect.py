@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from r3v_ray.config import ReflectConfig
-from r3v_ray.prompts import refine_prompt, select_prompt
+from r3v_ray.prompts import CAPTION_PROMPTS, refine_prompt, select_prompt
 from r3v_ray.tasks.base import Record, Task
 
 TASKS = ("warmup", "sft", "refine", "select")
@@ -63,8 +63,9 @@ def _rng(*parts: Any) -> random.Random:
 
 
 def build_warmup_data(records: list[Record], task: Task, cfg: ReflectConfig) -> list[dict]:
-    """Direct-answer QA pairs for every record, plus teacher CoT examples for `cfg.warmup_cot` of the records
-    that have a rationale (a seeded choice; None: all of them)."""
+    """Direct-answer QA pairs for every record, teacher CoT examples for `cfg.warmup_cot` of the records that have
+    a rationale (a seeded choice; None: all of them), and `cfg.warmup_captions` perception examples per record
+    whose task gives a caption (each under a different caption prompt, a seeded choice)."""
     examples = [
         example("warmup", r.id, task.direct_prompt(r), task.format_answer(r.answer), r.image) for r in records
     ]
@@ -74,6 +75,12 @@ def build_warmup_data(records: list[Record], task: Task, cfg: ReflectConfig) -> 
         keep = set(_rng(cfg.seed, "warmup-cot").sample(range(len(with_rationale)), cfg.warmup_cot))
         chosen = [r for i, r in enumerate(with_rationale) if i in keep]  # keeps the records' order
     examples += [example("warmup", r.id, task.cot_prompt(r), r.rationale, r.image) for r in chosen]
+    if cfg.warmup_captions:
+        for r in records:
+            caption = task.caption(r)
+            if caption:
+                prompts = _rng(cfg.seed, "caption", r.id).sample(CAPTION_PROMPTS, cfg.warmup_captions)
+                examples += [example("warmup", r.id, p, caption, r.image) for p in prompts]
     return examples
 
 

@@ -43,11 +43,35 @@ def test_warmup_has_a_direct_pair_per_record_and_seeded_teacher_cot():
     direct = [e for e in data if e["prompt"] == TASK.direct_prompt(RECORDS[e["question_id"]])]
     assert len(direct) == 6 and all(e["target"] == TASK.format_answer(RECORDS[e["question_id"]].answer) for e in direct)
     assert len(data) == 12 and all(e["task"] == "warmup" and e["image"] == RECORDS[e["question_id"]].image for e in data)
-    two = [e for e in build_warmup_data(records, TASK, ReflectConfig(warmup_cot=2)) if e["target"].startswith("There")]
+    def teacher(data):
+        return [e for e in data if e["prompt"] == TASK.cot_prompt(RECORDS[e["question_id"]])]
+
+    two = teacher(build_warmup_data(records, TASK, ReflectConfig(warmup_cot=2)))
     assert len(two) == 2 and all(e["target"] == RECORDS[e["question_id"]].rationale for e in two)
-    assert two == [e for e in build_warmup_data(records, TASK, ReflectConfig(warmup_cot=2)) if e["target"].startswith("There")]
+    assert two == teacher(build_warmup_data(records, TASK, ReflectConfig(warmup_cot=2)))
     other = {e["question_id"] for s in range(1, 6) for e in build_warmup_data(records, TASK, ReflectConfig(warmup_cot=2, seed=s))}
     assert len(other) > 2  # the seed picks the teacher subset
+
+
+def test_warmup_captions_add_the_tasks_caption_under_distinct_seeded_prompts():
+    from r3v_ray.prompts import CAPTION_PROMPTS
+
+    records = list(RECORDS.values())
+    base = build_warmup_data(records, TASK, ReflectConfig())
+    data = build_warmup_data(records, TASK, ReflectConfig(warmup_captions=3))
+    captions = data[len(base):]
+    assert data[: len(base)] == base and len(captions) == 3 * len(records)
+    for r in records:
+        mine = [e for e in captions if e["question_id"] == r.id]
+        assert {e["target"] for e in mine} == {TASK.caption(r)} and all(e["image"] == r.image for e in mine)
+        assert len({e["prompt"] for e in mine}) == 3 and {e["prompt"] for e in mine} <= set(CAPTION_PROMPTS)
+    layout = records[0].metadata["layout"]
+    assert TASK.caption(records[0]).startswith(f"All objects: {sum(c is not None for c in layout)}.")
+    assert captions == build_warmup_data(records, TASK, ReflectConfig(warmup_captions=3))[len(base):]
+    # A task without captions (every real dataset) gets none, whatever the setting.
+    geoqa = get_task("geoqa")
+    assert geoqa.caption(records[0]) is None
+    assert len(build_warmup_data(records, geoqa, ReflectConfig(warmup_captions=3))) == len(build_warmup_data(records, geoqa, ReflectConfig()))
 
 
 def test_all_positive_pool_gives_only_self_cot_from_the_newest_positive():

@@ -28,7 +28,7 @@ def test_answer_changes_when_only_the_image_changes():
 def test_questions_need_two_steps_and_rationales_end_in_the_answer_format():
     task = get_task("synthetic")
     for r in task.generate_records("train", 50, seed=1):
-        assert r.rationale.count("There are") >= 2  # two observations before the operation
+        assert r.rationale.count("objects: ") >= 2  # two observations before the operation
         predicted, correct = task.score(r.rationale, r.answer)
         assert correct, (r.id, r.rationale)
 

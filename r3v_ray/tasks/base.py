@@ -182,6 +182,11 @@ class Task(ABC):
     def direct_prompt(self, record: Record) -> str:
         return f"{self.question_text(record)}\n{self.direct_instruction}"
 
+    def caption(self, record: Record) -> str | None:
+        """What the record's image shows, as a perception example for the warm-up set (None: the task has no
+        captions; `reflect.warmup_captions` then adds nothing)."""
+        return None
+
     def format_answer(self, answer: str) -> str:
         return f"{ANSWER_PREFIX} {answer}"
 

@@ -60,30 +60,39 @@ def render(layout: list[str | None], grid: int, cell: int) -> Image.Image:
     return img
 
 
+def _count(layout: list[str | None], colour: str | None = None) -> int:
+    return sum(1 for x in layout if (x is not None if colour is None else x == colour))
+
+
 def solve(layout: list[str | None], qtype: str, c1: str, c2: str | None) -> tuple[str, str]:
-    """(gold answer, teacher rationale) for a question about a layout."""
-    n1 = sum(1 for x in layout if x == c1)
+    """(gold answer, teacher rationale) for a question about a layout.
+
+    Each count is stated colour first ("Red objects: 2."), the form of the captions: the model names what it
+    counts before the number, so reading a count from the image is one step, not two.
+    """
+    n1 = _count(layout, c1)
     if qtype == "sum":
-        n2 = sum(1 for x in layout if x == c2)
+        n2 = _count(layout, c2)
         total = n1 + n2
-        return str(total), (
-            f"There are {n1} {c1} objects. There are {n2} {c2} objects. {n1} + {n2} = {total}.\nAnswer: {total}"
-        )
+        return str(total), f"{c1.capitalize()} objects: {n1}. {c2.capitalize()} objects: {n2}. {n1} + {n2} = {total}.\nAnswer: {total}"
     if qtype == "subtract":
-        total = sum(1 for x in layout if x is not None)
+        total = _count(layout)
         left = total - n1
-        return str(left), (
-            f"There are {total} objects in total. There are {n1} {c1} objects. {total} - {n1} = {left}.\nAnswer: {left}"
-        )
+        return str(left), f"All objects: {total}. {c1.capitalize()} objects: {n1}. {total} - {n1} = {left}.\nAnswer: {left}"
     if qtype == "compare":
-        n2 = sum(1 for x in layout if x == c2)
+        n2 = _count(layout, c2)
         more = n1 > n2
         letter = "A" if more else "B"
         relation = "more than" if more else "not more than"
         return letter, (
-            f"There are {n1} {c1} objects. There are {n2} {c2} objects. {n1} is {relation} {n2}.\nAnswer: {letter}"
+            f"{c1.capitalize()} objects: {n1}. {c2.capitalize()} objects: {n2}. {n1} is {relation} {n2}.\nAnswer: {letter}"
         )
     raise ValueError(f"unknown question type {qtype!r}")
+
+
+def caption(layout: list[str | None], colors: tuple[str, ...]) -> str:
+    """What the image shows, in the rationales' own words: the total, then every colour's count."""
+    return " ".join([f"All objects: {_count(layout)}."] + [f"{c.capitalize()} objects: {_count(layout, c)}." for c in colors])
 
 
 def question_for(qtype: str, c1: str, c2: str | None) -> tuple[str, list[str] | None]:
@@ -138,6 +147,10 @@ class SyntheticTask(Task):
                 rationale=rationale,
                 metadata={"layout": layout, "qtype": qtype, "colors": [c1, c2], "grid": self.params.grid},
             )
+
+    def caption(self, record: Record) -> str | None:
+        layout = record.metadata.get("layout")
+        return caption(layout, self.params.colors) if layout is not None else None
 
     def render(self, record: Record) -> Image.Image:
         return render(record.metadata["layout"], self.params.grid, self.params.cell)
