@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from r3v_ray.prompts import CAPTION_PROMPTS
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and field."""
@@ -85,7 +87,7 @@ class ReflectConfig(_Strict):
     warmup_cot: int | None = Field(None, ge=0)  # teacher rationales in the warm-up set (None: all that exist)
     # Perception examples per training image in the warm-up set: the task's caption under this many of the caption
     # prompts. They stand in for a pretrained VLM's perception, which a randomly initialised tiny model lacks.
-    warmup_captions: int = Field(0, ge=0, le=6)
+    warmup_captions: int = Field(0, ge=0, le=len(CAPTION_PROMPTS))
     seed: int = 0
 
 

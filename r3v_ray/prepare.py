@@ -21,6 +21,7 @@ STAMP = "r3v_built_with.json"
 def _build_atomically(target: Path, build, settings: dict) -> Path:
     """Build into a temporary directory and rename it into place, stamped with the settings that built it. An
     existing directory is reused only if it was built with the same settings: stale data never passes silently."""
+    settings = json.loads(json.dumps(settings, sort_keys=True))  # as the stamp reads back (tuples become lists)
     if target.exists():
         stamp = target / STAMP
         if not stamp.is_file():  # made by hand (e.g. `r3v make-data`): the user's own, used as it is
@@ -70,4 +71,4 @@ def ensure_data(cfg: RunConfig) -> str:
     build = lambda tmp: task.write_dataset(tmp, cfg.task.num_train, cfg.task.num_test, cfg.task.data_seed)  # noqa: E731
     settings = {"params": cfg.task.params, "num_train": cfg.task.num_train, "num_test": cfg.task.num_test,
                 "data_seed": cfg.task.data_seed}
-    return str(_build_atomically(target, build, json.loads(json.dumps(settings))))
+    return str(_build_atomically(target, build, settings))

@@ -64,6 +64,11 @@ def _count(layout: list[str | None], colour: str | None = None) -> int:
     return sum(1 for x in layout if (x is not None if colour is None else x == colour))
 
 
+def _stated(name: str, n: int) -> str:
+    """One observation, colour (or "all") first: the form rationales and captions share."""
+    return f"{name.capitalize()} objects: {n}."
+
+
 def solve(layout: list[str | None], qtype: str, c1: str, c2: str | None) -> tuple[str, str]:
     """(gold answer, teacher rationale) for a question about a layout.
 
@@ -74,25 +79,23 @@ def solve(layout: list[str | None], qtype: str, c1: str, c2: str | None) -> tupl
     if qtype == "sum":
         n2 = _count(layout, c2)
         total = n1 + n2
-        return str(total), f"{c1.capitalize()} objects: {n1}. {c2.capitalize()} objects: {n2}. {n1} + {n2} = {total}.\nAnswer: {total}"
+        return str(total), f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} + {n2} = {total}.\nAnswer: {total}"
     if qtype == "subtract":
         total = _count(layout)
         left = total - n1
-        return str(left), f"All objects: {total}. {c1.capitalize()} objects: {n1}. {total} - {n1} = {left}.\nAnswer: {left}"
+        return str(left), f"{_stated('all', total)} {_stated(c1, n1)} {total} - {n1} = {left}.\nAnswer: {left}"
     if qtype == "compare":
         n2 = _count(layout, c2)
         more = n1 > n2
         letter = "A" if more else "B"
         relation = "more than" if more else "not more than"
-        return letter, (
-            f"{c1.capitalize()} objects: {n1}. {c2.capitalize()} objects: {n2}. {n1} is {relation} {n2}.\nAnswer: {letter}"
-        )
+        return letter, f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} is {relation} {n2}.\nAnswer: {letter}"
     raise ValueError(f"unknown question type {qtype!r}")
 
 
 def caption(layout: list[str | None], colors: tuple[str, ...]) -> str:
     """What the image shows, in the rationales' own words: the total, then every colour's count."""
-    return " ".join([f"All objects: {_count(layout)}."] + [f"{c.capitalize()} objects: {_count(layout, c)}." for c in colors])
+    return " ".join([_stated("all", _count(layout))] + [_stated(c, _count(layout, c)) for c in colors])
 
 
 def question_for(qtype: str, c1: str, c2: str | None) -> tuple[str, list[str] | None]:
