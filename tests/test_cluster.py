@@ -321,6 +321,7 @@ def test_round_on_local_autoscaling_cluster_adds_nodes_per_stage_and_removes_the
             watcher.stop.set()
             watcher.join(timeout=30)
         final = watcher.poll()
+        all_actors = _get(f"{url}/api/v0/actors?limit=1000")["data"]["result"]["result"]
 
     assert json.loads((run / "round-001" / "eval.json").read_text())["num_questions"] == 6
     windows = stage_windows(run, rounds=1)
@@ -339,9 +340,15 @@ def test_round_on_local_autoscaling_cluster_adds_nodes_per_stage_and_removes_the
     assert most_alive(watcher.samples, windows, "trainer", {"train"}) >= 1
     assert max(len(s["workers"]) for s in watcher.samples) <= 2  # max_workers 1 per type
 
+    # Both kinds of actor ran, each on a node of its own type, and all are dead now. Read from the GCS's record of
+    # every actor rather than from the polls: a short-lived sampler pool can fall between two polls under load.
+    by_id = {n["node_id"]: node_type(n) for n in watcher.nodes.values()}
+    ran = {(a["class_name"], by_id.get(a["node_id"]), a["state"]) for a in all_actors}
+    assert any("EngineActor" in c and t == "sampler" and s == "DEAD" for c, t, s in ran), ran
+    assert any(c == "RayTrainWorker" and t == "trainer" and s == "DEAD" for c, t, s in ran), ran
     # Sampler actors were gone whenever training workers were alive (samplers release before training).
     names = [{c for c, _ in s["actors"]} for s in watcher.samples]
-    assert any("RayTrainWorker" in n for n in names) and any(any("EngineActor" in c for c in n) for n in names)
+    assert any("RayTrainWorker" in n for n in names)
     assert not [n for n in names if "RayTrainWorker" in n and any("EngineActor" in c for c in n)]
 
     # ... and after the round every worker node was removed for being idle.
