@@ -33,4 +33,4 @@ clean:
 
 # The paper's table in miniature on the built-in task (3 seeds; see docs/reproduction.md).
 reproduce: $(STAMP)
-	$(PY) -m r3v_ray.cli reproduce --config configs/reproduce.yaml --seeds 0 1 2
+	$(PY) -m r3v_ray.cli reproduce --config configs/reproduce.yaml --seeds 0 1 2 --eval-temperatures 0.3 0.5 0.7

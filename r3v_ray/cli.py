@@ -119,7 +119,7 @@ def _cmd_reproduce(args) -> int:
     from r3v_ray.config import load_config
     from r3v_ray.reproduce import reproduce
 
-    result = reproduce(load_config(args.config, args.set), args.seeds, args.out)
+    result = reproduce(load_config(args.config, args.set), args.seeds, args.out, args.eval_temperatures)
     print(f"done in {result['minutes']} minutes")
     return 0
 
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/reproduce.yaml")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", help="output directory (default: <storage.root>/<name>-reproduction)")
+    p.add_argument("--eval-temperatures", type=float, nargs="*", default=[], metavar="T",
+                   help="also evaluate the last R3V model with its N candidates sampled at these temperatures")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -60,7 +60,8 @@ def adopt_round0(src: RunConfig, dst: RunConfig) -> None:
     store.write_text(str(Path(dst.run_dir) / "config.yaml"), dst.to_yaml())
 
 
-def run_seed(base: RunConfig, seed: int) -> dict:
+def run_seed(base: RunConfig, seed: int, temperatures: list[float] = ()) -> tuple[dict, dict]:
+    """(the main table's row values, the temperature sweep's row values) for one seed."""
     r3v, star = seed_config(base, seed, "r3v"), seed_config(base, seed, "star")
     run_local(r3v)
     adopt_round0(r3v, star)
@@ -68,7 +69,67 @@ def run_seed(base: RunConfig, seed: int) -> dict:
     k, n = base.rounds, base.evaluation.n
     evals = {m: {r: store.read_json(store.join(c.run_dir, f"round-{r:03d}", "eval.json")) for r in (0, k)}
              for m, c in (("r3v", r3v), ("star", star))}
-    return {label: evals[method][0 if rnd == 0 else k][metric.format(n=n)] for label, method, rnd, metric in ROWS}
+    row = {label: evals[method][0 if rnd == 0 else k][metric.format(n=n)] for label, method, rnd, metric in ROWS}
+    sweep = {}
+    temperatures = [t for t in temperatures if t != base.evaluation.temperature]
+    if temperatures:
+        sweep = sweep_values(evals["r3v"][k], base.evaluation.temperature, sweep_temperatures(r3v, temperatures), n)
+    return row, sweep
+
+
+SWEEP_METRICS = [("Test@1", "test@1"), ("Majority@N", "majority@{n}"), ("Select@N", "select@{n}"),
+                 ("Oracle@N", "oracle@{n}")]
+
+
+def sweep_temperatures(cfg: RunConfig, temperatures: list[float]) -> dict[float, dict]:
+    """Evaluate the run's last model again with its N samples drawn at each temperature.
+
+    Why: Majority@N needs concentrated samples and Select@N needs diverse ones, so one temperature can favour one
+    over the other; the sweep shows the trade-off. Each result is kept under the round directory
+    (eval-sweep/T<t>/) with the config digest and reused on a re-run.
+    """
+    from r3v_ray.evaluation import evaluate
+    from r3v_ray.rounds import checkpoint_dir, read_split, round_uri
+    from r3v_ray.tasks import get_task
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    records = None
+    out = {}
+    for t in temperatures:
+        uri = store.join(round_uri(cfg, cfg.rounds), "eval-sweep", f"T{t:g}")
+        done = store.join(uri, "eval.json")
+        if store.exists(done) and store.read_json(done).get("config_digest") == cfg.digest():
+            out[t] = store.read_json(done)
+            continue
+        data = cfg.model_dump(mode="json")
+        data["evaluation"]["temperature"] = t
+        records = records if records is not None else read_split(cfg, task, cfg.task.data_dir, "test")
+        metrics = evaluate(RunConfig.model_validate(data), checkpoint_dir(cfg, cfg.rounds), records, task, uri,
+                           cfg.rounds)
+        metrics.update(temperature=t, config_digest=cfg.digest())
+        store.write_json(done, metrics)
+        out[t] = metrics
+    return out
+
+
+def sweep_values(main_eval: dict, main_temperature: float, sweep: dict[float, dict], n: int) -> dict[str, dict]:
+    """{"T=0.5": {"Majority@N": ..., ...}} for one seed, the main evaluation's temperature included."""
+    evals = {**sweep, main_temperature: main_eval}
+    return {f"T={t:g}": {label: evals[t][metric.format(n=n)] for label, metric in SWEEP_METRICS}
+            for t in sorted(evals)}
+
+
+def sweep_markdown(per_seed: dict[int, dict[str, dict]], n: int) -> str:
+    """Rows: metrics; columns: temperatures; cells: mean ± std over seeds."""
+    columns = list(next(iter(per_seed.values())))
+    stats = {c: summarize({s: v[c] for s, v in per_seed.items()}) for c in columns}
+    lines = [f"| metric (N={n}), mean ± std over seeds | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for label, _ in SWEEP_METRICS:
+        lines.append(f"| {label.replace('@N', f'@{n}')} | "
+                     + " | ".join(f"{stats[c][label]['mean']:.2f} ± {stats[c][label]['std']:.2f}" for c in columns)
+                     + " |")
+    return "\n".join(lines)
 
 
 def summarize(per_seed: dict[int, dict]) -> dict[str, dict]:
@@ -120,15 +181,46 @@ def plot_png(summary: dict[str, dict], n: int) -> bytes:
     return buf.getvalue()
 
 
-def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None) -> dict:
+def sweep_plot_png(per_seed: dict[int, dict[str, dict]], n: int) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(next(iter(per_seed.values())))
+    temps = [float(c.split("=")[1]) for c in columns]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, _ in SWEEP_METRICS:
+        stats = [summarize({s: v[c] for s, v in per_seed.items()})[label] for c in columns]
+        ax.errorbar(temps, [x["mean"] for x in stats], yerr=[x["std"] for x in stats], capsize=3, marker="o",
+                    linestyle="--" if label == "Test@1" else "-", label=label.replace("@N", f"@{n}"))
+    ax.set_xlabel("sampling temperature of the N candidates (Test@1 is greedy)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("last R3V model: test-time selection vs temperature")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None, temperatures: list[float] = ()) -> dict:
+    """Run every seed, then write the table (reproduction.md/.json/.png) and, with `temperatures`, the last R3V
+    model's test-time selection at those sampling temperatures too (sweep.png and a second table)."""
     if not (base.evaluation.zero_shot and base.evaluation.select):
         raise ValueError("the reproduction table needs evaluation.zero_shot and evaluation.select switched on")
     out = out_dir or store.join(base.storage.root, f"{base.name}-reproduction")
     start = time.time()
-    per_seed = {}
+    per_seed, per_seed_sweep = {}, {}
     for seed in seeds:
         t0 = time.time()
-        per_seed[seed] = run_seed(base, seed)
+        per_seed[seed], sweep = run_seed(base, seed, temperatures)
+        if sweep:
+            per_seed_sweep[seed] = sweep
         log.info("seed %d done in %.0fs: %s", seed, time.time() - t0, per_seed[seed])
     summary = summarize(per_seed)
     n = base.evaluation.n
@@ -136,10 +228,15 @@ def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None) -> 
     minutes = (time.time() - start) / 60
     result = {"seeds": seeds, "rounds": base.rounds, "n": n, "per_seed": per_seed, "summary": summary,
               "minutes": round(minutes, 1)}
+    text = f"# R3V in miniature\n\n{table}\n\n![reproduction](reproduction.png)\n\n"
+    if per_seed_sweep:
+        result["temperature_sweep"] = per_seed_sweep
+        text += ("## The last R3V model's candidates at other sampling temperatures\n\n"
+                 f"{sweep_markdown(per_seed_sweep, n)}\n\n![temperature sweep](sweep.png)\n\n")
+        store.write_bytes(store.join(out, "sweep.png"), sweep_plot_png(per_seed_sweep, n))
+    text += f"{len(seeds)} seeds, K = {base.rounds}, {minutes:.1f} minutes.\n"
     store.write_json(store.join(out, "reproduction.json"), result)
-    store.write_text(store.join(out, "reproduction.md"),
-                     f"# R3V in miniature\n\n{table}\n\n![reproduction](reproduction.png)\n\n"
-                     f"{len(seeds)} seeds, {base.rounds} rounds, {minutes:.1f} minutes.\n")
+    store.write_text(store.join(out, "reproduction.md"), text)
     store.write_bytes(store.join(out, "reproduction.png"), plot_png(summary, n))
     log.info("reproduction written to %s\n%s", out, table)
     return result

@@ -44,3 +44,29 @@ def test_table_keeps_the_paper_order_whatever_the_key_order():
     table = table_markdown(summarize(per_seed), [0], 3)
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
     assert rows[0].startswith("zero-shot") and rows[-1] == "R3V, Oracle@3"
+
+
+def test_temperature_sweep_table_has_a_column_per_temperature_and_the_main_one():
+    from r3v_ray.reproduce import sweep_markdown, sweep_values
+
+    def ev(maj, sel):
+        return {"test@1": 40.0, "majority@3": maj, "select@3": sel, "oracle@3": 60.0}
+
+    per_seed = {s: sweep_values(ev(30.0 + s, 45.0), 0.9, {0.3: ev(41.0 + s, 39.0), 0.5: ev(35.0, 42.0)}, 3)
+                for s in (0, 1)}
+    assert list(per_seed[0]) == ["T=0.3", "T=0.5", "T=0.9"]
+    table = sweep_markdown(per_seed, 3).splitlines()
+    assert table[0] == "| metric (N=3), mean ± std over seeds | T=0.3 | T=0.5 | T=0.9 |"
+    assert "| Majority@3 | 41.50 ± 0.50 | 35.00 ± 0.00 | 30.50 ± 0.50 |" in table
+    assert "| Select@3 | 39.00 ± 0.00 | 42.00 ± 0.00 | 45.00 ± 0.00 |" in table
+
+
+def test_temperature_sweep_reuses_an_evaluation_finished_under_the_same_config(tmp_path):
+    from r3v_ray.reproduce import sweep_temperatures
+
+    cfg = config_from_dict({"name": "b", "rounds": 1, "storage": {"root": str(tmp_path)}})
+    done = tmp_path / "b" / "round-001" / "eval-sweep" / "T0.5" / "eval.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"majority@3": 12.5, "config_digest": cfg.digest()}))
+    # No checkpoint and no Ray here: a finished evaluation is read back, not run again.
+    assert sweep_temperatures(cfg, [0.5])[0.5]["majority@3"] == 12.5
