@@ -53,3 +53,22 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def forget_cluster_address(gcs_port: int) -> None:
+    """Remove /tmp/ray/ray_current_cluster if it names the (now ended) cluster on `gcs_port`.
+
+    `ray start` records its address there and only `ray stop` removes it; tests end their head node by signal, so
+    they remove it themselves. Left behind, every later `address="auto"` lookup (Ray Train's placement-group
+    cleaner does one in each local run) waits on the dead cluster and prints a timeout traceback.
+    """
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path) as f:
+            ours = f.read().strip().endswith(f":{gcs_port}")
+        if ours:
+            os.remove(path)
+    except OSError:
+        pass

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import forget_cluster_address
 
 from r3v_ray.cli import main as r3v
 from r3v_ray.config import load_config
@@ -226,6 +227,7 @@ def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minute
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        forget_cluster_address(gcs)
     if passed:  # the session logs stay on a failure, for a look at the autoscaler's monitor.log
         shutil.rmtree(tmp, ignore_errors=True)
 

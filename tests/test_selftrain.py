@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import forget_cluster_address
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -154,6 +155,7 @@ def head_node(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+        forget_cluster_address(ports["gcs"])
 
 
 def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head_node, tiny_model_dir,
