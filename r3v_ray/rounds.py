@@ -16,7 +16,7 @@ import pyarrow as pa
 import yaml
 
 from r3v_ray import store, telemetry
-from r3v_ray.config import RunConfig, config_from_dict
+from r3v_ray.config import ConfigError, RunConfig, config_from_dict
 from r3v_ray.manifest import Manifest
 from r3v_ray.prepare import ensure_data, ensure_model
 from r3v_ray.raycluster import ensure_ray
@@ -40,6 +40,18 @@ def read_split(cfg: RunConfig, task, data_dir: str, split: str):
     return records[:cap] if cap else records
 
 
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dumps."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
 def _write_config(cfg: RunConfig, force: bool) -> None:
     """runs/<name>/config.yaml records the config the run goes on under; one that would change outputs is
     refused (scheduling changes such as more `rounds` or other resources are not: the digest leaves them out)."""
@@ -47,9 +59,10 @@ def _write_config(cfg: RunConfig, force: bool) -> None:
     if store.exists(path) and not force:
         old = config_from_dict(yaml.safe_load(store.read_text(path)), path)
         if old.digest() != cfg.digest():
-            raise RuntimeError(
-                f"{path} holds a different config (digest {old.digest()} vs {cfg.digest()}). "
-                "Re-run with --force to continue under the new config, or give the run a new `name`."
+            changed = ", ".join(_changed_keys(old.model_dump(mode="json"), cfg.model_dump(mode="json"))) or "?"
+            raise ConfigError(
+                f"{path} holds a different config (changed: {changed}). Re-run with --force to continue under the "
+                "new config, or give the run a new `name`."
             )
     store.write_text(path, cfg.to_yaml())
 

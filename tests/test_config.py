@@ -73,3 +73,15 @@ def test_built_model_and_data_are_reused_only_with_the_same_settings(tmp_path):
     handmade = tmp_path / "handmade"
     get_task("synthetic").write_dataset(handmade, 2, 1, seed=0)
     assert ensure_data(config_from_dict({"task": {"data_dir": str(handmade)}})) == str(handmade)
+
+
+def test_a_run_refuses_a_changed_config_and_names_the_changed_keys(tmp_path):
+    from r3v_ray.rounds import _write_config
+
+    root = {"storage": {"root": str(tmp_path)}}
+    _write_config(config_from_dict({"name": "x", **root}), force=False)
+    changed = config_from_dict({"name": "x", **root, "training": {"lr": 0.5}, "task": {"params": {"colors": ["red"]}}})
+    with pytest.raises(ConfigError, match=r"changed: task\.params\.colors, training\.lr\)\. Re-run with --force"):
+        _write_config(changed, force=False)
+    _write_config(config_from_dict({"name": "x", "rounds": 7, **root}), force=False)  # scheduling only: accepted
+    _write_config(changed, force=True)

@@ -107,7 +107,7 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     # A changed config is refused with a clear message.
     changed = subprocess.run(cmd + ["--set", "training.lr=0.5"], cwd=ROOT, env=_env(), capture_output=True,
                              text=True, timeout=600)
-    assert changed.returncode != 0 and "--force" in changed.stderr
+    assert changed.returncode != 0 and "--force" in changed.stderr and "changed: training.lr" in changed.stderr
 
 
 def _free_port() -> int:
