@@ -63,9 +63,16 @@ def plot_png(runs: dict[str, list[dict]]) -> bytes:
     ax.set_title("R3V self-training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return figure_png(fig, dpi=120)
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """A finished matplotlib figure as PNG bytes (closed afterwards: plots are made in long-lived drivers)."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
 

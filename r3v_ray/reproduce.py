@@ -16,6 +16,7 @@ from pathlib import Path
 
 from r3v_ray import store
 from r3v_ray.config import RunConfig
+from r3v_ray.report import figure_png
 from r3v_ray.selftrain import run_local
 
 log = logging.getLogger("r3v.reproduce")
@@ -157,8 +158,6 @@ def table_markdown(summary: dict[str, dict], seeds: list[int], n: int) -> str:
 
 
 def plot_png(summary: dict[str, dict], n: int) -> bytes:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,16 +173,10 @@ def plot_png(summary: dict[str, dict], n: int) -> bytes:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("R3V in miniature (mean and std over seeds)")
     ax.grid(axis="y", alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def sweep_plot_png(per_seed: dict[int, dict[str, dict]], n: int) -> bytes:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,11 +194,7 @@ def sweep_plot_png(per_seed: dict[int, dict[str, dict]], n: int) -> bytes:
     ax.set_title("last R3V model: test-time selection vs temperature")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None, temperatures: list[float] = ()) -> dict:
