@@ -1,8 +1,17 @@
-"""Shared fixtures: one tiny model and one small synthetic dataset per test session, built locally."""
+"""Shared fixtures (one tiny model and one small synthetic dataset per test session, built locally, and one local
+Ray per module) and the helpers tests use to start their own Ray head node and CLI processes."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,6 +20,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,3 +84,62 @@ def forget_cluster_address(gcs_port: int) -> None:
             os.remove(path)
     except OSError:
         pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict:
+    """Environment for the CLI and Ray processes tests start: offline, DeepSpeed on CPU, this venv's `ray` on PATH,
+    the repo importable, and no RAY_ADDRESS inherited from the test process."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT),
+               PATH=f"{Path(PY).parent}:{env.get('PATH', '')}", **extra)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+HEAD_PORTS = ("gcs", "dashboard", "metrics", "agent", "agent_grpc", "runtime_env", "node_manager", "object_manager")
+
+
+@contextmanager
+def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: str, gcs_port: int | None = None,
+             timeout_s: float = 180) -> Iterator[dict]:
+    """A `ray start --head --block` on 127.0.0.1 owned by the caller; yields its ports.
+
+    Every port is free and explicit (Ray's fixed defaults, e.g. the agent's 52365, collide with any other cluster on
+    the machine). Up means `ready(ports)` returned without raising. On exit the head's whole process group (raylet,
+    dashboard, autoscaler and any nodes it started) is ended, and its recorded address forgotten.
+    """
+    ports = {name: free_port() for name in HEAD_PORTS} | ({"gcs": gcs_port} if gcs_port else {})
+    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={ports['gcs']}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
+           f"--dashboard-agent-listen-port={ports['agent']}", f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+           f"--runtime-env-agent-port={ports['runtime_env']}", f"--node-manager-port={ports['node_manager']}",
+           f"--object-manager-port={ports['object_manager']}", "--disable-usage-stats", *args]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                ready(ports)
+                break
+            except Exception:
+                assert proc.poll() is None, Path(log_path).read_text()[-2000:]
+                assert time.time() < deadline, "the head node did not come up"
+                time.sleep(1)
+        yield ports
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        forget_cluster_address(ports["gcs"])

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -20,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import forget_cluster_address
+from conftest import PY, ROOT, free_port, ray_head, subprocess_env
 
 from r3v_ray.cli import main as r3v
 from r3v_ray.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +138,9 @@ def test_requests_from_config_are_accepted_by_ray():
 # process group is ended at teardown. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray resolve every address to
 # 127.0.0.1 (the simulated nodes would otherwise bind to the machine's public IP).
 
-PY = sys.executable
 SAMPLER_TYPE = {"CPU": 2, "r3v_sampler": 2}  # a worker type per role, told apart by a custom resource
 TRAINER_TYPE = {"CPU": 2, "r3v_trainer": 2}
 OBJECT_STORE = 300 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_cluster_config(gcs_port: int, worker_types: dict[str, dict], idle_timeout_minutes: float) -> dict:
@@ -174,15 +162,6 @@ def fake_cluster_config(gcs_port: int, worker_types: dict[str, dict], idle_timeo
     }
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", PYTHONPATH=str(ROOT),
-               PATH=f"{Path(PY).parent}:{env.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def _get(url: str) -> dict:
     return json.load(urllib.request.urlopen(url, timeout=10))
 
@@ -191,43 +170,21 @@ def _get(url: str) -> dict:
 def local_autoscaling_cluster(worker_types: dict[str, dict], idle_timeout_minutes: float):
     """Yields (gcs address, dashboard url, env); the head's process group (autoscaler and simulated nodes) is
     ended on exit."""
-    gcs, dash = _free_port(), _free_port()
     tmp = tempfile.mkdtemp(prefix="r3v-as-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    gcs = free_port()  # the autoscaler config names it, so it is chosen before the head starts
     config = Path(tmp) / "autoscaling.json"
     config.write_text(json.dumps(fake_cluster_config(gcs, worker_types, idle_timeout_minutes)))
-    env = _env() | {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=0",
-           "--node-ip-address=127.0.0.1", f"--autoscaling-config={config}", f"--object-store-memory={OBJECT_STORE}",
-           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--temp-dir={tmp}", "--disable-usage-stats",
-           # explicit free ports: Ray's fixed defaults (the agent's 52365) collide with any other cluster here
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-    log = open(Path(tmp) / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
+    env = subprocess_env(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_FAKE_CLUSTER="1",
+                         AUTOSCALER_UPDATE_INTERVAL_S="1")
+
+    def nodes_answer(ports: dict) -> None:
+        _get(f"http://127.0.0.1:{ports['dashboard']}/api/v0/nodes?limit=10")
+
     passed = False
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                _get(f"{url}/api/v0/nodes?limit=10")
-                break
-            except Exception:
-                assert proc.poll() is None, (Path(tmp) / "head.log").read_text()[-2000:]
-                assert time.time() < deadline, "the head node did not come up"
-                time.sleep(1)
-        yield f"127.0.0.1:{gcs}", url, env
+    with ray_head(Path(tmp) / "head.log", env, nodes_answer, "--num-cpus=0", f"--autoscaling-config={config}",
+                  f"--object-store-memory={OBJECT_STORE}", f"--temp-dir={tmp}", gcs_port=gcs) as ports:
+        yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{ports['dashboard']}", env
         passed = True
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        forget_cluster_address(gcs)
     if passed:  # the session logs stay on a failure, for a look at the autoscaler's monitor.log
         shutil.rmtree(tmp, ignore_errors=True)
 

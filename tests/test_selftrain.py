@@ -9,19 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import forget_cluster_address
+from conftest import PY, ROOT, ray_head, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +39,7 @@ def tiny_config(path: Path, tiny_model_dir: str, data_dir: str, runs: Path, name
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu", RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{Path(PY).parent}:{env.get('PATH', '')}", PYTHONPATH=str(ROOT))
-    env.pop("RAY_ADDRESS", None)
-    return env
+    return subprocess_env()
 
 
 def _manifest(run: Path, k: int) -> dict:
@@ -110,52 +102,20 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     assert changed.returncode != 0 and "--force" in changed.stderr and "changed: training.lr" in changed.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _job_agent_answers(ports: dict) -> None:
+    """Ready means a job can be submitted: the dashboard answers before the node's job agent does."""
+    from ray.job_submission import JobSubmissionClient
+
+    JobSubmissionClient(f"http://127.0.0.1:{ports['dashboard']}").submit_job(entrypoint="echo ready",
+                                                                            submission_id="probe")
 
 
 @pytest.fixture
 def head_node(tmp_path):
-    """A `ray start --head --block` cluster on 127.0.0.1 owned by this test (its whole process group is ended)."""
-    # Every port free and explicit: Ray's fixed defaults (e.g. the agent's 52365) collide with any other cluster.
-    ports = {name: _free_port() for name in ("gcs", "dashboard", "metrics", "agent", "agent_grpc", "runtime_env",
-                                             "node_manager", "object_manager")}
-    env = _env() | {"RAY_AUTH_MODE": "disabled"}
-    ray_bin = str(Path(PY).parent / "ray")
-    cmd = [ray_bin, "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.1",
-           f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-           f"--metrics-export-port={ports['metrics']}", f"--dashboard-agent-listen-port={ports['agent']}",
-           f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
-           f"--node-manager-port={ports['node_manager']}", f"--object-manager-port={ports['object_manager']}",
-           "--include-dashboard=true", "--disable-usage-stats"]
-    log = open(tmp_path / "head.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{ports['dashboard']}"
-    try:
-        deadline = time.time() + 120
-        # Ready means a job can be submitted: the dashboard answers before the node's job agent does.
-        from ray.job_submission import JobSubmissionClient
-
-        while True:
-            try:
-                JobSubmissionClient(address).submit_job(entrypoint="echo ready", submission_id="probe")
-                break
-            except Exception:
-                assert proc.poll() is None, (tmp_path / "head.log").read_text()[-2000:]
-                assert time.time() < deadline, "the head node did not come up"
-                time.sleep(2)
-        yield address, ports["metrics"], env, ports["gcs"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        forget_cluster_address(ports["gcs"])
+    """A `ray start --head` cluster on 127.0.0.1 owned by this test: (dashboard url, metrics port, env, gcs port)."""
+    env = subprocess_env(RAY_AUTH_MODE="disabled")
+    with ray_head(tmp_path / "head.log", env, _job_agent_answers, "--num-cpus=2", timeout_s=120) as ports:
+        yield f"http://127.0.0.1:{ports['dashboard']}", ports["metrics"], env, ports["gcs"]
 
 
 def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head_node, tiny_model_dir,
