@@ -27,7 +27,8 @@ class _Strict(BaseModel):
 
 
 class TinyModelConfig(_Strict):
-    """Sizes for the locally built tiny Qwen2-VL (see r3v_ray.models.tiny.TinySpec)."""
+    """Sizes for the locally built tiny Qwen2-VL: TinySpec's defaults, repeated so that loading a config never
+    imports torch (tests/test_config.py keeps them equal)."""
 
     hidden_size: int = 64
     intermediate_size: int = 128

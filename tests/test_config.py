@@ -85,3 +85,16 @@ def test_a_run_refuses_a_changed_config_and_names_the_changed_keys(tmp_path):
         _write_config(changed, force=False)
     _write_config(config_from_dict({"name": "x", "rounds": 7, **root}), force=False)  # scheduling only: accepted
     _write_config(changed, force=True)
+
+
+def test_tiny_model_config_defaults_match_the_model_builders():
+    # The config repeats TinySpec's defaults so that loading a config never imports torch; this keeps them equal.
+    import dataclasses
+
+    from r3v_ray.config import TinyModelConfig
+    from r3v_ray.models.tiny import TinySpec
+
+    spec = {f.name: f.default for f in dataclasses.fields(TinySpec) if f.default is not dataclasses.MISSING}
+    cfg = TinyModelConfig().model_dump()
+    assert set(cfg) <= set(spec)
+    assert {k: spec[k] for k in cfg} == cfg
