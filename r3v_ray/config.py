@@ -256,6 +256,10 @@ class RunConfig(_Strict):
         """A stable hash of what decides a round's outputs (manifests record it to refuse resuming under a
         changed config). Scheduling and storage settings are left out, and local paths are made absolute, so
         extending `rounds` or resuming a local run as cluster jobs is not a config change."""
+        return hashlib.sha256(json.dumps(self.hashed(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def hashed(self) -> dict:
+        """What `digest` hashes: the config less scheduling and storage, with local paths made absolute."""
         data = self.model_dump(mode="json", exclude=set(self._NOT_HASHED))
         # task.data_dir is always a location; model.path is one when the tiny model is built there or it
         # exists here (otherwise it is a hub name such as Qwen/Qwen2-VL-7B-Instruct).
@@ -263,7 +267,7 @@ class RunConfig(_Strict):
         for section, key in (("model", "path"), ("task", "data_dir")):
             if "://" not in data[section][key] and local[key]:
                 data[section][key] = os.path.abspath(data[section][key])
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -59,7 +59,7 @@ def _write_config(cfg: RunConfig, force: bool) -> None:
     if store.exists(path) and not force:
         old = config_from_dict(yaml.safe_load(store.read_text(path)), path)
         if old.digest() != cfg.digest():
-            changed = ", ".join(_changed_keys(old.model_dump(mode="json"), cfg.model_dump(mode="json"))) or "?"
+            changed = ", ".join(_changed_keys(old.hashed(), cfg.hashed()))
             raise ConfigError(
                 f"{path} holds a different config (changed: {changed}). Re-run with --force to continue under the "
                 "new config, or give the run a new `name`."

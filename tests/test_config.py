@@ -80,7 +80,8 @@ def test_a_run_refuses_a_changed_config_and_names_the_changed_keys(tmp_path):
 
     root = {"storage": {"root": str(tmp_path)}}
     _write_config(config_from_dict({"name": "x", **root}), force=False)
-    changed = config_from_dict({"name": "x", **root, "training": {"lr": 0.5}, "task": {"params": {"colors": ["red"]}}})
+    changed = config_from_dict({"name": "x", "rounds": 5, **root, "training": {"lr": 0.5},
+                                "task": {"params": {"colors": ["red"]}}})  # rounds: scheduling, not named
     with pytest.raises(ConfigError, match=r"changed: task\.params\.colors, training\.lr\)\. Re-run with --force"):
         _write_config(changed, force=False)
     _write_config(config_from_dict({"name": "x", "rounds": 7, **root}), force=False)  # scheduling only: accepted
