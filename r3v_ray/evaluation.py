@@ -53,11 +53,15 @@ def _share(question_ids: list[str], is_correct) -> float:
 
 
 def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: str, round_index: int,
-             greedy_only: bool = False) -> dict:
+             greedy_only: bool = False, greedy: bool = True) -> dict:
     """Evaluate one model in one sampling pass (greedy, N samples and self-select in the same actors).
 
     The rationales behind every number stay under `out_uri` (greedy.parquet, samples.parquet, select.parquet).
+    `greedy_only`: Test@1 alone. `greedy=False`: no greedy pass and no Test@1, for scoring the N samples again at
+    another temperature (greedy decoding does not depend on it).
     """
+    if greedy_only and not greedy:
+        raise ValueError("greedy_only and greedy=False ask for nothing")
     from r3v_ray.engines import SamplingParams
     from r3v_ray.sampling import records_to_rows, sample
     from r3v_ray.store import join, read_parquet
@@ -77,14 +81,16 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
         params = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
                                 max_new_tokens=ev.max_new_tokens, seed=ev.seed)
         samples_uri, select_uri = join(out_uri, "samples.parquet"), join(out_uri, "select.parquet")
-        stats = sample(cfg, model_path, rows, samples_uri, params, round_index, greedy_uri=greedy_uri,
-                       select_uri=select_uri if ev.select else None, select_n=ev.n)
+        stats = sample(cfg, model_path, rows, samples_uri, params, round_index,
+                       greedy_uri=greedy_uri if greedy else None, select_uri=select_uri if ev.select else None,
+                       select_n=ev.n)
         sampled_rows = read_parquet(samples_uri).to_pylist()
         metrics["n"] = ev.n
         metrics[f"oracle@{ev.n}"] = oracle_at_n(qids, sampled_rows, ev.n)
         metrics[f"majority@{ev.n}"] = majority_at_n(by_id, task, sampled_rows, ev.n)
         if ev.select:
             metrics[f"select@{ev.n}"] = accuracy_at_1(qids, read_parquet(select_uri).to_pylist())
-    metrics["test@1"] = accuracy_at_1(qids, read_parquet(greedy_uri).to_pylist())
+    if greedy:
+        metrics["test@1"] = accuracy_at_1(qids, read_parquet(greedy_uri).to_pylist())
     metrics["skipped"] = stats.skipped
     return metrics

@@ -99,14 +99,16 @@ def sweep_temperatures(cfg: RunConfig, temperatures: list[float]) -> dict[float,
     for t in temperatures:
         uri = store.join(round_uri(cfg, cfg.rounds), "eval-sweep", f"T{t:g}")
         done = store.join(uri, "eval.json")
-        if store.exists(done) and store.read_json(done).get("config_digest") == cfg.digest():
-            out[t] = store.read_json(done)
+        finished = store.read_json(done) if store.exists(done) else {}
+        if finished.get("config_digest") == cfg.digest():
+            out[t] = finished
             continue
         data = cfg.model_dump(mode="json")
         data["evaluation"]["temperature"] = t
         records = records if records is not None else read_split(cfg, task, cfg.task.data_dir, "test")
+        # No greedy pass: Test@1 does not depend on the temperature and the round's own evaluation has it.
         metrics = evaluate(RunConfig.model_validate(data), checkpoint_dir(cfg, cfg.rounds), records, task, uri,
-                           cfg.rounds)
+                           cfg.rounds, greedy=False)
         metrics.update(temperature=t, config_digest=cfg.digest())
         store.write_json(done, metrics)
         out[t] = metrics
@@ -114,16 +116,24 @@ def sweep_temperatures(cfg: RunConfig, temperatures: list[float]) -> dict[float,
 
 
 def sweep_values(main_eval: dict, main_temperature: float, sweep: dict[float, dict], n: int) -> dict[str, dict]:
-    """{"T=0.5": {"Majority@N": ..., ...}} for one seed, the main evaluation's temperature included."""
+    """{"T=0.5": {"Majority@N": ..., ...}} for one seed, the main evaluation's temperature included; Test@1
+    (greedy) is the main evaluation's in every column."""
     evals = {**sweep, main_temperature: main_eval}
-    return {f"T={t:g}": {label: evals[t][metric.format(n=n)] for label, metric in SWEEP_METRICS}
+    return {f"T={t:g}": {label: (main_eval if label == "Test@1" else evals[t])[metric.format(n=n)]
+                         for label, metric in SWEEP_METRICS}
             for t in sorted(evals)}
+
+
+def _sweep_summary(per_seed: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    """{column ("T=0.5"): summarize() of that column over the seeds}, in column order."""
+    columns = next(iter(per_seed.values()))
+    return {c: summarize({s: v[c] for s, v in per_seed.items()}) for c in columns}
 
 
 def sweep_markdown(per_seed: dict[int, dict[str, dict]], n: int) -> str:
     """Rows: metrics; columns: temperatures; cells: mean ± std over seeds."""
-    columns = list(next(iter(per_seed.values())))
-    stats = {c: summarize({s: v[c] for s, v in per_seed.items()}) for c in columns}
+    stats = _sweep_summary(per_seed)
+    columns = list(stats)
     lines = [f"| metric (N={n}), mean ± std over seeds | " + " | ".join(columns) + " |",
              "|---|" + "---|" * len(columns)]
     for label, _ in SWEEP_METRICS:
@@ -182,11 +192,11 @@ def sweep_plot_png(per_seed: dict[int, dict[str, dict]], n: int) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = list(next(iter(per_seed.values())))
-    temps = [float(c.split("=")[1]) for c in columns]
+    summary = _sweep_summary(per_seed)
+    temps = [float(c.split("=")[1]) for c in summary]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, _ in SWEEP_METRICS:
-        stats = [summarize({s: v[c] for s, v in per_seed.items()})[label] for c in columns]
+        stats = [column[label] for column in summary.values()]
         ax.errorbar(temps, [x["mean"] for x in stats], yerr=[x["std"] for x in stats], capsize=3, marker="o",
                     linestyle="--" if label == "Test@1" else "-", label=label.replace("@N", f"@{n}"))
     ax.set_xlabel("sampling temperature of the N candidates (Test@1 is greedy)")

@@ -49,12 +49,14 @@ def test_table_keeps_the_paper_order_whatever_the_key_order():
 def test_temperature_sweep_table_has_a_column_per_temperature_and_the_main_one():
     from r3v_ray.reproduce import sweep_markdown, sweep_values
 
-    def ev(maj, sel):
-        return {"test@1": 40.0, "majority@3": maj, "select@3": sel, "oracle@3": 60.0}
+    def ev(maj, sel):  # a sweep evaluation: no greedy pass, so no Test@1
+        return {"majority@3": maj, "select@3": sel, "oracle@3": 60.0}
 
-    per_seed = {s: sweep_values(ev(30.0 + s, 45.0), 0.9, {0.3: ev(41.0 + s, 39.0), 0.5: ev(35.0, 42.0)}, 3)
+    per_seed = {s: sweep_values(ev(30.0 + s, 45.0) | {"test@1": 40.0 + s}, 0.9,
+                                {0.3: ev(41.0 + s, 39.0), 0.5: ev(35.0, 42.0)}, 3)
                 for s in (0, 1)}
     assert list(per_seed[0]) == ["T=0.3", "T=0.5", "T=0.9"]
+    assert [per_seed[1][c]["Test@1"] for c in per_seed[1]] == [41.0, 41.0, 41.0]  # the main evaluation's greedy
     table = sweep_markdown(per_seed, 3).splitlines()
     assert table[0] == "| metric (N=3), mean ± std over seeds | T=0.3 | T=0.5 | T=0.9 |"
     assert "| Majority@3 | 41.50 ± 0.50 | 35.00 ± 0.00 | 30.50 ± 0.50 |" in table

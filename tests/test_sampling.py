@@ -217,6 +217,28 @@ def test_evaluation_passes_greedy_and_self_select_in_the_same_actors_match_a_loc
         sample(cfg, tiny_model_dir, rows[:2], str(tmp_path / "x.parquet"), params, 0, select_uri=str(tmp_path / "y"))
 
 
+def test_evaluation_without_the_greedy_pass_scores_the_same_samples(ray_local, tiny_model_dir, synthetic_data_dir,
+                                                                    tmp_path):
+    """greedy=False (the reproduction's temperature sweep): samples and select as a full evaluation draws them, no
+    greedy rationales and no Test@1."""
+    from r3v_ray.evaluation import evaluate
+
+    records = list(TASK.read(synthetic_data_dir, "test"))[:4]
+    cfg = _cfg()
+    cfg.evaluation.n, cfg.evaluation.max_new_tokens = 2, 8
+    full = evaluate(cfg, tiny_model_dir, records, TASK, str(tmp_path / "full"), 0)
+    lean = evaluate(cfg, tiny_model_dir, records, TASK, str(tmp_path / "lean"), 0, greedy=False)
+    assert "test@1" in full and "test@1" not in lean
+    assert {k: lean[k] for k in ("oracle@2", "majority@2", "select@2")} == \
+        {k: full[k] for k in ("oracle@2", "majority@2", "select@2")}
+    for name in ("samples", "select"):
+        assert (store.read_parquet(str(tmp_path / "lean" / f"{name}.parquet")).to_pylist()
+                == store.read_parquet(str(tmp_path / "full" / f"{name}.parquet")).to_pylist())
+    assert (tmp_path / "full" / "greedy.parquet").exists() and not (tmp_path / "lean" / "greedy.parquet").exists()
+    with pytest.raises(ValueError, match="ask for nothing"):
+        evaluate(cfg, tiny_model_dir, records, TASK, str(tmp_path / "none"), 0, greedy_only=True, greedy=False)
+
+
 def _alive_sampler_handle(ray, deadline_s: float = 120.0):
     """A handle to a live sampler actor of the running dataset.
 
