@@ -38,10 +38,6 @@ def tiny_config(path: Path, tiny_model_dir: str, data_dir: str, runs: Path, name
     return path
 
 
-def _env() -> dict:
-    return subprocess_env()
-
-
 def _manifest(run: Path, k: int) -> dict:
     path = run / f"round-{k:03d}" / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -53,7 +49,8 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     run = tmp_path / "runs" / "t"
     cmd = [PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)]
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         deadline = time.time() + 900
         # Wait until round 1 has sampled and built its data: its training is then under way.
@@ -71,7 +68,7 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     samples = run / "round-001" / "samples.parquet"
     samples_bytes, samples_mtime = samples.read_bytes(), samples.stat().st_mtime_ns
 
-    second = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    second = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     out = second.stdout + second.stderr
     assert "round 0 already finished under this config, skipped" in out
@@ -97,8 +94,8 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     assert all(f"| {k} |" in report for k in range(3))
 
     # A changed config is refused with a clear message.
-    changed = subprocess.run(cmd + ["--set", "training.lr=0.5"], cwd=ROOT, env=_env(), capture_output=True,
-                             text=True, timeout=600)
+    changed = subprocess.run(cmd + ["--set", "training.lr=0.5"], cwd=ROOT, env=subprocess_env(),
+                             capture_output=True, text=True, timeout=600)
     assert changed.returncode != 0 and "--force" in changed.stderr and "changed: training.lr" in changed.stderr
 
 
