@@ -22,7 +22,6 @@ from r3v_ray.cli import main as r3v
 from r3v_ray.config import load_config
 
 
-
 @pytest.fixture(scope="module")
 def cluster_cfg() -> dict:
     return yaml.safe_load((ROOT / "cluster.yaml").read_text())
