@@ -33,6 +33,30 @@ def test_questions_need_two_steps_and_rationales_end_in_the_answer_format():
         assert correct, (r.id, r.rationale)
 
 
+def test_two_solution_routes_reach_the_same_answer_from_different_counts():
+    colors = ("red", "green", "blue")
+    layout = ["red", "red", "green", "blue", "blue", "blue", None, None, None]
+    # sum: the asked colours, or all minus the colour not asked about
+    assert solve(layout, "sum", "red", "blue", colors, route=0) == ("5", "Red objects: 2. Blue objects: 3. 2 + 3 = 5.\nAnswer: 5")
+    assert solve(layout, "sum", "red", "blue", colors, route=1) == ("5", "All objects: 6. Green objects: 1. 6 - 1 = 5.\nAnswer: 5")
+    # subtract: all minus the colour, or the sum of the other colours
+    assert solve(layout, "subtract", "blue", None, colors, route=0) == ("3", "All objects: 6. Blue objects: 3. 6 - 3 = 3.\nAnswer: 3")
+    assert solve(layout, "subtract", "blue", None, colors, route=1) == ("3", "Red objects: 2. Green objects: 1. 2 + 1 = 3.\nAnswer: 3")
+    with pytest.raises(ValueError, match="colours"):
+        solve(layout, "sum", "red", "blue", route=1)
+
+    one, two = get_task("synthetic", colors=list(colors)), get_task("synthetic", colors=list(colors), paths=2)
+    a, b = list(one.generate_records("train", 60, seed=3)), list(two.generate_records("train", 60, seed=3))
+    # Same questions, images and answers; only the teacher's route differs, on about half the sum/subtract questions.
+    assert [(r.question, r.answer, r.metadata) for r in a] == [(r.question, r.answer, r.metadata) for r in b]
+    changed = [y for x, y in zip(a, b) if x.rationale != y.rationale]
+    arithmetic = [r for r in a if r.metadata["qtype"] != "compare"]
+    assert 0.25 * len(arithmetic) < len(changed) < 0.75 * len(arithmetic)
+    assert all(r.metadata["qtype"] != "compare" and two.score(r.rationale, r.answer)[1] for r in changed)
+    with pytest.raises(ValueError, match="paths"):
+        get_task("synthetic", paths=3)
+
+
 def test_same_seed_gives_byte_identical_data(tmp_path):
     task = get_task("synthetic")
     a = task.write_dataset(tmp_path / "a", 10, 5, seed=7)

@@ -8,7 +8,11 @@ needs the image (counts of colours) and at least two reasoning steps (two counts
 - subtract: "Subtract all red objects. How many objects are left?"           -> integer
 - compare:  "Are there more red objects than blue objects?" (A) yes (B) no   -> option letter
 
-The teacher rationale states each count, then the operation, then "Answer: X" (the warm-up CoT data).
+The teacher rationale states each count, then the operation, then "Answer: X" (the warm-up CoT data). With
+`paths: 2` a sum or subtract question has two teacher solutions, chosen per question: count the asked colours, or
+count everything and take the other colours away ("Subtract all red" = green + blue). They read different counts
+from the image, so sampled rationales can reach one answer by partly independent routes (self-consistency's
+premise); a compare question has one route.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class SyntheticParams:
     min_objects: int = 2
     max_objects: int = 6
     question_types: tuple[str, ...] = QUESTION_TYPES
+    paths: int = 1  # teacher solution routes per sum/subtract question: 1, or 2 (the complement route too)
     layout: dict = field(default_factory=dict)  # unused; keeps the dataclass open for task params from YAML
 
 
@@ -69,28 +74,51 @@ def _stated(name: str, n: int) -> str:
     return f"{name.capitalize()} objects: {n}."
 
 
-def solve(layout: list[str | None], qtype: str, c1: str, c2: str | None) -> tuple[str, str]:
+def _terms(layout: list[str | None], names: list[str]) -> tuple[str, list[int]]:
+    """The stated counts of `names` (in order) and the arithmetic over them, e.g. ("Red objects: 2. ...", [2, 1])."""
+    counts = [_count(layout, None if name == "all" else name) for name in names]
+    return " ".join(_stated(name, n) for name, n in zip(names, counts)), counts
+
+
+def _arithmetic(counts: list[int], op: str) -> tuple[int, str]:
+    value = counts[0]
+    for n in counts[1:]:
+        value = value + n if op == "+" else value - n
+    return value, f" {op} ".join(str(n) for n in counts) + f" = {value}."
+
+
+def solve(
+    layout: list[str | None], qtype: str, c1: str, c2: str | None,
+    colors: tuple[str, ...] = (), route: int = 0,
+) -> tuple[str, str]:
     """(gold answer, teacher rationale) for a question about a layout.
 
     Each count is stated colour first ("Red objects: 2."), the form of the captions: the model names what it
-    counts before the number, so reading a count from the image is one step, not two.
+    counts before the number, so reading a count from the image is one step, not two. Route 1 (sum and subtract
+    only; needs the task's `colors`) is the complement solution: all objects minus the colours not asked about,
+    or the sum of the colours not subtracted.
     """
-    n1 = _count(layout, c1)
-    if qtype == "sum":
-        n2 = _count(layout, c2)
-        total = n1 + n2
-        return str(total), f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} + {n2} = {total}.\nAnswer: {total}"
-    if qtype == "subtract":
-        total = _count(layout)
-        left = total - n1
-        return str(left), f"{_stated('all', total)} {_stated(c1, n1)} {total} - {n1} = {left}.\nAnswer: {left}"
     if qtype == "compare":
-        n2 = _count(layout, c2)
+        n1, n2 = _count(layout, c1), _count(layout, c2)
         more = n1 > n2
         letter = "A" if more else "B"
         relation = "more than" if more else "not more than"
         return letter, f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} is {relation} {n2}.\nAnswer: {letter}"
-    raise ValueError(f"unknown question type {qtype!r}")
+    if qtype not in ("sum", "subtract"):
+        raise ValueError(f"unknown question type {qtype!r}")
+    if route not in (0, 1):
+        raise ValueError(f"unknown solution route {route!r}")
+    asked = [c1, c2] if qtype == "sum" else [c1]
+    others = [c for c in colors if c not in asked]
+    if route == 1 and not others:
+        raise ValueError("the complement route needs the task's colours")
+    if (qtype == "sum") == (route == 0):
+        names, op = (asked if route == 0 else others), "+"  # sum of the asked colours / of the others
+    else:
+        names, op = ["all"] + (asked if route == 0 else others), "-"  # all minus the subtracted / the others
+    stated, counts = _terms(layout, names)
+    value, arithmetic = _arithmetic(counts, op)
+    return str(value), f"{stated} {arithmetic}\nAnswer: {value}"
 
 
 def caption(layout: list[str | None], colors: tuple[str, ...]) -> str:
@@ -117,6 +145,8 @@ class SyntheticTask(Task):
         unknown = set(self.params.question_types) - set(QUESTION_TYPES)
         if unknown:
             raise ValueError(f"synthetic task: unknown question_types {sorted(unknown)}")
+        if self.params.paths not in (1, 2):
+            raise ValueError(f"synthetic task: paths must be 1 or 2, got {self.params.paths!r}")
         bad_colors = set(self.params.colors) - set(COLORS)
         if bad_colors:
             raise ValueError(f"synthetic task: unknown colors {sorted(bad_colors)}; known: {sorted(COLORS)}")
@@ -141,7 +171,11 @@ class SyntheticTask(Task):
             if qtype == "subtract":
                 c2 = None
             question, choices = question_for(qtype, c1, c2)
-            answer, rationale = solve(layout, qtype, c1, c2)
+            route = 0
+            if self.params.paths > 1 and qtype != "compare":
+                # Its own generator, so the layouts and questions stay those of `paths: 1`.
+                route = random.Random(f"r3v-synthetic-{seed}-{split}-{i}-route").randrange(2)
+            answer, rationale = solve(layout, qtype, c1, c2, self.params.colors, route)
             yield Record(
                 id=f"syn-{split}-{i:05d}",
                 question=question,
