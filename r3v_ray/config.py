@@ -64,13 +64,19 @@ class TaskConfig(_Strict):
     max_test: int | None = Field(None, ge=1)
 
 
-class SamplingConfig(_Strict):
-    engine: Literal["hf", "vllm"] = "hf"
-    num_samples: int = Field(3, ge=1)  # S rationales per training question per round
+class DecodingConfig(_Strict):
+    """How candidate rationales are drawn (DESIGN.md: temperature 0.9, top_p 0.95, top_k 50): one set of
+    defaults for training samples, evaluation candidates and served candidates."""
+
     temperature: float = Field(0.9, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(50, ge=0)
     max_new_tokens: int = Field(384, ge=1)
+
+
+class SamplingConfig(DecodingConfig):
+    engine: Literal["hf", "vllm"] = "hf"
+    num_samples: int = Field(3, ge=1)  # S rationales per training question per round
     batch_size: int = Field(8, ge=1)  # questions per engine call
     max_prompt_tokens: int = Field(2048, ge=16)  # longer prompts are skipped and counted, never truncated
     tensor_parallel_size: int = Field(1, ge=1)  # vllm only
@@ -122,12 +128,9 @@ class TrainingConfig(_Strict):
     seed: int = 0
 
 
-class EvalConfig(_Strict):
+class EvalConfig(DecodingConfig):
     n: int = Field(3, ge=1)  # candidates for Oracle@N, Majority@N, Select@N
-    temperature: float = Field(0.9, gt=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(50, ge=0)
-    max_new_tokens: int = Field(384, ge=1)
+    temperature: float = Field(0.9, gt=0.0)  # N greedy candidates would be one candidate N times
     select: bool = True  # compute Select@N
     zero_shot: bool = True  # round 0 also records the base model's zero-shot CoT accuracy
     seed: int = 1234
@@ -157,7 +160,7 @@ class ResourcesConfig(_Strict):
         return self
 
 
-class ServeConfig(_Strict):
+class ServeConfig(DecodingConfig):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     num_replicas: int | Literal["auto"] = 1
@@ -170,12 +173,9 @@ class ServeConfig(_Strict):
     max_n: int = Field(8, ge=1)
     max_image_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_new_tokens_limit: int = Field(1024, ge=1)
-    # Request defaults and limits (r3v_ray/serving/parsing.py); sampling defaults match evaluation's.
+    # Request defaults and limits (r3v_ray/serving/parsing.py); the decoding defaults (DecodingConfig, per
+    # candidate unless the request asks otherwise) are evaluation's.
     default_strategy: Literal["self_select", "majority", "first"] = "self_select"
-    temperature: float = Field(0.9, ge=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(50, ge=0)
-    max_new_tokens: int = Field(384, ge=1)  # per candidate unless the request asks otherwise
     select_max_new_tokens: int = Field(64, ge=1)  # the greedy self-select answer ("Answer: X") is short
     max_question_chars: int = Field(8000, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
