@@ -57,6 +57,18 @@ def test_two_solution_routes_reach_the_same_answer_from_different_counts():
         get_task("synthetic", paths=3)
 
 
+def test_product_questions_are_opt_in_and_their_answer_is_no_count_in_the_image():
+    layout = ["red", "red", "blue", "blue", "blue", None, None, None, None]
+    assert solve(layout, "product", "red", "blue") == ("6", "Red objects: 2. Blue objects: 3. 2 x 3 = 6.\nAnswer: 6")
+    assert "product" not in {r.metadata["qtype"] for r in get_task("synthetic").generate_records("train", 60, seed=0)}
+    task = get_task("synthetic", question_types=["product"])
+    records = list(task.generate_records("train", 40, seed=0))
+    assert {r.metadata["qtype"] for r in records} == {"product"}
+    assert all(r.question.startswith("Multiply the number of") and task.score(r.rationale, r.answer)[1] for r in records)
+    with pytest.raises(ValueError, match="question_types"):
+        get_task("synthetic", question_types=["divide"])
+
+
 def test_same_seed_gives_byte_identical_data(tmp_path):
     task = get_task("synthetic")
     a = task.write_dataset(tmp_path / "a", 10, 5, seed=7)

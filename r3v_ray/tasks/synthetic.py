@@ -7,6 +7,8 @@ needs the image (counts of colours) and at least two reasoning steps (two counts
 - sum:      "How many red objects and blue objects are there in total?"      -> integer
 - subtract: "Subtract all red objects. How many objects are left?"           -> integer
 - compare:  "Are there more red objects than blue objects?" (A) yes (B) no   -> option letter
+- product (opt-in): "Multiply the number of red objects by the number of blue objects." -> integer; no single
+  count of objects in the image is the answer, so it has to be computed from the counts
 
 The teacher rationale states each count, then the operation, then "Answer: X" (the warm-up CoT data). With
 `paths: 2` a sum or subtract question has two teacher solutions, chosen per question: count the asked colours, or
@@ -36,6 +38,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND = (255, 255, 255)
 QUESTION_TYPES = ("sum", "subtract", "compare")
+EXTRA_QUESTION_TYPES = ("product",)  # opt-in (task.params.question_types); not in the default mix
 YES_NO = ["yes", "no"]
 
 
@@ -104,6 +107,9 @@ def solve(
         letter = "A" if more else "B"
         relation = "more than" if more else "not more than"
         return letter, f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} is {relation} {n2}.\nAnswer: {letter}"
+    if qtype == "product":
+        n1, n2 = _count(layout, c1), _count(layout, c2)
+        return str(n1 * n2), f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} x {n2} = {n1 * n2}.\nAnswer: {n1 * n2}"
     if qtype not in ("sum", "subtract"):
         raise ValueError(f"unknown question type {qtype!r}")
     if route not in (0, 1):
@@ -133,6 +139,8 @@ def question_for(qtype: str, c1: str, c2: str | None) -> tuple[str, list[str] | 
         return f"Subtract all {c1} objects. How many objects are left?", None
     if qtype == "compare":
         return f"Are there more {c1} objects than {c2} objects?", list(YES_NO)
+    if qtype == "product":
+        return f"Multiply the number of {c1} objects by the number of {c2} objects. What is the result?", None
     raise ValueError(f"unknown question type {qtype!r}")
 
 
@@ -142,7 +150,7 @@ class SyntheticTask(Task):
     def __init__(self, **params):
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         self.params = SyntheticParams(**params)
-        unknown = set(self.params.question_types) - set(QUESTION_TYPES)
+        unknown = set(self.params.question_types) - set(QUESTION_TYPES + EXTRA_QUESTION_TYPES)
         if unknown:
             raise ValueError(f"synthetic task: unknown question_types {sorted(unknown)}")
         if self.params.paths not in (1, 2):
@@ -172,7 +180,7 @@ class SyntheticTask(Task):
                 c2 = None
             question, choices = question_for(qtype, c1, c2)
             route = 0
-            if self.params.paths > 1 and qtype != "compare":
+            if self.params.paths > 1 and qtype in ("sum", "subtract"):
                 # Its own generator, so the layouts and questions stay those of `paths: 1`.
                 route = random.Random(f"r3v-synthetic-{seed}-{split}-{i}-route").randrange(2)
             answer, rationale = solve(layout, qtype, c1, c2, self.params.colors, route)
