@@ -130,7 +130,8 @@ class TrainingConfig(_Strict):
 
 class EvalConfig(DecodingConfig):
     n: int = Field(3, ge=1)  # candidates for Oracle@N, Majority@N, Select@N
-    temperature: float = Field(0.9, gt=0.0)  # N greedy candidates would be one candidate N times
+    # Redefined only to refuse 0 (N greedy candidates would be one candidate N times); keep the default in step.
+    temperature: float = Field(0.9, gt=0.0)
     select: bool = True  # compute Select@N
     zero_shot: bool = True  # round 0 also records the base model's zero-shot CoT accuracy
     seed: int = 1234

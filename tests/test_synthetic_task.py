@@ -55,6 +55,8 @@ def test_two_solution_routes_reach_the_same_answer_from_different_counts():
     assert all(r.metadata["qtype"] != "compare" and two.score(r.rationale, r.answer)[1] for r in changed)
     with pytest.raises(ValueError, match="paths"):
         get_task("synthetic", paths=3)
+    with pytest.raises(ValueError, match="at least 3 colors"):
+        get_task("synthetic", paths=2, colors=["red", "blue"])
 
 
 def test_product_questions_are_opt_in_and_their_answer_is_no_count_in_the_image():

@@ -11,10 +11,10 @@ needs the image (counts of colours) and at least two reasoning steps (two counts
   count of objects in the image is the answer, so it has to be computed from the counts
 
 The teacher rationale states each count, then the operation, then "Answer: X" (the warm-up CoT data). With
-`paths: 2` a sum or subtract question has two teacher solutions, chosen per question: count the asked colours, or
-count everything and take the other colours away ("Subtract all red" = green + blue). They read different counts
-from the image, so sampled rationales can reach one answer by partly independent routes (self-consistency's
-premise); a compare question has one route.
+`paths: 2` (three or more colours) a sum or subtract question has two teacher solutions, chosen per question: the
+direct one, or the complement (sum: all objects minus the colours not asked about; subtract: add up the colours
+not subtracted). They read different counts from the image, so sampled rationales can reach one answer by partly
+independent routes (self-consistency's premise); compare and product questions have one route.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _stated(name: str, n: int) -> str:
 
 
 def _terms(layout: list[str | None], names: list[str]) -> tuple[str, list[int]]:
-    """The stated counts of `names` (in order) and the arithmetic over them, e.g. ("Red objects: 2. ...", [2, 1])."""
+    """The observations of `names` (in order) and their counts, e.g. ("Red objects: 2. Blue objects: 1.", [2, 1])."""
     counts = [_count(layout, None if name == "all" else name) for name in names]
     return " ".join(_stated(name, n) for name, n in zip(names, counts)), counts
 
@@ -153,8 +153,11 @@ class SyntheticTask(Task):
         unknown = set(self.params.question_types) - set(QUESTION_TYPES + EXTRA_QUESTION_TYPES)
         if unknown:
             raise ValueError(f"synthetic task: unknown question_types {sorted(unknown)}")
-        if self.params.paths not in (1, 2):
+        if type(self.params.paths) is not int or self.params.paths not in (1, 2):
             raise ValueError(f"synthetic task: paths must be 1 or 2, got {self.params.paths!r}")
+        if self.params.paths == 2 and len(self.params.colors) < 3:
+            # With two colours the complement of a sum is empty and that of a subtract is one count.
+            raise ValueError(f"synthetic task: paths: 2 needs at least 3 colors, got {list(self.params.colors)}")
         bad_colors = set(self.params.colors) - set(COLORS)
         if bad_colors:
             raise ValueError(f"synthetic task: unknown colors {sorted(bad_colors)}; known: {sorted(COLORS)}")
