@@ -62,8 +62,7 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
     """
     if greedy_only and not greedy:
         raise ValueError("greedy_only and greedy=False ask for nothing")
-    from r3v_ray.engines import SamplingParams
-    from r3v_ray.sampling import records_to_rows, sample
+    from r3v_ray.sampling import params_from_config, records_to_rows, sample
     from r3v_ray.store import join, read_parquet
 
     by_id = {r.id: r for r in records}
@@ -73,13 +72,12 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
     greedy_uri = join(out_uri, "greedy.parquet")
     rows = records_to_rows(records, task)
     if greedy_only:
-        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+        params = params_from_config(ev, seed=ev.seed, greedy=True)
         stats = sample(cfg, model_path, rows, greedy_uri, params, round_index)
     else:
         for row in rows:
             row["select_question"] = task.question_text(by_id[row["question_id"]])
-        params = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=ev.top_p, top_k=ev.top_k,
-                                max_new_tokens=ev.max_new_tokens, seed=ev.seed)
+        params = params_from_config(ev, seed=ev.seed, n=ev.n)
         samples_uri, select_uri = join(out_uri, "samples.parquet"), join(out_uri, "select.parquet")
         stats = sample(cfg, model_path, rows, samples_uri, params, round_index,
                        greedy_uri=greedy_uri if greedy else None, select_uri=select_uri if ev.select else None,

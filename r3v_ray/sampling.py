@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from r3v_ray import store
-from r3v_ray.config import RunConfig, SamplingConfig
+from r3v_ray.config import DecodingConfig, RunConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
 from r3v_ray.prompts import select_prompt
 from r3v_ray.resources import sampler_remote_args
@@ -71,17 +71,18 @@ def records_to_rows(records: list[Record], task: Task) -> list[dict]:
 
 
 def params_from_config(
-    sampling: SamplingConfig, seed: int, n: int | None = None, greedy: bool = False
+    decoding: DecodingConfig, seed: int, n: int | None = None, greedy: bool = False
 ) -> SamplingParams:
-    """Engine sampling parameters from the config; greedy means one really greedy sample per row."""
+    """Engine sampling parameters from a config's decoding fields (sampling or evaluation); greedy means one
+    really greedy sample per row. n defaults to the sampling config's num_samples (S)."""
     if greedy:
-        return SamplingParams(n=1, temperature=0.0, max_new_tokens=sampling.max_new_tokens, seed=seed)
+        return SamplingParams(n=1, temperature=0.0, max_new_tokens=decoding.max_new_tokens, seed=seed)
     return SamplingParams(
-        n=sampling.num_samples if n is None else n,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        max_new_tokens=sampling.max_new_tokens,
+        n=decoding.num_samples if n is None else n,
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        top_k=decoding.top_k,
+        max_new_tokens=decoding.max_new_tokens,
         seed=seed,
     )
 
