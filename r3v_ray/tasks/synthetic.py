@@ -19,7 +19,9 @@ independent routes (self-consistency's premise); compare and product questions h
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import random
 import re
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 BACKGROUND = (255, 255, 255)
 QUESTION_TYPES = ("sum", "subtract", "compare")
 EXTRA_QUESTION_TYPES = ("product",)  # opt-in (task.params.question_types); not in the default mix
+ROUTED_TYPES = ("sum", "subtract")  # the types with a second teacher route under `paths: 2`
 YES_NO = ["yes", "no"]
 
 
@@ -83,10 +86,12 @@ def _terms(layout: list[str | None], names: list[str]) -> tuple[str, list[int]]:
     return " ".join(_stated(name, n) for name, n in zip(names, counts)), counts
 
 
+_OPERATIONS = {"+": operator.add, "-": operator.sub, "x": operator.mul}
+
+
 def _arithmetic(counts: list[int], op: str) -> tuple[int, str]:
-    value = counts[0]
-    for n in counts[1:]:
-        value = value + n if op == "+" else value - n
+    """The counts combined left to right, and the line that shows it, e.g. (5, "2 + 3 = 5.")."""
+    value = functools.reduce(_OPERATIONS[op], counts)
     return value, f" {op} ".join(str(n) for n in counts) + f" = {value}."
 
 
@@ -108,20 +113,20 @@ def solve(
         relation = "more than" if more else "not more than"
         return letter, f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} is {relation} {n2}.\nAnswer: {letter}"
     if qtype == "product":
-        n1, n2 = _count(layout, c1), _count(layout, c2)
-        return str(n1 * n2), f"{_stated(c1, n1)} {_stated(c2, n2)} {n1} x {n2} = {n1 * n2}.\nAnswer: {n1 * n2}"
-    if qtype not in ("sum", "subtract"):
-        raise ValueError(f"unknown question type {qtype!r}")
-    if route not in (0, 1):
-        raise ValueError(f"unknown solution route {route!r}")
-    asked = [c1, c2] if qtype == "sum" else [c1]
-    others = [c for c in colors if c not in asked]
-    if route == 1 and not others:
-        raise ValueError("the complement route needs the task's colours")
-    if (qtype == "sum") == (route == 0):
-        names, op = (asked if route == 0 else others), "+"  # sum of the asked colours / of the others
+        names, op = [c1, c2], "x"
+    elif qtype in ROUTED_TYPES:
+        if route not in (0, 1):
+            raise ValueError(f"unknown solution route {route!r}")
+        asked = [c1, c2] if qtype == "sum" else [c1]
+        others = [c for c in colors if c not in asked]
+        if route == 1 and not others:
+            raise ValueError("the complement route needs the task's colours")
+        if (qtype == "sum") == (route == 0):
+            names, op = (asked if route == 0 else others), "+"  # sum of the asked colours / of the others
+        else:
+            names, op = ["all"] + (asked if route == 0 else others), "-"  # all minus the subtracted / the others
     else:
-        names, op = ["all"] + (asked if route == 0 else others), "-"  # all minus the subtracted / the others
+        raise ValueError(f"unknown question type {qtype!r}")
     stated, counts = _terms(layout, names)
     value, arithmetic = _arithmetic(counts, op)
     return str(value), f"{stated} {arithmetic}\nAnswer: {value}"
@@ -183,7 +188,7 @@ class SyntheticTask(Task):
                 c2 = None
             question, choices = question_for(qtype, c1, c2)
             route = 0
-            if self.params.paths > 1 and qtype in ("sum", "subtract"):
+            if self.params.paths > 1 and qtype in ROUTED_TYPES:
                 # Its own generator, so the layouts and questions stay those of `paths: 1`.
                 route = random.Random(f"r3v-synthetic-{seed}-{split}-{i}-route").randrange(2)
             answer, rationale = solve(layout, qtype, c1, c2, self.params.colors, route)
