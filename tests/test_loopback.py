@@ -1,8 +1,8 @@
 """Local Ray stays on loopback: each way r3v (and its tests) starts Ray registers the node under 127.0.0.1.
 
 Ray 2.60 on Linux registers a local node under the machine's network address unless its single-machine switch
-is off (r3v_ray/raycluster.py). The ways: `ensure_ray`/`start_local` (every command, the demo, the benchmarks;
-`r3v serve` is checked in tests/test_serving.py), conftest's `ray_local`, and conftest's `ray start --head`; and
+is off (r3v_ray/raycluster.py). The ways: `ensure_ray`/`start_local` (every command, the demo, the benchmarks,
+conftest's `ray_local`; `r3v serve` is checked in tests/test_serving.py) and conftest's `ray start --head`; and
 `ensure_ray` with an address joins that cluster instead of starting one.
 """
 
@@ -49,11 +49,6 @@ def test_ensure_ray_starts_a_fresh_local_ray_on_loopback():
     assert got["nodes"] == ["127.0.0.1"] and got["gcs"].startswith("127.0.0.1:") and got["task_ip"] == "127.0.0.1"
     # Ray's switch is back as it was in the driver, so a later connection to a real cluster is unaffected.
     assert got["flag_restored"] and got["env_restored"]
-
-
-def test_conftest_ray_local_is_on_loopback(ray_local):
-    assert [n["NodeManagerAddress"] for n in ray_local.nodes() if n["Alive"]] == ["127.0.0.1"]
-    assert ray_local.get_runtime_context().gcs_address.startswith("127.0.0.1:")
 
 
 def test_head_node_is_on_loopback_and_ensure_ray_joins_it_by_address(tmp_path):
