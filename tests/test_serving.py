@@ -474,6 +474,31 @@ def test_body_limit_is_enforced_while_reading(served):
     assert (status, sent) == (413, 0)
 
 
+def test_read_body_stops_at_the_limit():
+    import asyncio
+
+    from r3v_ray.serving.parsing import max_body_bytes, read_body
+
+    cfg = ServeConfig(max_image_bytes=1000, max_prompt_chars=100)
+    limit, consumed = max_body_bytes(cfg), []
+
+    async def endless():
+        while True:
+            consumed.append(4096)
+            yield b"x" * 4096
+
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(read_body(endless(), None, cfg))
+    assert caught.value.status == 413 and sum(consumed) <= limit + 4096  # not one chunk more than needed
+    with pytest.raises(RequestError, match="malformed Content-Length"):
+        asyncio.run(read_body(endless(), "12abc", cfg))
+
+    async def one(data):
+        yield data
+
+    assert asyncio.run(read_body(one(b"{}"), "2", cfg)) == b"{}"
+
+
 def test_api_keys_guard_every_route_but_healthz(served):
     """No key or a wrong one: 401 in the OpenAI error shape on every route (the docs and unknown paths too),
     except /healthz; either key (the config's, the file's) opens them; the openai client raises its usual error."""
