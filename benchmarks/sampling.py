@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3v_ray.config import RunConfig  # noqa: E402
 from r3v_ray.engines import GenerationRequest, create_engine  # noqa: E402
+from r3v_ray.raycluster import start_local  # noqa: E402  (a local Ray on 127.0.0.1)
 from r3v_ray.sampling import label_outputs, params_from_config, records_to_rows, sample, seed_key  # noqa: E402
 from r3v_ray.tasks import get_task, load_image  # noqa: E402
 
@@ -87,7 +88,7 @@ def main() -> None:
         rows = records_to_rows(list(task.read(Path(tmp) / "data", "train")), task)
 
         seq, seq2, pipe, e2e, seq_cpu, pipe_cpu = [], [], [], [], [], []
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             for rep in range(args.repeats):
                 rate, n_seq, cpu = sequential_rate(model_dir, rows, cfg, params, task, torch_threads=1)

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from r3v_ray.config import config_from_dict
     from r3v_ray.engines import create_engine
+    from r3v_ray.raycluster import start_local
     from r3v_ray.serving import checkpoint as ckpt
     from r3v_ray.serving.app import build_app, model_info
     from r3v_ray.serving.parsing import parse_select
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
     served = ckpt.resolve(checkpoint=checkpoint)
     url = f"http://127.0.0.1:{port}/v1/select"
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(cfg, served), name=cfg.serve.app_name, route_prefix="/")

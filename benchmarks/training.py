@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from r3v_ray.config import RunConfig  # noqa: E402
 from r3v_ray.models import load_processor  # noqa: E402
 from r3v_ray.models.tiny import TinySpec, build_tiny_model  # noqa: E402
+from r3v_ray.raycluster import start_local  # noqa: E402  (a local Ray on 127.0.0.1)
 from r3v_ray.reflect import build_training_data  # noqa: E402
 from r3v_ray.tasks import get_task  # noqa: E402
 from r3v_ray.training import ReflectionCollator, read_examples, train, write_examples  # noqa: E402
@@ -112,7 +113,7 @@ def main() -> None:
             }
         )
         plain = plain_loop(cfg, train_uri, model_path)[1:]
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             t0 = time.perf_counter()
             result = train(cfg, train_uri, model_path, str(tmp / "out"), round_index=1)

@@ -4,7 +4,9 @@
         python jobs/serve.py --run-dir runs/demo --round 2 --set serve.host=0.0.0.0
 
 The Serve application outlives the job (Serve runs detached); `--wait` keeps the job alive until the app is
-deleted or the job is stopped. Bind 0.0.0.0 only on a cluster whose network you control.
+deleted or the job is stopped. Bind 0.0.0.0 only on a cluster whose network you control, and with API keys:
+R3V_SERVE_API_KEYS_FILE (in the job's runtime env) naming a keys file on the driver's node; then every route but
+/healthz needs `Authorization: Bearer <key>`. (Keys given with --set show in the job's entrypoint.)
 """
 
 from __future__ import annotations

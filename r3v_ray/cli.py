@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     data = sub.add_parser("data", help="look at a task's data").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("inspect", help="counts read and skipped (with reasons), an example prompt, the answers")
+    p = data.add_parser("inspect", help="counts read and skipped (with reasons; every image is decoded), an example "
+                                        "prompt, the answers")
     p.add_argument("--task", required=True, help="a registered task: synthetic, geoqa, tabmwp, chartqa, ...")
     p.add_argument("--path", required=True, help="the task's data directory (or file, for the generic task)")
     p.add_argument("--split", default="train")

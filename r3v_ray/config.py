@@ -178,9 +178,18 @@ class ServeConfig(DecodingConfig):
     # candidate unless the request asks otherwise) are evaluation's.
     default_strategy: Literal["self_select", "majority", "first"] = "self_select"
     select_max_new_tokens: int = Field(64, ge=1)  # the greedy self-select answer ("Answer: X") is short
+    # Size limits, each checked before anything is tokenized: the body (while it is read), JSON nesting, each text.
     max_question_chars: int = Field(8000, ge=1)
+    max_choice_chars: int = Field(1000, ge=1)  # each answer choice
+    max_prompt_chars: int = Field(16000, ge=1)  # the question and all its choices together
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     max_choices: int = Field(26, ge=1)
+    max_json_depth: int = Field(32, ge=2)  # nesting of arrays and objects in a request body
+    # Access: with keys set, every route but /healthz needs `Authorization: Bearer <key>` (401 otherwise). Keys also
+    # come from the file named by the environment variable R3V_SERVE_API_KEYS_FILE (one a line; r3v_ray/serving/
+    # auth.py). Never written out: not into a run's config.yaml, nor into the Serve application's settings.
+    api_keys: list[str] = Field(default_factory=list, exclude=True, repr=False)
+    docs: bool = True  # serve /docs and /openapi.json (behind the keys, when there are keys)
     # Sampler deployment: engine, dynamic batching across concurrent requests, health checks.
     engine: Literal["hf", "vllm"] = "hf"
     torch_threads: int = Field(1, ge=1)

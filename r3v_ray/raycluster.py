@@ -1,18 +1,77 @@
-"""Connecting to Ray the way r3v's entrypoints expect.
+"""Connecting to Ray the way r3v's entrypoints expect: the one place that decides which Ray a command uses.
 
 A bare `ray.init()` joins whatever cluster /tmp/ray/ray_current_cluster last recorded, even one that has since
-been stopped (it then hangs retrying). So: inside a submitted job (RAY_ADDRESS set by Ray) or when the user sets
-RAY_ADDRESS, join that cluster; otherwise start a fresh local Ray.
+been stopped (it then hangs retrying), or someone else's on a shared machine. So: an explicit address (a CLI's
+--address), else RAY_ADDRESS (set by Ray inside a submitted job, or by the user), else a fresh local Ray.
+
+A fresh local Ray registers its node under 127.0.0.1. Ray 2.60 on Linux otherwise registers it under the
+machine's network address, even when asked for 127.0.0.1 (`ray.init(_node_ip_address="127.0.0.1")` swaps a
+loopback address for the network one), unless Ray's switch for single-machine clusters
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is off; Ray reads that switch once, when it is imported, so
+`start_local` turns it off for the start of the local instance only (tests/test_loopback.py checks the
+address of every way r3v starts Ray).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
+
+LOOPBACK = "127.0.0.1"
+# Ray's switch: "0" makes every node address 127.0.0.1 (and refuses worker nodes joining over the network).
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def ensure_ray(**kwargs) -> None:
+def ensure_ray(address: str | None = None, **kwargs) -> None:
+    """Connect this process to Ray once: `address`, else RAY_ADDRESS, else a fresh local Ray on 127.0.0.1.
+
+    `kwargs` go to ray.init (e.g. num_cpus for a local instance, log_to_driver)."""
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", **kwargs)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "local":
+        start_local(**kwargs)
+    elif _is_loopback(address):
+        # A cluster on this machine's loopback (one started with the switch off): Ray would otherwise swap
+        # 127.0.0.1 in the address for the network address, where that cluster does not listen.
+        with _single_machine():
+            ray.init(address=address, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+
+
+def start_local(**kwargs) -> None:
+    """A fresh local Ray instance (never an existing cluster) with every node address on 127.0.0.1."""
+    import ray
+
+    with _single_machine():
+        ray.init(address="local", **kwargs)
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in (LOOPBACK, "localhost", "::1")
+
+
+@contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine switch off while the local instance starts: the driver picks the node address from
+    Ray's constant (read at import), and the processes started meanwhile (GCS, raylet and through it every worker,
+    dashboard) inherit the environment variable. Both are restored afterwards, so a later connection to a real
+    cluster from this process, or a `ray start` it runs, is unaffected."""
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env

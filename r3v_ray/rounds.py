@@ -142,6 +142,7 @@ class RoundRunner:
 
     def build(self) -> dict:
         from r3v_ray.reflect import build_training_data, build_warmup_data
+        from r3v_ray.training.examples import drop_unreadable_images
 
         if self.k == 0:
             examples = build_warmup_data(self.train_records, self.task, self.cfg.reflect)
@@ -152,6 +153,13 @@ class RoundRunner:
                 pool += store.read_parquet(store.join(round_uri(self.cfg, j), "samples.parquet")).to_pylist()
             records = {r.id: r for r in self.train_records}
             examples, stats = build_training_data(pool, records, self.task, self.cfg.reflect, self.k)
+        examples, unusable = drop_unreadable_images(examples)  # skipped and counted here, not failing training
+        if unusable:
+            stats["skipped_unreadable_image"] = len(unusable)
+            for item in unusable[:10]:
+                log.warning("%s build: skipped question %s: %s: %s", self.tag, item["question_id"], item["field"],
+                            item["reason"])
+            store.write_json(store.join(self.uri, "build-skipped.json"), unusable)
         if not examples:
             raise RuntimeError(f"{self.tag} no training examples were built (stats: {stats})")
         table = pa.Table.from_pylist(examples)

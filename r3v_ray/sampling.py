@@ -112,8 +112,8 @@ def label_outputs(
 ) -> list[dict]:
     """Sample records (with skip_reason None) and skip records (sample_index -1) for engine outputs.
 
-    Every rationale is labeled with the task's own extractor and checker; a row without a gold answer (e.g. at
-    serving time) is extracted but never counted correct.
+    Every rationale is labeled by the task's `score_record`, the path evaluation and serving score by too; a row
+    without a gold answer is extracted but never counted correct.
     """
     out: list[dict] = []
     for row, result in zip(rows, outputs, strict=True):
@@ -121,15 +121,9 @@ def label_outputs(
         if result.error is not None:
             out.append(_skip_record(qid, round_index, result.error))
             continue
-        gold = row.get("answer")
-        record = Record(**json.loads(row["record"])) if row.get("record") else None
+        record = row_record(row)
         for index, (text, n_tokens) in enumerate(zip(result.texts, result.n_tokens, strict=True)):
-            if gold is None:
-                extracted, correct = task.extract_answer(text), False
-            elif record is not None:  # the record-aware extractor: the same one evaluation's numbers rest on
-                extracted, correct = task.score_record(record, text)
-            else:
-                extracted, correct = task.score(text, str(gold))
+            extracted, correct = task.score_record(record, text)
             out.append(
                 {
                     "question_id": qid,
@@ -143,6 +137,15 @@ def label_outputs(
                 }
             )
     return out
+
+
+def row_record(row: dict) -> Record:
+    """The question a sampling row was made from (its options and unit matter to scoring); a row made by hand
+    without one stands for a question with only its gold answer (none: never correct)."""
+    if row.get("record"):
+        return Record(**json.loads(row["record"]))
+    gold = row.get("answer")
+    return Record(id=str(row["question_id"]), question=str(row.get("prompt") or ""), answer="" if gold is None else str(gold))
 
 
 def _skip_record(question_id: str, round_index: int, reason: str) -> dict:

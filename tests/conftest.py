@@ -61,8 +61,10 @@ def ray_local():
     """One local Ray per test module (num_cpus=2), torn down by the module that started it."""
     import ray
 
-    # address="local": always a fresh instance, never a cluster someone else started with `ray start`
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from r3v_ray.raycluster import start_local
+
+    # always a fresh instance on 127.0.0.1, never a cluster someone else started with `ray start`
+    start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -111,9 +113,14 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
     """A `ray start --head --block` on 127.0.0.1 owned by the caller; yields its ports.
 
     Every port is free and explicit (Ray's fixed defaults, e.g. the agent's 52365, collide with any other cluster on
-    the machine). Up means `ready(ports)` returned without raising. On exit the head's whole process group (raylet,
-    dashboard, autoscaler and any nodes it started) is ended, and its recorded address forgotten.
+    the machine). The node registers under 127.0.0.1: Ray 2.60 swaps --node-ip-address=127.0.0.1 for the machine's
+    network address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (see r3v_ray/raycluster.py). That is set in `env`
+    itself unless `env` sets it: drivers the caller starts with `env` need it too, or Ray swaps the 127.0.0.1 of
+    the head's address for the network address, where the head does not listen. Up means `ready(ports)` returned
+    without raising. On exit the head's whole process group (raylet, dashboard, autoscaler and any nodes it
+    started) is ended, and its recorded address forgotten.
     """
+    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ports = {name: free_port() for name in HEAD_PORTS} | ({"gcs": gcs_port} if gcs_port else {})
     cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
            f"--port={ports['gcs']}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",

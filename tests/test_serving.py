@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import random
 import shutil
@@ -36,7 +37,10 @@ QUESTION = "How many red objects are there?"
 RATIONALES = ["There are 3 red objects.\nAnswer: 3", "There are 5 red objects.\nAnswer: 5"]
 SELECTOR_TARGET = "Answer: 7"
 MAX_NEW = 24
+MAX_NEW_LIMIT = 32  # bounds what a fuzzed request can ask the engine for
 MAX_IMAGE_BYTES = 50_000
+MAX_CHOICE = 200
+MAX_PROMPT = 2000
 TASK = get_task("synthetic")
 
 
@@ -102,30 +106,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(ray_local, run_dir):
-    """The app started as `r3v serve --run-dir D` starts it; torn down (Serve) before Ray goes."""
-    import argparse
+KEY, FILE_KEY = "sk-test-config-key", "sk-test-file-key"  # one key from the config, one from the keys file
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
+
+@pytest.fixture(scope="module")
+def served(run_dir, tmp_path_factory):
+    """The app started as `r3v serve --run-dir D` starts it, with no Ray running yet in this process (so `r3v
+    serve` starts its own, as it does on a laptop) and API keys from the config and from a keys file. Torn down
+    (Serve, then the Ray it started) by this module."""
+    import argparse
+    import os
+
+    import ray
     from ray import serve
 
+    from r3v_ray.serving.auth import KEYS_FILE_ENV
     from r3v_ray.serving.launch import add_serve_args, start
 
+    assert not ray.is_initialized()
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys_file.write_text(f"# one key a line\n\n{FILE_KEY}\n")
     port = _free_port()
     overrides = [
         f"serve.max_new_tokens={MAX_NEW}",
+        f"serve.max_new_tokens_limit={MAX_NEW_LIMIT}",
         "serve.select_max_new_tokens=8",
         "serve.max_n=4",
         f"serve.max_image_bytes={MAX_IMAGE_BYTES}",
+        f"serve.max_choice_chars={MAX_CHOICE}",
         "serve.health_check_period_s=1",
+        f"serve.max_prompt_chars={MAX_PROMPT}",
         "serve.app_name=r3v-test",
+        f"serve.api_keys=[{KEY}]",
     ]
     argv = ["--run-dir", run_dir, "--port", str(port)] + [a for o in overrides for a in ("--set", o)]
     args = add_serve_args(argparse.ArgumentParser()).parse_args(argv)
-    url, model_id = start(args)
+    os.environ[KEYS_FILE_ENV] = str(keys_file)
+    try:
+        url, model_id = start(args)
+    finally:
+        del os.environ[KEYS_FILE_ENV]
     assert url == f"http://127.0.0.1:{port}"
     yield {"url": url, "model": model_id}
     serve.shutdown()
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +159,7 @@ def engine(run_dir):
 
 
 def _select(url: str, **body) -> requests.Response:
-    return requests.post(f"{url}/v1/select", json=body, timeout=120)
+    return requests.post(f"{url}/v1/select", json=body, headers=AUTH, timeout=120)
 
 
 # -- pure parts -------------------------------------------------------------------------------------------
@@ -199,12 +224,17 @@ def test_grouped_generation_matches_separate_calls(engine, image):
     bad = GenerationRequest(QUESTION, Image.new("RGB", (2, 600)), "bad")
     mixed = generate_grouped(engine, [(reqs[0], b), (bad, b)])
     assert mixed[0].texts and not mixed[1].texts and "refused" in mixed[1].error
+    # ... and so does one the tokenizer raises on (a lone surrogate: TypeError), wherever it is in the batch
+    odd = GenerationRequest(f"{QUESTION} \ud800", image, "odd")
+    mixed = generate_grouped(engine, [(reqs[0], b), (odd, b), (reqs[2], b)])
+    assert "TypeError" in mixed[1].error and not mixed[1].texts
+    assert [mixed[0].texts, mixed[2].texts] == [engine.generate([r], b)[0].texts for r in (reqs[0], reqs[2])]
 
 
 # -- the running app ------------------------------------------------------------------------------------------
 def test_healthz_and_models_name_checkpoint_and_round(served, run_dir):
-    assert requests.get(f"{served['url']}/healthz", timeout=30).json()["status"] == "ok"
-    (entry,) = requests.get(f"{served['url']}/v1/models", timeout=30).json()["data"]
+    assert requests.get(f"{served['url']}/healthz", timeout=30).json()["status"] == "ok"  # no key needed
+    (entry,) = requests.get(f"{served['url']}/v1/models", headers=AUTH, timeout=30).json()["data"]
     assert entry["id"] == served["model"] == "servetest-round-1"
     assert entry["round"] == 1 and entry["checkpoint"].endswith("round-001/checkpoint") and entry["run_dir"] == run_dir
 
@@ -262,7 +292,7 @@ def test_concurrent_requests_are_batched_without_mixing_answers(served, image):
 def test_openai_client_chat_completion_and_models(served, image):
     import openai
 
-    client = openai.OpenAI(base_url=f"{served['url']}/v1", api_key="unused", max_retries=0, timeout=120)
+    client = openai.OpenAI(base_url=f"{served['url']}/v1", api_key=FILE_KEY, max_retries=0, timeout=120)
     assert [m.id for m in client.models.list().data] == [served["model"]]
     resp = client.chat.completions.create(
         model=served["model"],
@@ -291,6 +321,27 @@ def test_openai_client_chat_completion_and_models(served, image):
         client.chat.completions.create(model=served["model"], messages=[{"role": "user", "content": "Q"}], n=9)
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Q"}])
+
+
+def test_selection_scores_answers_as_evaluation_does():
+    """Serving extracts with the record-aware scorer (Task.score_record), as labeling and Select@N do: on a
+    multiple-choice task an answer given as an option's text counts as its letter."""
+    import asyncio
+
+    from r3v_ray.engines import RequestOutput
+    from r3v_ray.serving.selector import query_record, run_selection
+
+    geoqa = get_task("geoqa")
+    query = build_query(ServeConfig(), "What is the angle?", None, ["30°", "45°", "60°"], 3, "majority", seed=1)
+    texts = ["so 45 degrees.\nAnswer: 45°", "Answer: B", "Answer: 60°"]
+
+    async def canned(request, params):  # the engine's texts, fixed: this checks the scoring, not the model
+        return RequestOutput(texts=texts, n_tokens=[5, 5, 5])
+
+    selection = asyncio.run(run_selection(geoqa, query, canned))
+    assert [c.answer for c in selection.candidates] == ["B", "B", "C"]
+    assert [c.answer for c in selection.candidates] == [geoqa.score_record(query_record(query), t)[0] for t in texts]
+    assert (selection.answer, selection.chosen_index, selection.votes) == ("B", 0, {"B": 2, "C": 1})
 
 
 # -- bad requests: a 4xx naming the problem, never a 500 ---------------------------------------------------------
@@ -327,18 +378,267 @@ def _bad_cases() -> list:
         ("chat: unknown strategy", C, {**user("Q"), "strategy": "vote"}, 400, "strategy", "unknown strategy"),
         ("chat: stream", C, {**user("Q"), "stream": True}, 400, "stream", "not supported"),
         ("chat: max_tokens over limit", C, {**user("Q"), "max_tokens": 10**6}, 400, "max_tokens", "between 1 and"),
+        # sizes, each refused before anything is tokenized
+        ("choice over its length limit", S, {"question": "Q", "choices": ["a", "b" * (MAX_CHOICE + 1)]}, 400, "choices[1]", f"over the limit of {MAX_CHOICE}"),
+        ("chat: choice over its length limit", C, {**user("Q"), "answer_choices": ["x" * (MAX_CHOICE + 1)]}, 400, "answer_choices[0]", "over the limit"),
+        ("question and choices over the prompt limit", S, {"question": "q" * 1500, "choices": ["c" * 190] * 3}, 400, "choices", "over the limit of 2000"),
+        ("question over the prompt limit", S, {"question": "q" * 2001}, 400, "question", "over the limit of 2000"),
+        ("chat: too many messages", C, {"model": "servetest-round-1", "messages": [{"role": "user", "content": "Q"}] * 300}, 400, "messages", "at most 256"),
+        # JSON that parses into trouble
+        ("nesting past the recursion limit", S, b'{"question": "Q", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None, "nested deeper than 32"),
+        ("nesting past the depth limit", S, b'{"question": "Q", "sampling": ' + b'{"a": ' * 40 + b"1" + b"}" * 41, 400, "sampling", "nested deeper than 32"),
+        ("lone surrogate in the question", S, b'{"question": "How many \\ud800 objects?"}', 400, "question", "not valid Unicode"),
+        ("chat: lone surrogate in a text part", C, json.dumps(user([{"type": "text", "text": "Q"}])).replace('"Q"', '"Q \\udfff"').encode(), 400, "messages[0].content[0].text", "not valid Unicode"),
+        ("NaN", S, b'{"question": "Q", "sampling": {"temperature": NaN}}', 400, None, "NaN is not a JSON number"),
+        ("an integer of 5000 digits", S, b'{"question": "Q", "n": ' + b"9" * 5000 + b"}", 400, None, "malformed JSON"),
+        # typed bodies: each field's own error
+        ("chat: unknown role", C, {"model": "servetest-round-1", "messages": [{"role": "robot", "content": "Q"}]}, 400, "messages[0].role", "Input should be"),
+        ("chat: content neither text nor parts", C, user(5), 400, "messages[0].content", "valid string"),
+        ("chat: unknown content part", C, user([{"type": "audio", "audio": "x"}]), 400, "messages[0].content[0]", "'audio'"),
+        ("chat: image part without url", C, user([{"type": "image_url", "image_url": {}}]), 400, "messages[0].content[0].image_url.url", "Field required"),
+        ("choices not strings", S, {"question": "Q", "choices": ["a", 3]}, 400, "choices[1]", "valid string"),
     ]
 
 
 @pytest.mark.parametrize("name,path,body,status,param,needle", _bad_cases(), ids=[c[0] for c in _bad_cases()])
 def test_bad_request_gets_4xx_naming_the_problem(served, name, path, body, status, param, needle):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = requests.post(f"{served['url']}{path}", data=data, headers={"content-type": "application/json"}, timeout=60)
+    r = requests.post(f"{served['url']}{path}", data=data, headers={"content-type": "application/json", **AUTH}, timeout=60)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert needle in err["message"] and err["type"] == "invalid_request_error"
     if param is not None:
         assert param in err["param"] and err["message"].startswith(err["param"])
+
+
+def test_one_bad_request_among_concurrent_ones_fails_alone(served, image):
+    """Eight requests at once (the sampler batches them); the one with a lone surrogate in its question gets a
+    400 naming the field, the seven others their answers."""
+    good = {"question": QUESTION, "image": _png_b64(image), "n": 1, "strategy": "first", "sampling": {"seed": 3}}
+    bad = json.dumps(good).replace(json.dumps(QUESTION), '"How many \\ud800 red objects?"').encode()
+    bodies = [json.dumps(good).encode()] * 8
+    bodies[3] = bad
+    post = lambda data: requests.post(f"{served['url']}/v1/select", data=data, timeout=120,  # noqa: E731
+                                      headers={"content-type": "application/json", **AUTH})
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(post, bodies))
+    assert [r.status_code for r in got] == [200] * 3 + [400] + [200] * 4, [r.text[:200] for r in got]
+    assert got[3].json()["error"]["param"] == "question"
+    assert len({json.dumps(r.json()["candidates"]) for i, r in enumerate(got) if i != 3}) == 1  # same seed, same answer
+
+
+def _raw_post(url: str, head: str, chunks, pause_s: float = 0.0, stop_after_s: float = 120.0) -> tuple[int | None, int]:
+    """Send `head` then each chunk of `chunks` (`pause_s` apart) until the server answers; returns (HTTP status or
+    None when it never answered, body bytes sent before the answer). A terminating empty chunk follows when all
+    chunks went out."""
+    import select
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    sent, deadline = 0, time.monotonic() + stop_after_s
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0] or time.monotonic() > deadline:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+            time.sleep(pause_s)
+        else:
+            sock.sendall(b"0\r\n\r\n")
+        sock.settimeout(30)
+        answer = sock.recv(65536).decode("latin-1")
+    status = int(answer.split()[1]) if answer.startswith("HTTP/") else None
+    return status, sent
+
+
+def test_body_limit_is_enforced_while_reading(served):
+    from r3v_ray.serving.parsing import max_body_bytes
+
+    limit = max_body_bytes(ServeConfig(max_image_bytes=MAX_IMAGE_BYTES, max_prompt_chars=MAX_PROMPT))
+    auth = f"Authorization: {AUTH['Authorization']}\r\n"
+    # Chunked, no length declared, sent slowly (16 KiB every 5 ms): refused once the limit is passed, long before
+    # the 300x-limit body is all sent (reading the whole body first, as before, answered only after all of it).
+    piece = b"x" * 16 * 1024
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    head = f"POST /v1/select HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    total = 300 * limit
+    status, sent = _raw_post(served["url"], head, (chunk for _ in range(total // len(piece))), pause_s=0.005)
+    assert status == 413 and sent < total / 2, (status, sent, total)
+    # A declared length over the limit is refused before any of the body is read.
+    head = f"POST /v1/select HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {10 * limit}\r\n\r\n"
+    status, sent = _raw_post(served["url"], head, iter(()))
+    assert (status, sent) == (413, 0)
+
+
+def test_read_body_stops_at_the_limit():
+    import asyncio
+
+    from r3v_ray.serving.parsing import max_body_bytes, read_body
+
+    cfg = ServeConfig(max_image_bytes=1000, max_prompt_chars=100)
+    limit, consumed = max_body_bytes(cfg), []
+
+    async def endless():
+        while True:
+            consumed.append(4096)
+            yield b"x" * 4096
+
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(read_body(endless(), None, cfg))
+    assert caught.value.status == 413 and sum(consumed) <= limit + 4096  # not one chunk more than needed
+    with pytest.raises(RequestError, match="malformed Content-Length"):
+        asyncio.run(read_body(endless(), "12abc", cfg))
+
+    async def one(data):
+        yield data
+
+    assert asyncio.run(read_body(one(b"{}"), "2", cfg)) == b"{}"
+
+
+def test_api_keys_guard_every_route_but_healthz(served):
+    """No key or a wrong one: 401 in the OpenAI error shape on every route (the docs and unknown paths too),
+    except /healthz; either key (the config's, the file's) opens them; the openai client raises its usual error."""
+    import openai
+
+    url = served["url"]
+    schema = requests.get(f"{url}/openapi.json", headers=AUTH, timeout=30).json()
+    routes = [(method.upper(), path) for path, ops in schema["paths"].items() for method in ops]
+    assert {p for _, p in routes} == {"/v1/select", "/v1/chat/completions", "/v1/models", "/healthz"}
+    routes += [("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/no/such/route"), ("DELETE", "/v1/models")]
+    for method, path in routes:
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": KEY}, {"Authorization": f"Basic {KEY}"}):
+            r = requests.request(method, f"{url}{path}", headers=headers, timeout=30)
+            if path == "/healthz":
+                assert r.status_code == 200, r.text
+                continue
+            assert r.status_code == 401, (method, path, headers, r.status_code)
+            assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["WWW-Authenticate"] == "Bearer"
+    for key in (KEY, FILE_KEY):
+        ok = requests.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["data"][0]["id"] == served["model"]
+    missing = requests.get(f"{url}/no/such/route", headers=AUTH, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert schema["paths"]["/v1/models"]["get"]["security"] == [{"apiKey": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-wrong", max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError, match="invalid API key"):
+        client.models.list()
+
+
+def test_key_check_compares_every_digest():
+    from r3v_ray.config import ConfigError
+    from r3v_ray.serving.auth import KEYS_FILE_ENV, KeyCheck, digest, load_keys
+
+    check = KeyCheck([digest("a"), digest("b")])
+    assert check.allows("Bearer b") and check.allows("bearer  a ") and not check.allows("Bearer c")
+    assert not check.allows(None) and not check.allows("Bearer ") and not check.allows("b")
+    assert KeyCheck([]).allows(None)  # no keys: open
+    with pytest.raises(ConfigError, match=KEYS_FILE_ENV):
+        load_keys(ServeConfig(), {KEYS_FILE_ENV: "/no/such/keys-file"})
+
+
+def test_docs_can_be_switched_off():
+    from fastapi.testclient import TestClient
+
+    from r3v_ray.serving.auth import KeyCheck
+    from r3v_ray.serving.routes import create_app
+
+    class NotCalled:  # the routes below never reach the ingress
+        model: dict = {}
+
+    on = TestClient(create_app(NotCalled(), docs=True, check=KeyCheck([])))
+    off = TestClient(create_app(NotCalled(), docs=False, check=KeyCheck([])))
+    assert on.get("/docs").status_code == 200 and "/v1/select" in on.get("/openapi.json").json()["paths"]
+    assert off.get("/docs").status_code == 404 and off.get("/openapi.json").status_code == 404
+
+
+def test_r3v_serve_starts_ray_on_loopback(served):
+    """`r3v serve` without --address or RAY_ADDRESS started a fresh local Ray: its node and the sampler replica
+    are on 127.0.0.1, not on the machine's network address."""
+    import ray
+    from ray import serve
+
+    assert [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]] == ["127.0.0.1"]
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    info = serve.get_deployment_handle("R3VSampler", "r3v-test").info.remote().result()
+    assert info["node_ip"] == "127.0.0.1"
+
+
+# -- a bounded fuzz test: no body makes the server answer 5xx ------------------------------------------------------
+FUZZ_EXAMPLES = 30  # per generator below; a valid request may run the model (at most 32 tokens, N <= 4)
+
+
+def test_fuzzed_requests_never_get_a_server_error(served):
+    """schemathesis draws requests from the running app's own OpenAPI schema, valid ones and deliberately invalid
+    ones, for every operation; hypothesis adds arbitrary JSON and arbitrary bytes for both POST routes. Every answer
+    is below 500, and every error is in the OpenAI error shape."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    url = served["url"]
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=AUTH)
+    session = requests.Session()
+    session.headers.update(AUTH)
+    seen: dict[int, int] = {}
+
+    def check(status: int, text: str, what) -> None:
+        seen[status] = seen.get(status, 0) + 1
+        assert status < 500, (what, status, text[:300])
+        if status >= 400:
+            assert set(json.loads(text)["error"]) == {"message", "type", "param", "code"}, text[:300]
+
+    bounded = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                       suppress_health_check=list(HealthCheck))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(op.method.upper(), op.path) for op in operations} >= {("POST", "/v1/select"), ("POST", "/v1/chat/completions")}
+    flip = itertools.count()
+    for op in operations:
+        # GET routes take no input: nothing to make invalid
+        modes = list(schemathesis.GenerationMode) if op.method.upper() == "POST" else [schemathesis.GenerationMode.POSITIVE]
+        for mode in modes:
+            @bounded
+            @given(op.as_strategy(generation_mode=mode))
+            def drawn(case):
+                chat = op.path == "/v1/chat/completions"
+                if chat and isinstance(case.body, dict) and next(flip) % 2:
+                    case.body["model"] = served["model"]  # half of them get past the model check
+                r = case.call(base_url=url, session=session, timeout=120)
+                check(r.status_code, r.text, (op.method, op.path, case.body))
+
+            drawn()
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner, max_size=5),
+        max_leaves=30,
+    )
+    keys = st.sampled_from(["question", "image", "choices", "n", "strategy", "sampling", "model", "messages",
+                            "answer_choices", "max_tokens", "seed", "temperature"])
+    paths = st.sampled_from(["/v1/select", "/v1/chat/completions"])
+
+    def post(path: str, data: bytes) -> None:
+        r = session.post(f"{url}{path}", data=data, headers={"content-type": "application/json"}, timeout=120)
+        check(r.status_code, r.text, (path, data[:300]))
+
+    @bounded
+    @given(paths, st.dictionaries(keys, json_values, max_size=6) | json_values)
+    def any_json(path, body):
+        post(path, json.dumps(body).encode())
+
+    @bounded
+    @given(paths, st.binary(max_size=200))
+    def any_bytes(path, data):
+        post(path, data)
+
+    any_json()
+    any_bytes()
+    assert any(code < 300 for code in seen) and sum(seen.values()) >= 2 * FUZZ_EXAMPLES, seen
+    print(json.dumps({"fuzz_status_counts": seen}))
 
 
 # -- fault tolerance (last: it replaces the sampler replica) ---------------------------------------------------

@@ -337,10 +337,44 @@ def test_clevr_math_reads_the_release_list_and_needs_integer_answers(tmp_path):
         ("Answer: 4", "4", False),
         ("There are 3 left.", None, False),
         ("Answer: 3 objects... no wait.\nAnswer: 4", "4", False),
+        # release rationales give a unit after the integer: the leading integer is the answer
+        ("Answer: 3 objects", "3", True),
+        ("Answer: 3 cubes are left.", "3", True),
+        ("Answer: three objects", "3", True),
+        ("Answer: 3, I think", "3", True),
+        ("Answer: 2.5 objects", None, False),
+        ("Answer: objects: 3", None, False),
     ],
 )
-def test_clevr_math_integer_equality(text, extracted, correct):
-    assert get_task("clevr_math").score(text, "3") == (extracted, correct)
+def test_clevr_math_integer_equality(text, extracted, correct, clevr_record):
+    task = get_task("clevr_math")
+    assert task.score(text, "3") == (extracted, correct)
+    assert task.score_record(clevr_record, text) == (extracted, correct)  # the path labeling and serving take
+
+
+@pytest.fixture(scope="module")
+def clevr_record(tmp_path_factory):
+    """A record read from a one-question CLEVR-Math release (gold 3)."""
+    root = tmp_path_factory.mktemp("clevr-math")
+    png(root / "clevr_math_imgs" / "a.png")
+    write_json(root / "clevr_test.json", [{"filename": "a.png", "question": "How many?", "answer": 3}])
+    return next(iter(get_task("clevr_math").read(root, "test")))
+
+
+def test_image_paths_written_with_backslashes_resolve(tmp_path):
+    """Release files made on Windows name images 'images\\x.png'; on POSIX they resolve with '/' separators."""
+    root = tmp_path / "clevr-math"
+    png(root / "clevr_math_imgs" / "sub" / "CLEVR_test_000007.png")
+    write_json(root / "clevr_test.json", [{"filename": "sub\\CLEVR_test_000007.png", "question": "How many?", "answer": 2}])
+    (record,) = list(get_task("clevr_math").read(root, "test"))
+    assert Path(record.image) == (root / "clevr_math_imgs" / "sub" / "CLEVR_test_000007.png").absolute()
+    assert load_image(record.image).size == (4, 4)
+
+    generic = tmp_path / "generic"
+    png(generic / "images" / "a.png")
+    write_lines(generic / "train.jsonl", [{"id": "g1", "question": "Q?", "answer": "1", "image": "images\\a.png"}])
+    (record,) = list(get_task("generic").read(generic, "train"))
+    assert Path(record.image).resolve() == (generic / "images" / "a.png").resolve()
 
 
 # -- M3CoT -----------------------------------------------------------------------------------------------------

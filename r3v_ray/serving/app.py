@@ -14,6 +14,7 @@ from ray.serve import Application
 from r3v_ray import store
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict, load_config
 from r3v_ray.resources import serve_actor_options
+from r3v_ray.serving import auth
 from r3v_ray.serving import checkpoint as ckpt
 from r3v_ray.serving.deployments import Ingress, Sampler
 
@@ -70,7 +71,8 @@ def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
         served.checkpoint, s.engine, engine_kwargs(cfg), s.max_batch_size, s.batch_wait_timeout_s
     )
     settings = {
-        "serve": s.model_dump(mode="json"),
+        "serve": s.model_dump(mode="json"),  # leaves serve.api_keys out (exclude=True): only digests travel
+        "api_key_digests": [auth.digest(k) for k in auth.load_keys(s)],
         "task": cfg.task.name,
         "task_params": cfg.task.params,
         "model": model_info(cfg, served),

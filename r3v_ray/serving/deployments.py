@@ -1,8 +1,9 @@
 """The two Ray Serve deployments, thin: `R3VSampler` holds the engine, `R3VIngress` speaks HTTP.
 
-The ingress parses and validates a request (serving/parsing.py), runs the selection (serving/selector.py) with
-the sampler's deployment handle as its `generate`, and shapes the answer (serving/responses.py). A bad request
-is a RequestError -> 4xx; a sampler replica that is gone is a 503 (Serve replaces it); anything else is a bug.
+The ingress reads and validates a request (serving/parsing.py), runs the selection (serving/selector.py) with
+the sampler's deployment handle as its `generate`, and shapes the answer (serving/responses.py); its routes are
+built per replica from the settings (serving/routes.py). A bad request is a RequestError -> 4xx; a sampler
+replica that is gone is a 503 (Serve replaces it); anything else fails that request alone with a 500.
 """
 
 import asyncio
@@ -11,17 +12,21 @@ import os
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
 
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import GenerationRequest, RequestOutput, SamplingParams, create_engine
-from r3v_ray.serving import batching, checkpoint, parsing, responses
-from r3v_ray.serving.errors import RequestError
+from r3v_ray.serving import batching, checkpoint, parsing, routes
+from r3v_ray.serving.auth import KeyCheck
+from r3v_ray.serving.errors import RequestError, internal
+from r3v_ray.serving.parsing import Query
+from r3v_ray.serving.schemas import Health
 from r3v_ray.serving.selector import run_selection
 from r3v_ray.tasks import get_task
 
@@ -42,70 +47,68 @@ class Sampler:
         self.batches = self.items = 0  # how well concurrent requests are batched (see info())
 
     async def generate(self, request: GenerationRequest, params: SamplingParams) -> RequestOutput:
-        return await self.generate_batch((request, params))
+        out = await self.generate_batch((request, params))
+        if isinstance(out, Exception):  # this request's own failure (batching.generate_grouped); others are unharmed
+            raise out
+        return out
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def generate_batch(self, items: list[tuple[GenerationRequest, SamplingParams]]) -> list[RequestOutput]:
+    async def generate_batch(self, items: list[tuple[GenerationRequest, SamplingParams]]) -> list[RequestOutput | Exception]:
         self.batches, self.items = self.batches + 1, self.items + len(items)
         # The engine blocks: a worker thread keeps this replica's event loop answering health checks meanwhile.
         return await asyncio.to_thread(batching.generate_grouped, self.engine, items)
 
     def info(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "pid": os.getpid(), "batches": self.batches, "items": self.items}
+        import ray
 
-
-app = FastAPI(title="r3v-ray best-of-N self-selection", docs_url="/docs")
-
-
-def _error(exc: RequestError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+        return {"checkpoint": self.checkpoint, "pid": os.getpid(), "node_ip": ray.util.get_node_ip_address(),
+                "batches": self.batches, "items": self.items}
 
 
 @serve.deployment(name="R3VIngress")
-@serve.ingress(app)
+@serve.ingress()
 class Ingress:
     def __init__(self, sampler: DeploymentHandle, settings: dict[str, Any]):
         self.sampler = sampler
         self.cfg = ServeConfig.model_validate(settings["serve"])
+        self.keys = KeyCheck(settings.get("api_key_digests", []))
         self.task = get_task(settings["task"], **settings.get("task_params", {}))
         self.model = {**settings["model"], "created": int(time.time())}
         self.model_id = self.model["id"]
 
+    def __serve_build_asgi_app__(self):
+        return routes.create_app(self, docs=self.cfg.docs, check=self.keys)
+
+    def parse_select(self, body: dict) -> Query:
+        return parsing.parse_select(body, self.cfg)
+
+    def parse_chat(self, body: dict) -> Query:
+        return parsing.parse_chat(body, self.cfg, self.model_id)
+
     async def _generate(self, request: GenerationRequest, params: SamplingParams) -> RequestOutput:
         return await self.sampler.generate.remote(request, params)
 
-    async def _handle(self, http: Request, parse, shape) -> JSONResponse:
+    async def answer(self, http: Request, parse, shape) -> JSONResponse:
         try:
-            length = int(http.headers.get("content-length") or 0)
-            if length > parsing.max_body_bytes(self.cfg):
-                raise RequestError(None, f"request body of {length} bytes is over the limit of {parsing.max_body_bytes(self.cfg)}", 413, "too_large")
-            body = parsing.parse_json_body(await http.body(), self.cfg)
-            query = parse(body)
+            raw = await parsing.read_body(http.stream(), http.headers.get("content-length"), self.cfg)
+            query = parse(parsing.parse_json_body(raw, self.cfg))
             selection = await run_selection(self.task, query, self._generate)
-            return JSONResponse(shape(selection, self.model_id))
+            return JSONResponse(shape(selection, self.model_id).model_dump(mode="json"))
         except RequestError as exc:
-            return _error(exc)
+            return routes.error_response(exc)
+        except ClientDisconnect:
+            return routes.error_response(RequestError(None, "the client disconnected before sending the whole body"))
         except SAMPLER_UNAVAILABLE as exc:
             log.warning("sampler unavailable: %s", exc)
-            return _error(RequestError(None, f"the model replica is unavailable ({type(exc).__name__}); retry shortly", 503, "unavailable"))
+            return routes.error_response(RequestError(None, f"the model replica is unavailable ({type(exc).__name__}); retry shortly", 503, "unavailable"))
+        except Exception:
+            log.exception("request failed")
+            return routes.error_response(internal("answering this request"))
 
-    @app.post("/v1/select")
-    async def select(self, http: Request) -> JSONResponse:
-        return await self._handle(http, lambda body: parsing.parse_select(body, self.cfg), responses.select_body)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, http: Request) -> JSONResponse:
-        return await self._handle(http, lambda body: parsing.parse_chat(body, self.cfg, self.model_id), responses.chat_body)
-
-    @app.get("/v1/models")
-    async def models(self) -> dict:
-        return responses.models_body(self.model)
-
-    @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """200 when a sampler replica answers within a few seconds, else 503."""
         try:
             await asyncio.wait_for(self.sampler.info.remote(), HEALTH_TIMEOUT_S)
         except (asyncio.TimeoutError, *SAMPLER_UNAVAILABLE) as exc:
-            return _error(RequestError(None, f"no model replica answered ({type(exc).__name__})", 503, "unavailable"))
-        return JSONResponse({"status": "ok", "model": self.model_id})
+            return routes.error_response(RequestError(None, f"no model replica answered ({type(exc).__name__})", 503, "unavailable"))
+        return JSONResponse(Health(model=self.model_id).model_dump())

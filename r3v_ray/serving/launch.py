@@ -26,9 +26,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def start(args: argparse.Namespace) -> tuple[str, str]:
     """Deploy the app on Ray Serve; returns (base URL, model id). Serve keeps running after this returns."""
-    import ray
     from ray import serve
 
+    from r3v_ray.raycluster import ensure_ray
     from r3v_ray.serving.app import build_app, model_info, prepare
 
     overrides = list(args.set)
@@ -38,8 +38,7 @@ def start(args: argparse.Namespace) -> tuple[str, str]:
         overrides.append(f"serve.port={args.port}")
     cfg, served = prepare(args.checkpoint, args.run_dir, args.round, args.task, args.config, overrides)
     app = build_app(cfg, served)
-    if not ray.is_initialized():
-        ray.init(address=args.address, log_to_driver=False)
+    ensure_ray(args.address, log_to_driver=False)  # --address, else RAY_ADDRESS, else a fresh local Ray
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(app, name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     url = f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"

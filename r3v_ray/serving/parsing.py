@@ -1,8 +1,10 @@
-"""Request parsing, pure: raw JSON bytes -> a validated `Query`, or a RequestError naming the bad field.
+"""Request parsing, pure: body bytes -> a validated `Query`, or a RequestError naming the bad field.
 
 Both endpoints end in the same `Query`: `/v1/select` (our own shape) and `/v1/chat/completions` (the OpenAI
-shape, with image_url data URIs and the extension fields `strategy`, `top_k` and `answer_choices`).
-Every limit comes from ServeConfig; nothing here touches Ray or the model.
+shape, with image_url data URIs and the extension fields `strategy`, `top_k` and `answer_choices`); the bodies
+are the models of serving/schemas.py. Every size is checked before anything is tokenized: the body while it is
+read, JSON nesting and text validity when it is parsed, each text's length when the query is built. Every limit
+comes from ServeConfig; nothing here touches Ray or the model.
 """
 
 from __future__ import annotations
@@ -15,16 +17,25 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator, TypeVar
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import SamplingParams
 from r3v_ray.serving.errors import RequestError
+from r3v_ray.serving.schemas import (
+    STRATEGIES,
+    ChatCompletionRequest,
+    ChatMessage,
+    ImageURL,
+    SamplingOptions,
+    SelectRequest,
+    TextPart,
+)
 
-STRATEGIES = ("self_select", "majority", "first")
+M = TypeVar("M", bound=BaseModel)
 MAX_TEMPERATURE = 2.0
 MAX_ASPECT_RATIO = 200  # Qwen2-VL's image processor refuses images more elongated than this
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,(?P<data>.*)$", re.S)
@@ -48,30 +59,109 @@ class Query:
 
 # -- body --------------------------------------------------------------------------------------------
 def max_body_bytes(cfg: ServeConfig) -> int:
-    """Largest body worth reading: a base64 image at the limit plus the question and some JSON."""
-    return cfg.max_image_bytes * 4 // 3 + 4 * cfg.max_question_chars + 64 * 1024
+    """Largest body worth reading: a base64 image at the limit, the texts at theirs (6 bytes a character, a JSON
+    escape's worst case), and some JSON."""
+    return cfg.max_image_bytes * 4 // 3 + 6 * cfg.max_prompt_chars + 64 * 1024
+
+
+def _too_large(size: str, limit: int) -> RequestError:
+    return RequestError(None, f"request body of {size} bytes is over the limit of {limit} bytes", 413, "too_large")
+
+
+async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, cfg: ServeConfig) -> bytes:
+    """The body, read chunk by chunk and abandoned at the limit: a body over it (declared, or chunked and only
+    found out while reading) is refused with 413 after at most the limit's worth of bytes is held."""
+    limit = max_body_bytes(cfg)
+    if content_length is not None:
+        if not content_length.strip().isdigit():
+            raise RequestError(None, f"malformed Content-Length header {content_length[:40]!r}", code="malformed_header")
+        if int(content_length) > limit:
+            raise _too_large(content_length.strip(), limit)
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(f"more than {limit}", limit)
+    return bytes(body)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_json_body(raw: bytes, cfg: ServeConfig) -> dict[str, Any]:
+    """A JSON object within the limits: size, nesting depth, and text that is valid Unicode throughout."""
     if len(raw) > max_body_bytes(cfg):
-        raise RequestError(None, f"request body of {len(raw)} bytes is over the limit of {max_body_bytes(cfg)}", 413, "too_large")
+        raise _too_large(str(len(raw)), max_body_bytes(cfg))
     if not raw.strip():
         raise RequestError(None, "empty request body; send a JSON object", code="malformed_json")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise RequestError(None, f"JSON nested deeper than {cfg.max_json_depth} levels", code="too_deep") from None
+    except ValueError as exc:  # JSONDecodeError, bytes that are not UTF-8, NaN, an integer of 4300+ digits
         raise RequestError(None, f"malformed JSON: {exc}", code="malformed_json") from None
     if not isinstance(body, dict):
         raise RequestError(None, f"the JSON body must be an object, got {type(body).__name__}", code="malformed_json")
+    check_json(body, cfg.max_json_depth)
     return body
 
 
-def _validate(model: type[BaseModel], body: dict, prefix: str = "") -> BaseModel:
+def check_json(body: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than `max_depth` and strings that are not valid Unicode (a lone UTF-16 surrogate such
+    as "\\ud800" parses, then fails in the tokenizer), naming the field. Iterative: no recursion limit to hit."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, path)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > max_depth:
+            top = re.split(r"[.\[]", path, maxsplit=1)[0]  # the request field it is under
+            raise RequestError(top or None, f"JSON nested deeper than {max_depth} levels", code="too_deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, path or "<body>")
+                stack.append((item, f"{path}.{key}" if path else key, depth + 1))
+        else:
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+def _check_text(text: str, path: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(path or None, f"not valid Unicode text (a lone surrogate at character {exc.start})",
+                           code="invalid_text") from None
+
+
+def _field_path(body: Any, loc: tuple, missing: bool = False) -> str:
+    """A pydantic error location as the request's own field path (`messages[0].content[1].image_url.url`): the
+    location is walked through the body, so the labels pydantic adds for union members drop out. With `missing`,
+    the last element is a field the body lacks, named all the same."""
+    parts, node = [], body
+    for i, item in enumerate(loc):
+        if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            parts.append(f"[{item}]")
+            node = node[item]
+        elif isinstance(node, dict) and isinstance(item, str) and (item in node or (missing and i == len(loc) - 1)):
+            parts.append(f".{item}" if parts else item)
+            node = node.get(item)
+    return "".join(parts)
+
+
+def validate(model: type[M], body: dict) -> M:
+    """The body as `model`, or a RequestError naming the field at fault (the deepest one a union got to)."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = prefix + ".".join(str(p) for p in err["loc"])
+        errors = exc.errors(include_url=False, include_input=False)
+        err = max(errors, key=lambda e: len(e["loc"]))
+        where = _field_path(body, err["loc"], missing=err["type"] == "missing")
         if err["type"] == "extra_forbidden":
             raise RequestError(where, "unknown field") from None
         raise RequestError(where or None, err["msg"]) from None
@@ -149,6 +239,14 @@ def build_query(
     if choices is not None:
         if not choices or len(choices) > cfg.max_choices or any(not c.strip() for c in choices):
             raise fail("choices", f"must be 1 to {cfg.max_choices} non-empty strings")
+        longest = max(range(len(choices)), key=lambda i: len(choices[i]))
+        if len(choices[longest]) > cfg.max_choice_chars:
+            raise RequestError(f"{names.get('choices', 'choices')}[{longest}]",
+                               f"{len(choices[longest])} characters is over the limit of {cfg.max_choice_chars}")
+    total = len(question) + sum(len(c) for c in choices or [])
+    if total > cfg.max_prompt_chars:
+        raise fail("choices" if choices else "question",
+                   f"the question and its choices have {total} characters, over the limit of {cfg.max_prompt_chars}")
     n = cfg.default_n if n is None else n
     if not 1 <= n <= cfg.max_n:
         raise fail("n", f"must be between 1 and {cfg.max_n}, got {n}")
@@ -178,112 +276,52 @@ def build_query(
 
 
 # -- POST /v1/select -------------------------------------------------------------------------------------
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    max_new_tokens: int | None = None
-    seed: int | None = None
-
-
-class SelectBody(BaseModel):
-    """The /v1/select body. `image` is base64 (a data: URI is accepted too)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    question: str | None = None
-    image: str | None = None
-    choices: list[str] | None = None
-    n: int | None = None
-    strategy: str | None = None
-    sampling: _Sampling | None = None
-
-
 def parse_select(body: dict[str, Any], cfg: ServeConfig) -> Query:
-    req = _validate(SelectBody, body)
+    req = validate(SelectRequest, body)
     # Check the cheap fields before decoding the image.
     build_query(cfg, req.question, None, req.choices, req.n, req.strategy, **_sampling_kw(req.sampling))
     image = decode_image(req.image, "image", cfg) if req.image is not None else None
     return build_query(cfg, req.question, image, req.choices, req.n, req.strategy, **_sampling_kw(req.sampling))
 
 
-def _sampling_kw(sampling: _Sampling | None) -> dict[str, Any]:
+def _sampling_kw(sampling: SamplingOptions | None) -> dict[str, Any]:
     kw = sampling.model_dump() if sampling else {}
     kw["names"] = {k: f"sampling.{k}" for k in ("temperature", "top_p", "top_k", "max_new_tokens", "seed")}
     return kw
 
 
 # -- POST /v1/chat/completions -----------------------------------------------------------------------------
-class ChatBody(BaseModel):
-    """The OpenAI fields we honour, plus extensions: `strategy`, `top_k`, `answer_choices`.
-
-    Other OpenAI fields are ignored, except those whose meaning we cannot honour (streaming, tools), which are
-    refused rather than silently dropped.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[Any] | None = None
-    n: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    seed: int | None = None
-    stream: bool | None = None
-    tools: list[Any] | None = None
-    # extensions (the openai client sends them with extra_body={...})
-    strategy: str | None = None
-    top_k: int | None = None
-    answer_choices: list[str] | None = None
-
-
 CHAT_NAMES = {"max_new_tokens": "max_tokens", "choices": "answer_choices", "question": "messages"}
 
 
-def _last_user_message(messages: list[Any]) -> tuple[int, Any]:
-    for i in range(len(messages) - 1, -1, -1):
-        msg = messages[i]
-        if not isinstance(msg, dict):
-            raise RequestError(f"messages[{i}]", "each message must be an object with role and content")
-        if msg.get("role") == "user":
-            return i, msg.get("content")
-    raise RequestError("messages", "no message with role 'user'; the question goes in the last user message")
-
-
-def chat_question(messages: Any) -> tuple[str, str | None, str]:
+def chat_question(messages: list[ChatMessage] | None) -> tuple[str, str | None, str]:
     """(question text, image URL or None, field name of the image) from the LAST user message.
 
     Earlier turns and system messages are ignored: the served prompt format is the one the model was trained on.
     """
-    if not isinstance(messages, list) or not messages:
+    if not messages:
         raise RequestError("messages", "missing or empty; send at least one user message")
-    i, content = _last_user_message(messages)
-    where = f"messages[{i}].content"
-    if isinstance(content, str):
-        return content, None, where
-    if not isinstance(content, list):
-        raise RequestError(where, "must be a string or a list of content parts")
+    users = [i for i, m in enumerate(messages) if m.role == "user"]
+    if not users:
+        raise RequestError("messages", "no message with role 'user'; the question goes in the last user message")
+    i = users[-1]
+    content, where = messages[i].content, f"messages[{i}].content"
+    if content is None or isinstance(content, str):
+        return content or "", None, where
     texts, image, image_field = [], None, where
     for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(str(part.get("text") or ""))
-        elif kind == "image_url":
-            if image is not None:
-                raise RequestError(f"{where}[{j}]", "more than one image; the model reads one image per question")
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if not isinstance(url, str):
-                raise RequestError(f"{where}[{j}].image_url.url", "missing; send a data:image/...;base64 URI")
-            image, image_field = url, f"{where}[{j}].image_url.url"
-        else:
-            raise RequestError(f"{where}[{j}]", f"unsupported content part type {kind!r}; use 'text' or 'image_url'")
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+            continue
+        if image is not None:
+            raise RequestError(f"{where}[{j}]", "more than one image; the model reads one image per question")
+        url = part.image_url.url if isinstance(part.image_url, ImageURL) else part.image_url
+        image, image_field = url, f"{where}[{j}].image_url.url"
     return "\n".join(t for t in texts if t.strip()), image, image_field
 
 
 def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str) -> Query:
-    req = _validate(ChatBody, body)
+    req = validate(ChatCompletionRequest, body)
     if not req.model:
         raise RequestError("model", f"missing; this server serves {model_id!r}")
     if req.model != model_id:

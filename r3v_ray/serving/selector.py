@@ -65,7 +65,7 @@ class Selection:
 
 
 def query_record(query: Query) -> Record:
-    # The task formats questions from a Record; a served question has no id or gold answer.
+    # The task formats and scores questions from a Record; a served question has no id or gold answer.
     return Record(id="request", question=query.question, answer="", choices=query.choices)
 
 
@@ -95,8 +95,9 @@ def decide(strategy: str, answers: list[str | None], selector_answer: str | None
 
 def _check(out: RequestOutput, what: str, expect: int) -> None:
     if out.error:
-        # The engine skips over-long prompts instead of truncating them: the client asked for too much.
-        raise RequestError(what, out.error, 400, "prompt_too_long")
+        # The engine skips over-long prompts instead of truncating them, and refuses input it cannot take: the
+        # request's fault, named by the field behind that prompt.
+        raise RequestError(what, out.error, 400, "input_refused")
     if len(out.texts) != expect:
         raise RuntimeError(f"engine returned {len(out.texts)} texts for {what}, expected {expect}")
 
@@ -105,7 +106,10 @@ async def run_selection(task: Task, query: Query, generate: Generate) -> Selecti
     t0 = time.perf_counter()
     out = await generate(candidate_request(task, query), dataclasses.replace(query.params, seed=0))
     _check(out, "question", query.n)
-    answers = [task.extract_answer(t) for t in out.texts]
+    record = query_record(query)
+    # Scored by the path labeling and evaluation score by (Task.score_record): an answer given as an option's
+    # text counts as its letter here as it does in Select@N.
+    answers = [task.score_record(record, t)[0] for t in out.texts]
     candidates = [Candidate(i, t, a, k) for i, (t, a, k) in enumerate(zip(out.texts, answers, out.n_tokens))]
     t1 = time.perf_counter()
     selector_text = selector_answer = None
@@ -115,7 +119,7 @@ async def run_selection(task: Task, query: Query, generate: Generate) -> Selecti
         sel = await generate(selector_request(task, query, out.texts), greedy)
         _check(sel, "n", 1)  # the select prompt holds all N candidates: fewer or shorter ones fit
         selector_text, selector_tokens = sel.texts[0], sel.n_tokens[0]
-        selector_answer = task.extract_answer(selector_text)
+        selector_answer = task.score_record(record, selector_text)[0]
     t2 = time.perf_counter()
     answer, chosen = decide(query.strategy, answers, selector_answer)
     if chosen is not None:

@@ -91,6 +91,21 @@ def parse_integer(text: str) -> int | None:
     return int(value)
 
 
+_LEADING_INTEGER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?(?!\d|,\d|\.\d)")
+
+
+def leading_integer(text: str) -> int | None:
+    """The integer an answer starts with, whatever follows: '7 objects', '7.', 'three cubes', '1,000 balls' and
+    '3.0' name one; '2.5 objects', 'many' and 'objects: 7' do not (CLEVR-Math's reference scorer reads the integer
+    right after 'Answer:')."""
+    t = text.strip().replace("\u2212", "-")
+    first = t.split(maxsplit=1)[0].rstrip(".,;:!").lower() if t else ""
+    if first in NUMBER_WORDS:
+        return NUMBER_WORDS[first]
+    m = _LEADING_INTEGER.match(t)
+    return None if m is None else parse_integer(m.group(0))
+
+
 # -- TabMWP ----------------------------------------------------------------------------------------------------
 _TABMWP_NUMERIC = re.compile(r"[-+]?[\d,./]+")
 _NUMBER_THEN_WORDS = re.compile(r"(\$?[-+]?[\d,./]*\d)\s+[A-Za-z][A-Za-z .]*")

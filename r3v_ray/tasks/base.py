@@ -38,6 +38,11 @@ class RecordError(ValueError):
         self.record_id, self.field_name, self.problem = record_id, field_name, problem
         super().__init__(f"record {record_id!r}: field {field_name!r}: {problem}")
 
+    def __reduce__(self):
+        # Rebuilt from its own fields: the default (the class called with `args`, here the one message) would
+        # fail to unpickle, and Ray hands exceptions from workers to the driver pickled.
+        return (type(self), (self.record_id, self.field_name, self.problem))
+
 
 @dataclass(frozen=True)
 class Skip:
@@ -64,6 +69,11 @@ class ReadReport:
 
     def skip_error(self, error: RecordError) -> None:
         self.skip(error.record_id, error.field_name, error.problem)
+
+    def reject(self, error: RecordError) -> None:
+        """A record counted read, then found unusable (its image does not decode): counted skipped instead."""
+        self.read -= 1
+        self.skip_error(error)
 
     @property
     def seen(self) -> int:
@@ -127,7 +137,10 @@ class Record:
             raise RecordError(rid, "question", "missing or empty")
         image = row.get("image")
         if image and base_dir is not None and not Path(image).is_absolute() and "://" not in str(image):
-            image = str(Path(base_dir) / image)
+            local = Path(base_dir) / image
+            if not local.exists() and (Path(base_dir) / posix_path(image)).exists():
+                local = Path(base_dir) / posix_path(image)
+            image = str(local)
         return cls(
             id=str(row["id"]),
             question=str(row["question"]),
@@ -137,6 +150,12 @@ class Record:
             rationale=row.get("rationale"),
             metadata=dict(row.get("metadata") or {}),
         )
+
+
+def posix_path(name: str) -> str:
+    """A relative path written on Windows ('images\\a.png', as some release files have them) with '/' separators.
+    Callers try the name as written first: on POSIX a backslash is a legal file-name character."""
+    return name.replace("\\", "/")
 
 
 def load_image(source: str | bytes | Image.Image, record_id: str = "?") -> Image.Image:
@@ -191,6 +210,8 @@ class Task(ABC):
         return f"{ANSWER_PREFIX} {answer}"
 
     # -- scoring ---------------------------------------------------------------------------------
+    # Labeling, evaluation and serving all score through `score_record` (the record-aware extractor, then the
+    # checker); `extract_answer` and `score` are its record-free parts, for an answer without its question.
     def extract_answer(self, text: str | None) -> str | None:
         """The content of the last 'Answer:' line, normalised; None when there is none."""
         raw = last_answer_text(text)
@@ -217,8 +238,10 @@ class Task(ABC):
         return self.extract_answer(text)
 
     def score_record(self, record: Record, rationale: str | None) -> tuple[str | None, bool]:
+        """The one path from a rationale to a verdict: (extracted answer, correct). A record without a gold answer
+        (a question served over HTTP) gets its answer extracted and is never correct."""
         predicted = self.extract_for(record, rationale)
-        return predicted, (predicted is not None and self.check(predicted, record.answer))
+        return predicted, (predicted is not None and bool(record.answer) and self.check(predicted, record.answer))
 
     # -- data ------------------------------------------------------------------------------------
     def read(self, path: str | Path, split: str = "train", report: ReadReport | None = None) -> Iterator[Record]:

@@ -4,7 +4,8 @@ Files: the R3V release's `<path>/clevr_<split>.json` (or `<path>/<split>.json` /
 {"filename", "question", "answer"} with images in `<path>/clevr_math_imgs/` (or `<path>/images/`); or, when there
 is no such file, the Hugging Face release ({"id", "question", "label", "image"}) read from the local directory
 through `datasets`, embedded images written once under `image_cache_dir`. Rows without an id are numbered
-('clevr-test-000012'). Scored by integer equality; a gold answer that is not an integer is skipped.
+('clevr-test-000012'). Scored by integer equality on the answer's leading integer ('Answer: 7 objects' is 7); a gold answer that is not
+an integer is skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from r3v_ray.tasks.answers import parse_integer
+from r3v_ray.tasks.answers import leading_integer, parse_integer
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task
 from r3v_ray.tasks.sources import (
     build_records,
@@ -36,8 +37,10 @@ class ClevrMathTask(Task):
         self.image_cache_dir = image_cache_dir
 
     def normalize(self, answer: str) -> str | None:
-        value = parse_integer(answer.strip().rstrip("."))
-        return None if value is None else str(value)  # '2.5' or 'many' is no integer: never credited
+        # The leading integer: release rationales sometimes give a unit ('Answer: 7 objects'). '2.5' or 'many' is
+        # no integer: never credited.
+        value = leading_integer(answer)
+        return None if value is None else str(value)
 
     def check(self, predicted: str | None, gold: str) -> bool:
         value = None if predicted is None else self.normalize(predicted)

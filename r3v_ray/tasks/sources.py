@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from r3v_ray.tasks.base import ReadReport, Record, RecordError
+from r3v_ray.tasks.base import ReadReport, Record, RecordError, posix_path
 from r3v_ray.tasks.jsonstream import BadLine, iter_json_rows
 
 # Releases name the held-out split differently (TabMWP and M3CoT 'dev', Hugging Face 'validation', ChartQA 'val').
@@ -92,14 +92,19 @@ def choices_field(row: dict, record_id: str, name: str = "choices") -> list[str]
 
 # -- images ----------------------------------------------------------------------------------------------------
 def resolve_image(name: str, search_dirs: Iterable[Path]) -> Path | None:
-    """An existing image file: `name` itself when absolute, else the first `dir/name` that exists."""
-    path = Path(name)
-    if path.is_absolute():
-        return path if path.is_file() else None
-    for directory in search_dirs:
-        candidate = Path(directory) / name
-        if candidate.is_file():
-            return candidate
+    """An existing image file: `name` itself when absolute, else the first `dir/name` that exists. A name written
+    with backslashes ('images\\a.png', from Windows-made release files) also resolves with '/' separators."""
+    names = [name] + ([posix_path(name)] if "\\" in name else [])
+    for each in names:
+        path = Path(each)
+        if path.is_absolute():
+            if path.is_file():
+                return path
+            continue
+        for directory in search_dirs:
+            candidate = Path(directory) / each
+            if candidate.is_file():
+                return candidate
     return None
 
 

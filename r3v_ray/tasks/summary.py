@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from r3v_ray.tasks.base import ReadReport, Record, Task
+from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, load_image
 
 
 @dataclass
@@ -25,10 +25,17 @@ class DataSummary:
 
 
 def summarize(task: Task, path: str | Path, split: str, limit: int | None = None) -> DataSummary:
-    """Read up to `limit` records of one split (all when None) and summarise them."""
+    """Read up to `limit` records of one split (all when None) and summarise them. Every image is decoded, as
+    sampling and training decode it: a record whose image does not decode is reported skipped."""
     report = ReadReport(source=f"{task.name} {split} ({path})")
     summary = DataSummary(task=task.name, split=split, report=report)
     for record in islice(task.read(path, split, report), limit):
+        if record.image:
+            try:
+                load_image(record.image, record.id)
+            except RecordError as exc:
+                report.reject(exc)
+                continue
         summary.answers[record.answer] += 1
         if summary.example is None:
             summary.example = record

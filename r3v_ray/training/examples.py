@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from r3v_ray import store
 from r3v_ray.reflect import TASKS
+from r3v_ray.tasks.base import RecordError, load_image
 
 # Integer id of each example kind, as the collator hands it to the loss.
 TASK_IDS: dict[str, int] = {name: i for i, name in enumerate(TASKS)}
@@ -41,6 +42,38 @@ def validate_example(index: int, row: dict[str, Any]) -> dict[str, Any]:
     if row.get("image") is not None and not isinstance(row["image"], str):
         raise ExampleError(f"{where}: field 'image' must be a path or null")
     return {k: row.get(k) for k in EXAMPLE_SCHEMA.names}
+
+
+def drop_unreadable_images(examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(kept, skipped): the examples whose image decodes as training decodes it (tasks.load_image), and one
+    {question_id, field, reason} per question whose image does not. Each image is decoded once.
+
+    A garbage image file in the training data is thus skipped and counted where the training set is built,
+    instead of failing training workers (which then retry, and fail again) after sampling already skipped it.
+    """
+    readable: dict[str, str | None] = {}  # image -> None, or why it cannot be read
+    kept, skipped, named = [], [], set()
+    for e in examples:
+        image = e.get("image")
+        if image and image not in readable:
+            readable[image] = _unreadable(image, str(e.get("question_id")))
+        if image and readable[image] is not None:
+            if e.get("question_id") not in named:
+                named.add(e.get("question_id"))
+                skipped.append({"question_id": str(e.get("question_id")), "field": "image", "reason": readable[image]})
+            continue
+        kept.append(e)
+    return kept, skipped
+
+
+def _unreadable(image: str, question_id: str) -> str | None:
+    try:
+        load_image(store.read_bytes(image) if "://" in image else image, question_id)
+    except RecordError as exc:
+        return exc.problem
+    except OSError as exc:  # an object-store read that failed
+        return f"cannot read {image} ({type(exc).__name__}: {exc})"
+    return None
 
 
 def examples_table(examples: list[dict[str, Any]]) -> pa.Table:
