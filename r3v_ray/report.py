@@ -111,6 +111,7 @@ def _plot_scaling(ax, last: dict[str, dict]) -> None:
             if points:
                 ax.plot(*zip(*points), marker="o", linestyle="--" if name == "oracle" else "-",
                         label=f"{label} {title}")
+    ax.set_xticks(sorted({n for ev in last.values() for name, _ in CURVES for n, _ in curve_points(ev, name)}))
     ax.set_xlabel("N (candidates per question)")
     ax.set_ylabel("accuracy on the test split (%)")
     ax.set_title("test-time scaling, last round")

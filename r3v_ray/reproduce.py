@@ -115,6 +115,33 @@ def adopt_round0(src: RunConfig, dst: RunConfig) -> None:
     store.write_text(str(Path(dst.run_dir) / "config.yaml"), dst.to_yaml())
 
 
+def adopt_round1_samples(src: RunConfig, dst: RunConfig) -> bool:
+    """Give `dst` the round-1 samples of `src` when they cannot differ; returns whether it did.
+
+    Round 1 samples M0 on the train split: with M0 adopted from `src` and the same sampling, task, model and seed
+    settings (the variants differ only in the reflection data and loss weights) the samples are the same rows, so
+    drawing them again per variant only costs time. Later rounds sample each variant's own model.
+    """
+    from r3v_ray.manifest import Manifest
+
+    src_hashed, dst_hashed = src.hashed(), dst.hashed()
+    if any(src_hashed[key] != dst_hashed[key] for key in ("sampling", "task", "model", "seed")) or src.rounds < 1:
+        return False
+    src_dir, dst_dir = Path(src.run_dir) / "round-001", Path(dst.run_dir) / "round-001"
+    src_manifest = store.read_json(str(src_dir / "manifest.json"))
+    stage = src_manifest["stages"].get("sample", {})
+    if src_manifest.get("config_digest") != src.digest() or stage.get("status") != "done":
+        raise RuntimeError(f"{src_dir}: round 1 has no finished sample stage under this config to adopt")
+    manifest = Manifest.open(str(dst_dir / "manifest.json"), dst.digest(), 1)
+    if manifest.done("sample"):
+        return True
+    for name in ("samples.parquet", "skipped.json"):
+        if (src_dir / name).exists():
+            store.write_bytes(str(dst_dir / name), (src_dir / name).read_bytes())
+    manifest.record("sample", 0.0, adopted_from=str(src_dir), stats=stage.get("stats", {}))
+    return True
+
+
 def run_seed(base: RunConfig, seed: int, temperatures: list[float] = (),
              scaling: tuple = ()) -> tuple[dict, dict, dict]:
     """(the main table's row values, the temperature sweep's row values, the scaling curve) for one seed.
@@ -127,6 +154,7 @@ def run_seed(base: RunConfig, seed: int, temperatures: list[float] = (),
     for variant, cfg in configs.items():
         if variant != "r3v":
             adopt_round0(r3v, cfg)
+            adopt_round1_samples(r3v, cfg)
             run_local(cfg, from_round=1)
     k, n = base.rounds, base.evaluation.n
     evals = {v: {r: store.read_json(store.join(c.run_dir, f"round-{r:03d}", "eval.json")) for r in (0, k)}
@@ -265,7 +293,7 @@ def plot_png(summary: dict[str, dict], n: int) -> bytes:
               for label in summary]
     means = [row["mean"] for row in summary.values()]
     stds = [row["std"] for row in summary.values()]
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(11, 4))
     ax.bar(range(len(means)), means, yerr=stds, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(means)), labels, fontsize=7)
     ax.set_ylabel("test accuracy (%)")
@@ -326,6 +354,8 @@ def scaling_plot_png(per_seed: dict[int, dict]) -> bytes:
     for label, points in (("Majority@N", PAPER_MAJORITY), ("Select@N", PAPER_SELECT)):
         paper.plot(list(points), list(points.values()), marker="o", label=label)
     paper.set_title(f"paper: {PAPER} (read off its figure)")
+    ours.set_xticks(sorted({n for name, _ in CURVES[:2] for n in stats[name]}))
+    paper.set_xticks(sorted(set(PAPER_MAJORITY) | set(PAPER_SELECT)))
     for ax in (ours, paper):
         ax.set_xlabel("N (candidates per question)")
         ax.set_ylabel("test accuracy (%)")

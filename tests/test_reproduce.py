@@ -161,3 +161,26 @@ def test_quick_is_one_seed_and_refuses_explicit_seeds(capsys):
 
     assert main(["reproduce", "--quick", "--seeds", "1"]) == 2
     assert "--quick is one seed" in capsys.readouterr().err
+
+
+def test_variants_adopt_r3v_s_round1_samples_only_when_they_cannot_differ(tmp_path):
+    from r3v_ray.reproduce import adopt_round1_samples
+
+    base = config_from_dict({"name": "b", "rounds": 1, "storage": {"root": str(tmp_path)}})
+    r3v, ablation = seed_config(base, 0, "r3v"), seed_config(base, 0, "no-select")
+    src = tmp_path / "b-s0-r3v" / "round-001"
+    src.mkdir(parents=True)
+    (src / "samples.parquet").write_bytes(b"PAR1 samples of M0")
+    (src / "manifest.json").write_text(json.dumps({"config_digest": r3v.digest(), "round": 1, "stages": {
+        "sample": {"status": "done", "stats": {"num_samples": 3}}}}))
+    assert adopt_round1_samples(r3v, ablation)
+    dst = tmp_path / "b-s0-no-select" / "round-001"
+    assert (dst / "samples.parquet").read_bytes() == b"PAR1 samples of M0"
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["config_digest"] == ablation.digest() and list(manifest["stages"]) == ["sample"]
+    assert manifest["stages"]["sample"]["adopted_from"] == str(src)
+    assert manifest["stages"]["sample"]["stats"] == {"num_samples": 3}
+    # Other sampling settings draw other samples: nothing is adopted.
+    hotter = config_from_dict(ablation.model_dump(mode="json") | {"name": "hot"})
+    hotter.sampling.temperature = 0.5
+    assert not adopt_round1_samples(r3v, hotter) and not (tmp_path / "hot").exists()
