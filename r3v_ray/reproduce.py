@@ -306,11 +306,13 @@ CURVES = [("majority", "Majority@n"), ("select", "Select@n"), ("oracle", "Oracle
 
 
 def scaling_summary(per_seed: dict[int, dict]) -> dict[str, dict[int, dict]]:
-    """{curve: {n: {"mean", "std", "values"}}} over the seeds, for the n every seed has; "test@1" likewise."""
+    """{curve: {n: {"mean", "std", "values"}}} over the seeds, for the n every seed has; "test@1" likewise.
+    Curves read back from reproduction.json (string keys) are taken as they are written."""
     out: dict = {}
     for name, _ in CURVES:
-        ns = set.intersection(*(set(curve.get(name, {})) for curve in per_seed.values()))
-        out[name] = {n: _stats([curve[name][n] for curve in per_seed.values()]) for n in sorted(ns)}
+        points = [{int(n): v for n, v in curve.get(name, {}).items()} for curve in per_seed.values()]
+        ns = set.intersection(*(set(p) for p in points))
+        out[name] = {n: _stats([p[n] for p in points]) for n in sorted(ns)}
     out["test@1"] = _stats([curve["test@1"] for curve in per_seed.values()])
     return out
 

@@ -184,3 +184,12 @@ def test_variants_adopt_r3v_s_round1_samples_only_when_they_cannot_differ(tmp_pa
     hotter = config_from_dict(ablation.model_dump(mode="json") | {"name": "hot"})
     hotter.sampling.temperature = 0.5
     assert not adopt_round1_samples(r3v, hotter) and not (tmp_path / "hot").exists()
+
+
+def test_scaling_summary_reads_curves_back_from_reproduction_json():
+    from r3v_ray.reproduce import scaling_summary
+
+    per_seed = {0: _curve(0.0), 1: _curve(2.0)}
+    again = json.loads(json.dumps(per_seed))
+    assert scaling_summary(again) == scaling_summary(per_seed)
+    assert list(scaling_summary(again)["majority"]) == [1, 2, 3, 4]

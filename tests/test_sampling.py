@@ -214,7 +214,8 @@ def test_evaluation_passes_greedy_and_self_select_in_the_same_actors_match_a_loc
     assert by_q(got["greedy"]) == {r["question_id"]: o.texts[0] for r, o in zip(eval_rows, local_greedy)}
     assert by_q(got["select"]) == {r["question_id"]: o.texts[0] for r, o in zip(eval_rows, local_select)}
     with pytest.raises(ValueError, match="select_question"):
-        sample(cfg, tiny_model_dir, rows[:2], str(tmp_path / "x.parquet"), params, 0, select_uris={2: str(tmp_path / "y")})
+        sample(cfg, tiny_model_dir, rows[:2], str(tmp_path / "x.parquet"), params, 0,
+               select_uris={2: str(tmp_path / "y")})
 
 
 def test_evaluation_without_the_greedy_pass_scores_the_same_samples(ray_local, tiny_model_dir, synthetic_data_dir,
