@@ -116,10 +116,20 @@ def _cmd_data_inspect(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
+    from r3v_ray import store
     from r3v_ray.config import load_config
-    from r3v_ray.reproduce import reproduce
+    from r3v_ray.reproduce import SCALING_CANDIDATES, SCALING_NS, reproduce
 
-    result = reproduce(load_config(args.config, args.set), args.seeds, args.out, args.eval_temperatures)
+    if args.quick and args.seeds is not None:
+        print("error: --quick is one seed (seed 0); give either --quick or --seeds", file=sys.stderr)
+        return 2
+    cfg = load_config(args.config, args.set)
+    seeds = [0] if args.quick else (args.seeds or [0, 1, 2])
+    # A quick run writes its own table, so it never overwrites the 3-seed one; its seed's runs are shared.
+    out = args.out or (store.join(cfg.storage.root, f"{cfg.name}-reproduction-quick") if args.quick else None)
+    ns = SCALING_NS if args.scaling_ns is None else args.scaling_ns
+    candidates = SCALING_CANDIDATES if args.scaling_candidates is None else args.scaling_candidates
+    result = reproduce(cfg, seeds, out, args.eval_temperatures, ns, candidates)
     print(f"done in {result['minutes']} minutes")
     return 0
 
@@ -157,12 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("reproduce", help="the paper's table in miniature over several seeds (STaR vs R3V)")
+    p = sub.add_parser("reproduce", help="the paper's table in miniature over several seeds (STaR, R3V, ablations, "
+                                         "test-time scaling)")
     p.add_argument("--config", default="configs/reproduce.yaml")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2")
+    p.add_argument("--quick", action="store_true",
+                   help="one seed (0), written to <storage.root>/<name>-reproduction-quick")
     p.add_argument("--out", help="output directory (default: <storage.root>/<name>-reproduction)")
     p.add_argument("--eval-temperatures", type=float, nargs="*", default=[], metavar="T",
                    help="also evaluate the last R3V model with its N candidates sampled at these temperatures")
+    p.add_argument("--scaling-ns", type=int, nargs="*", default=None, metavar="N",
+                   help="the last R3V model's test-time scaling curve: Select@N for these N (default: the paper's "
+                        "2..6; none: no curve)")
+    p.add_argument("--scaling-candidates", type=int, default=None, metavar="N",
+                   help="candidates drawn once per question for the curve: Majority@n and Oracle@n up to N "
+                        "(default: the paper's 10)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_reproduce)
 

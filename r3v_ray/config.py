@@ -129,12 +129,48 @@ class TrainingConfig(_Strict):
 
 
 class EvalConfig(DecodingConfig):
-    n: int = Field(3, ge=1)  # candidates for Oracle@N, Majority@N, Select@N
+    n: int = Field(3, ge=1)  # the headline N of Oracle@N, Majority@N, Select@N
     # Redefined only to refuse 0 (N greedy candidates would be one candidate N times); keep the default in step.
     temperature: float = Field(0.9, gt=0.0)
     select: bool = True  # compute Select@N
     zero_shot: bool = True  # round 0 also records the base model's zero-shot CoT accuracy
     seed: int = 1234
+    # The test-time scaling curve (r3v_ray/evaluation.py): one sampling pass draws `num_candidates` per question;
+    # Oracle@n and Majority@n are scored for every n up to it on the first n candidates, Select@n (a self-select
+    # pass each) for every n listed here. Unset (the default): only the headline N, at today's cost.
+    scaling_ns: list[int] | None = None
+    num_candidates: int | None = Field(None, ge=1)  # candidates drawn per question (unset: max of n and scaling_ns)
+
+    @model_validator(mode="after")
+    def _scaling_within_the_candidates(self) -> "EvalConfig":
+        drawn = self.candidates
+        if self.n > drawn:
+            raise ValueError(f"evaluation.n ({self.n}) is above evaluation.num_candidates ({drawn}), the "
+                             "candidates drawn per question")
+        low = 2 if self.select else 1  # choosing among fewer than 2 candidates is not a selection
+        for n in self.scaling_ns or []:
+            if n < low:
+                raise ValueError(f"evaluation.scaling_ns: {n} is below {low}" + (
+                    " (Select@n needs at least 2 candidates to choose from)" if self.select else ""))
+            if n > drawn:
+                raise ValueError(f"evaluation.scaling_ns: {n} is above evaluation.num_candidates ({drawn}), the "
+                                 "candidates drawn per question")
+        return self
+
+    @property
+    def candidates(self) -> int:
+        """Candidates drawn per question: num_candidates, else the largest n asked for."""
+        return self.num_candidates or max([self.n, *(self.scaling_ns or [])])
+
+    @property
+    def scaling(self) -> bool:
+        """Whether the evaluation scores the curve (eval.json's "scaling") besides the headline N."""
+        return self.scaling_ns is not None or self.num_candidates is not None
+
+    @property
+    def select_ns(self) -> list[int]:
+        """The n of the self-select passes: the headline N and the curve's, ascending (none without select)."""
+        return sorted({self.n, *(self.scaling_ns or [])}) if self.select else []
 
 
 class ResourcesConfig(_Strict):
@@ -261,6 +297,7 @@ class RunConfig(_Strict):
 
     # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving.
     _NOT_HASHED = ("name", "rounds", "resources", "serve", "storage")
+    _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"))
 
     def digest(self) -> str:
         """A stable hash of what decides a round's outputs (manifests record it to refuse resuming under a
@@ -271,6 +308,10 @@ class RunConfig(_Strict):
     def hashed(self) -> dict:
         """What `digest` hashes: the config less scheduling and storage, with local paths made absolute."""
         data = self.model_dump(mode="json", exclude=set(self._NOT_HASHED))
+        # Fields added after runs existed are hashed only once set, so those runs keep their digest and resume.
+        for section, key in self._HASHED_ONCE_SET:
+            if data[section][key] is None:
+                del data[section][key]
         # task.data_dir is always a location; model.path is one when the tiny model is built there or it
         # exists here (otherwise it is a hub name such as Qwen/Qwen2-VL-7B-Instruct).
         local = {"data_dir": True, "path": self.model.tiny is not None or os.path.exists(self.model.path)}

@@ -50,13 +50,20 @@ def plan(cfg: RunConfig) -> list[dict[str, Any]]:
         _stage("train", _rounds(0, k), "Ray Train workers (DeepSpeed, placement group PACK)", r.num_train_workers,
                train_worker_request(cfg), f"ZeRO-{cfg.training.zero_stage}; controller takes 0 CPUs"),
         _stage("eval", _rounds(0, k), "sampler actors (Ray Data actor pool)", r.num_samplers, sampler,
-               "greedy + N samples" + (" (+ zero-shot in round 0)" if cfg.evaluation.zero_shot else "")),
+               _eval_note(cfg.evaluation)),
         _stage("serve", "after", "Serve sampler replicas", replicas, serve_replica_request(cfg),
                f"{s.engine} engine; " + (f"autoscaled {s.min_replicas}..{s.max_replicas}" if s.num_replicas == "auto"
                                          else "fixed replicas")),
         _stage("serve-ingress", "after", "Serve HTTP ingress", s.ingress_replicas, Request(s.ingress_cpus),
                f"{s.host}:{s.port}"),
     ]
+
+
+def _eval_note(ev) -> str:
+    passes = f"greedy + {ev.candidates} samples" if ev.scaling else "greedy + N samples"
+    if ev.scaling and ev.select_ns:
+        passes += " + self-select at n = " + ", ".join(map(str, ev.select_ns))
+    return passes + (" (+ zero-shot in round 0)" if ev.zero_shot else "")
 
 
 def warnings(cfg: RunConfig) -> list[str]:

@@ -51,7 +51,7 @@ _ACTOR_SCHEMA = pa.schema(
         ("batch_start", pa.float64()),
         ("batch_end", pa.float64()),
         ("batch_cpu_seconds", pa.float64()),
-        ("kind", pa.string()),  # "sample", or the extra passes evaluation asks for: "greedy", "select"
+        ("kind", pa.string()),  # "sample", or the extra passes evaluation asks for: "greedy", "select@<n>"
     ]
 )
 _MAX_PASSES = 3  # a pass re-runs only the questions a failed pass left without output
@@ -98,6 +98,9 @@ class SamplingStats:
     generate_seconds: float = 0.0  # first batch start to last batch end over all samplers (no start-up)
     cpu_seconds: float = 0.0  # CPU time the samplers spent in batches (all their threads)
     passes: int = 0  # pipeline passes (more than 1 only when a pass lost questions)
+    # Questions an extra pass ("greedy", "select@3") skipped although they were sampled (e.g. a self-select prompt
+    # over max_prompt_tokens), by pass: {"question_id", "reason"} each.
+    pass_skipped: dict[str, list[dict]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,10 +243,11 @@ def _decode_image(value: Any, question_id: str):
 class EngineActor:
     """One engine per actor, loaded once; each call samples and labels one batch of question rows.
 
-    Evaluation asks for two more passes over the same batch while the model is loaded: a greedy answer
-    (`greedy_params`), and self-selection (`select_n`): the model reads its own first select_n samples with the
-    self-select prompt built from the row's "select_question" and answers greedily. Loading the model once per
-    evaluation instead of three times matters most for vLLM engines, whose start-up takes minutes.
+    Evaluation asks for more passes over the same batch while the model is loaded: a greedy answer
+    (`greedy_params`), and self-selection for each n in `select_ns`: the model reads its own first n samples with
+    the self-select prompt built from the row's "select_question" and answers greedily (one pass per n, so the
+    test-time scaling curve needs one sampling pass). Loading the model once per evaluation instead of once per
+    pass matters most for vLLM engines, whose start-up takes minutes.
     """
 
     def __init__(
@@ -256,7 +260,7 @@ class EngineActor:
         params: dict,
         round_index: int,
         greedy_params: dict | None = None,
-        select_n: int | None = None,
+        select_ns: list[int] | None = None,
     ):
         from r3v_ray.engines import create_engine
 
@@ -265,7 +269,7 @@ class EngineActor:
         self.params = SamplingParams(**params)
         self.round_index = round_index
         self.greedy = SamplingParams(**greedy_params) if greedy_params else None
-        self.select_n = select_n
+        self.select_ns = list(select_ns or [])  # each at most params.n (`sample` checks)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start, cpu_start = time.time(), time.process_time()
@@ -284,8 +288,8 @@ class EngineActor:
             records += self._label(kept, outputs, "sample")
             if self.greedy is not None:
                 records += self._label(kept, self.engine.generate(requests, self.greedy), "greedy")
-            if self.select_n:
-                records += self._self_select(kept, requests, outputs)
+            for n in self.select_ns:
+                records += self._self_select(kept, requests, outputs, n)
         end, cpu = time.time(), time.process_time() - cpu_start
         for rec in records:
             rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"] = start, end, cpu
@@ -297,14 +301,14 @@ class EngineActor:
             rec["kind"] = kind
         return records
 
-    def _self_select(self, rows: list[dict], requests: list[GenerationRequest], outputs: list[RequestOutput]):
+    def _self_select(self, rows: list[dict], requests: list[GenerationRequest], outputs: list[RequestOutput], n: int):
         chosen = [(row, req, out) for row, req, out in zip(rows, requests, outputs) if out.error is None]
         select_requests = [
-            GenerationRequest(select_prompt(row["select_question"], out.texts[: self.select_n]), req.image, req.key)
+            GenerationRequest(select_prompt(row["select_question"], out.texts[:n]), req.image, req.key)
             for row, req, out in chosen
         ]
         greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.params.max_new_tokens, seed=self.params.seed)
-        return self._label([row for row, _, _ in chosen], self.engine.generate(select_requests, greedy), "select")
+        return self._label([row for row, _, _ in chosen], self.engine.generate(select_requests, greedy), f"select@{n}")
 
 
 def _lost_worker_errors() -> tuple[type[BaseException], ...]:
@@ -380,14 +384,13 @@ def sample(
     params: SamplingParams,
     round_index: int,
     greedy_uri: str | None = None,
-    select_uri: str | None = None,
-    select_n: int | None = None,
+    select_uris: dict[int, str] | None = None,
 ) -> SamplingStats:
     """Sample params.n rationales per row over a pool of engine actors, label them, write `out_uri` atomically.
 
     Evaluation's extra passes, in the same actors: with `greedy_uri`, one greedy rationale per row is written
-    there too; with `select_uri` (rows then need a "select_question"), the self-select answer over the row's
-    first `select_n` samples is written there. Both files have the sample columns.
+    there too; with `select_uris` ({n: uri}; rows then need a "select_question"), the self-select answer over the
+    row's first n samples is written to each uri. Every file has the sample columns.
     """
     import ray
 
@@ -396,11 +399,15 @@ def sample(
     extra: dict = {}
     if greedy_uri:
         extra["greedy_params"] = asdict(replace(params, n=1, temperature=0.0))
-    if select_uri:
+    select_uris = dict(select_uris or {})
+    if select_uris:
         missing = [r["question_id"] for r in rows if not r.get("select_question")]
         if missing:
             raise ValueError(f"self-select needs a 'select_question' in every row; missing for {missing[:5]}")
-        extra["select_n"] = select_n or params.n
+        bad = [n for n in select_uris if not 1 <= n <= params.n]
+        if bad:
+            raise ValueError(f"self-select over {bad} candidates, but {params.n} are drawn per question")
+        extra["select_ns"] = sorted(select_uris)
     from r3v_ray.raycluster import ensure_ray
 
     ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
@@ -432,7 +439,9 @@ def sample(
     for item in skipped:
         log.warning("sampling: skipped question %s: %s", item["question_id"], item["reason"])
     store.write_parquet(out_uri, table)
-    for kind, uri in (("greedy", greedy_uri), ("select", select_uri)):
+    pass_skipped: dict[str, list[dict]] = {}
+    extra_passes = [("greedy", greedy_uri)] + [(f"select@{n}", uri) for n, uri in sorted(select_uris.items())]
+    for kind, uri in extra_passes:
         if uri:
             # A self-select prompt (image + N candidates) can be too long where the question was not: that
             # question is skipped for this pass only (it then counts as wrong), never a failed evaluation.
@@ -441,6 +450,7 @@ def sample(
                 log.warning("sampling: %s pass skipped question %s: %s", kind, item["question_id"], item["reason"])
             _check_counts(extra_table, skipped + extra_skipped, rows, replace(params, n=1, temperature=0.0))
             store.write_parquet(uri, extra_table)
+            pass_skipped[kind] = extra_skipped
     batches = {(rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"]) for rec in records}
     num_correct = int(sum(table.column("correct").to_pylist()))
     return SamplingStats(
@@ -453,6 +463,7 @@ def sample(
         generate_seconds=(max(b[1] for b in batches) - min(b[0] for b in batches)) if batches else 0.0,
         cpu_seconds=sum(b[2] for b in batches),
         passes=passes,
+        pass_skipped=pass_skipped,
     )
 
 

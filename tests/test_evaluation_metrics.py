@@ -62,3 +62,82 @@ def test_gpu_config_parses_with_the_paper_settings():
     assert (t.finetune, t.lr, t.epochs, t.global_batch_size, t.zero_stage, t.bf16, t.init_from) == (
         "lora", 3e-5, 3, 64, 2, True, "base")
     assert cfg.rounds == 3
+
+
+def test_scaling_curves_score_the_first_n_candidates_at_every_n():
+    from r3v_ray.evaluation import curve_points, majority_curve, oracle_curve
+
+    # Gold answers: q1 3, q2 5, q3 2. Majority ties go to the earliest answer (selection.majority_vote).
+    answers = {"q1": ["4", "3", "3", "4", "4"],   # vote right at n=3 only (n=2 and n=4: ties won by 4)
+               "q2": ["5", "6", "6", "6", None],  # vote right at n=1 and n=2 (tie won by 5)
+               "q3": [None, None, "1", "1", "2"]}  # vote never right; a right candidate only at n=5
+    sampled = [row(q, i, a) for q, values in answers.items() for i, a in enumerate(values)]
+    oracle = oracle_curve(list(RECORDS), sampled, 5)
+    majority = majority_curve(RECORDS, TASK, sampled, 5)
+    third = 100 / 3
+    assert oracle == pytest.approx({1: third, 2: 2 * third, 3: 2 * third, 4: 2 * third, 5: 100.0})
+    assert majority == pytest.approx({1: third, 2: third, 3: third, 4: 0.0, 5: 0.0})
+    # Each point equals the single-n metric: one pure rule for the headline N and the curve.
+    assert all(majority[n] == majority_at_n(RECORDS, TASK, sampled, n) for n in majority)
+    assert all(oracle[n] == oracle_at_n(list(RECORDS), sampled, n) for n in oracle)
+    ev = {"scaling": {"candidates": 5, "oracle": {str(n): v for n, v in oracle.items()}, "select": {"3": 1.0, "2": 2.0}}}
+    assert curve_points(ev, "select") == [(2, 2.0), (3, 1.0)]  # read back from JSON's string keys, by n
+    assert [n for n, _ in curve_points(ev, "oracle")] == [1, 2, 3, 4, 5]
+    assert curve_points({"test@1": 3.0}, "majority") == []
+
+
+@pytest.mark.parametrize(
+    "evaluation, message",
+    [
+        ({"scaling_ns": [2, 12], "num_candidates": 10}, "evaluation.scaling_ns: 12 is above evaluation.num_candidates (10)"),
+        ({"scaling_ns": [1, 2]}, "evaluation.scaling_ns: 1 is below 2"),
+        ({"scaling_ns": [0], "select": False}, "evaluation.scaling_ns: 0 is below 1"),
+        ({"n": 4, "num_candidates": 3}, "evaluation.n (4) is above evaluation.num_candidates (3)"),
+        ({"num_candidates": 0}, "evaluation.num_candidates"),
+    ],
+)
+def test_a_scaling_entry_outside_the_candidates_drawn_is_refused_when_the_config_loads(tmp_path, evaluation, message):
+    import yaml
+
+    from r3v_ray.config import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"evaluation": evaluation}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and "run.yaml" in str(info.value)
+
+
+def test_scaling_settings_draw_the_largest_n_and_leave_the_default_cost_and_digest_alone():
+    from r3v_ray.config import config_from_dict
+
+    default = config_from_dict({}).evaluation
+    assert (default.candidates, default.select_ns, default.scaling) == (3, [3], False)
+    ev = config_from_dict({"evaluation": {"scaling_ns": [6, 2, 4]}}).evaluation
+    assert (ev.candidates, ev.select_ns, ev.scaling) == (6, [2, 3, 4, 6], True)
+    ev = config_from_dict({"evaluation": {"scaling_ns": [2, 3], "num_candidates": 10, "select": False}}).evaluation
+    assert (ev.candidates, ev.select_ns) == (10, [])
+    assert config_from_dict({"evaluation": {"select": False, "scaling_ns": [1]}}).evaluation.candidates == 3
+    # Unset, the new fields stay out of the digest: runs made before them resume.
+    assert "scaling_ns" not in config_from_dict({}).hashed()["evaluation"]
+    assert config_from_dict({"evaluation": {"scaling_ns": [2, 3]}}).digest() != config_from_dict({}).digest()
+
+
+def test_report_carries_every_scaling_point_and_plots_the_last_round(tmp_path):
+    curve = {"candidates": 4, "oracle": {"1": 40.0, "2": 50.0, "3": 55.0, "4": 60.0},
+             "majority": {"1": 40.0, "2": 38.0, "3": 42.0, "4": 43.0}, "select": {"2": 44.0, "3": 45.5}}
+    runs = {"demo (r3v)": [{"round": 0, "test@1": 10.0}, {"round": 1, "test@1": 20.0, "select@3": 45.5,
+                                                         "scaling": curve}]}
+    plain = {"demo (r3v)": [{"round": 0, "test@1": 10.0}, {"round": 1, "test@1": 20.0, "select@3": 45.5}]}
+    table = write_report(str(tmp_path), runs, "t")
+    assert table == table_markdown(plain)  # the rounds table is the same with or without a curve
+    text = (tmp_path / "report.md").read_text()
+    assert "demo (r3v) round 1 (4 candidates drawn" in text
+    assert "| 1 | 40.00 | 40.00 |  |" in text and "| 3 | 55.00 | 42.00 | 45.50 |" in text
+    assert "| 4 | 60.00 | 43.00 |  |" in text
+    from PIL import Image
+
+    with_curve = Image.open(tmp_path / "accuracy.png").size
+    write_report(str(tmp_path / "plain"), plain, "t")
+    without = Image.open(tmp_path / "plain" / "accuracy.png").size
+    assert with_curve[0] > without[0] and "Test-time scaling" not in (tmp_path / "plain" / "report.md").read_text()

@@ -195,7 +195,7 @@ def test_evaluation_passes_greedy_and_self_select_in_the_same_actors_match_a_loc
     params = params_from_config(cfg.sampling, seed=5, n=2)
     uris = {k: str(tmp_path / f"{k}.parquet") for k in ("samples", "greedy", "select")}
     stats = sample(cfg, tiny_model_dir, eval_rows, uris["samples"], params, round_index=0,
-                   greedy_uri=uris["greedy"], select_uri=uris["select"], select_n=2)
+                   greedy_uri=uris["greedy"], select_uris={2: uris["select"]})
     assert stats.num_samples == 12
     got = {k: store.read_parquet(u).to_pylist() for k, u in uris.items()}
     assert [len(got[k]) for k in ("samples", "greedy", "select")] == [12, 6, 6]
@@ -214,7 +214,8 @@ def test_evaluation_passes_greedy_and_self_select_in_the_same_actors_match_a_loc
     assert by_q(got["greedy"]) == {r["question_id"]: o.texts[0] for r, o in zip(eval_rows, local_greedy)}
     assert by_q(got["select"]) == {r["question_id"]: o.texts[0] for r, o in zip(eval_rows, local_select)}
     with pytest.raises(ValueError, match="select_question"):
-        sample(cfg, tiny_model_dir, rows[:2], str(tmp_path / "x.parquet"), params, 0, select_uri=str(tmp_path / "y"))
+        sample(cfg, tiny_model_dir, rows[:2], str(tmp_path / "x.parquet"), params, 0,
+               select_uris={2: str(tmp_path / "y")})
 
 
 def test_evaluation_without_the_greedy_pass_scores_the_same_samples(ray_local, tiny_model_dir, synthetic_data_dir,
@@ -237,6 +238,41 @@ def test_evaluation_without_the_greedy_pass_scores_the_same_samples(ray_local, t
     assert (tmp_path / "full" / "greedy.parquet").exists() and not (tmp_path / "lean" / "greedy.parquet").exists()
     with pytest.raises(ValueError, match="ask for nothing"):
         evaluate(cfg, tiny_model_dir, records, TASK, str(tmp_path / "none"), 0, greedy_only=True, greedy=False)
+
+
+def test_a_scaling_evaluation_scores_every_n_from_one_sampling_pass_as_separate_evaluations_would(
+    ray_local, tiny_model_dir, synthetic_data_dir, tmp_path
+):
+    """evaluation.scaling_ns: Select@2 and Select@3 from one draw of 3 candidates (one evaluate, one samples
+    file) are the numbers and rationales of an evaluation at N=2 and one at N=3."""
+    from r3v_ray.evaluation import evaluate
+
+    records = list(TASK.read(synthetic_data_dir, "test"))[:4]
+
+    def cfg(**evaluation):
+        return RunConfig.model_validate({
+            "sampling": {"max_new_tokens": 8, "batch_size": 4}, "resources": {"num_samplers": 1},
+            "evaluation": {"max_new_tokens": 8, **evaluation}})
+
+    scaled = evaluate(cfg(n=2, scaling_ns=[2, 3]), tiny_model_dir, records, TASK, str(tmp_path / "scaled"), 0,
+                      greedy=False)
+    assert sorted(p.name for p in (tmp_path / "scaled").iterdir()) == [
+        "samples.parquet", "select-n3.parquet", "select.parquet"]
+    assert len(store.read_parquet(str(tmp_path / "scaled" / "samples.parquet"))) == 4 * 3
+    curve = scaled["scaling"]
+    assert curve["candidates"] == 3 and list(curve["select"]) == [2, 3] and list(curve["oracle"]) == [1, 2, 3]
+    assert scaled["select@2"] == curve["select"][2] and scaled["majority@2"] == curve["majority"][2]
+    for n, select_file in ((2, "select.parquet"), (3, "select-n3.parquet")):
+        alone = evaluate(cfg(n=n), tiny_model_dir, records, TASK, str(tmp_path / f"n{n}"), 0, greedy=False)
+        assert "scaling" not in alone
+        assert (curve["select"][n], curve["majority"][n], curve["oracle"][n]) == (
+            alone[f"select@{n}"], alone[f"majority@{n}"], alone[f"oracle@{n}"])
+        assert (store.read_parquet(str(tmp_path / "scaled" / select_file)).to_pylist()
+                == store.read_parquet(str(tmp_path / f"n{n}" / "select.parquet")).to_pylist())
+    with pytest.raises(ValueError, match=r"self-select over \[4\] candidates, but 3 are drawn"):
+        rows_ = [{**r, "select_question": "Q?"} for r in records_to_rows(records, TASK)]
+        sample(cfg(), tiny_model_dir, rows_, str(tmp_path / "x.parquet"),
+               params_from_config(cfg().evaluation, seed=1, n=3), 0, select_uris={4: str(tmp_path / "y")})
 
 
 def _alive_sampler_handle(ray, deadline_s: float = 120.0):
