@@ -209,7 +209,9 @@ class VLLMEngine(Engine):
             os.environ.update(env)
             if self.cores:
                 bind_process_to(self.cores)
-            logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_InProcessThreadWarning())
+            worker_log = logging.getLogger("vllm.v1.worker.cpu_worker")
+            if not any(isinstance(f, _InProcessThreadWarning) for f in worker_log.filters):
+                worker_log.addFilter(_InProcessThreadWarning())
         settings = llm_settings(
             base,
             on_cpu=self.on_cpu,
