@@ -227,7 +227,8 @@ class VLLMEngine(Engine):
             mm_processor_kwargs=mm_kwargs,
         )
         self.llm = LLM(**settings)
-        self.max_model_len = int(self.llm.model_config.max_model_len)
+        model_config = getattr(self.llm, "model_config", None) or self.llm.llm_engine.model_config
+        self.max_model_len = int(model_config.max_model_len)  # the context vLLM settled on
         self.lora_request = None
         if self.lora_path is not None:
             from vllm.lora.request import LoRARequest
