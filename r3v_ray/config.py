@@ -33,13 +33,13 @@ class TinyModelConfig(_Strict):
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
-    num_heads: int = 4
+    num_heads: int = 2  # head size 32: the smallest vLLM's CPU attention supports (see TinySpec)
     num_kv_heads: int = 2
     vision_depth: int = 1
     vision_embed_dim: int = 32
     vision_heads: int = 2
     vocab_size: int = 768
-    initializer_range: float = Field(0.1, gt=0.0)  # weight init std; see TinySpec
+    initializer_range: float = Field(0.2, gt=0.0)  # weight init std; see TinySpec
     seed: int = 0
 
 
@@ -81,6 +81,11 @@ class SamplingConfig(DecodingConfig):
     max_prompt_tokens: int = Field(2048, ge=16)  # longer prompts are skipped and counted, never truncated
     tensor_parallel_size: int = Field(1, ge=1)  # vllm only
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vllm only
+    # vllm only: the engine's context (prompt + answer), None for the model's own. A prompt that leaves no room
+    # to answer in it is skipped and counted, like one over max_prompt_tokens.
+    max_model_len: int | None = Field(None, ge=16)
+    enforce_eager: bool | None = None  # vllm only: None = eager on CPU (faster start-up), compiled on GPU
+    cpu_kv_cache_gib: float = Field(1.0, gt=0.0)  # vllm on CPU only: each engine's KV cache
 
 
 class ReflectConfig(_Strict):

@@ -70,9 +70,10 @@ def warnings(cfg: RunConfig) -> list[str]:
     """Requests that cannot work as configured (found before a cluster is paid for)."""
     out = []
     tp = cfg.sampling.tensor_parallel_size
-    if cfg.sampling.engine == "vllm" and cfg.resources.gpus_per_sampler < tp:
+    # Without GPUs a tp=1 vLLM engine runs on CPU (vLLM's CPU build, r3v_ray/engines/settings.py).
+    if cfg.sampling.engine == "vllm" and tp > 1 and cfg.resources.gpus_per_sampler < tp:
         out.append(f"sampling.engine vllm with tensor_parallel_size={tp} needs resources.gpus_per_sampler >= {tp}")
-    if cfg.serve.engine == "vllm" and cfg.serve.gpus_per_replica < tp:
+    if cfg.serve.engine == "vllm" and tp > 1 and cfg.serve.gpus_per_replica < tp:
         out.append(f"serve.engine vllm with tensor_parallel_size={tp} needs serve.gpus_per_replica >= {tp}")
     if cfg.training.bf16 and cfg.resources.gpus_per_train_worker == 0:
         out.append("training.bf16 without GPUs: DeepSpeed on CPU trains in float32")

@@ -24,9 +24,11 @@ import pyarrow as pa
 from r3v_ray import store
 from r3v_ray.config import DecodingConfig, RunConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
+from r3v_ray.engines.settings import engine_kwargs as settings_for
 from r3v_ray.prompts import select_prompt
 from r3v_ray.resources import sampler_remote_args
 from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
+from r3v_ray.tasks.base import path_in_bytes
 
 log = logging.getLogger(__name__)
 
@@ -199,36 +201,15 @@ def finalize(records: list[dict], kind: str = "sample") -> tuple[pa.Table, list[
 
 
 def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    """Constructor kwargs for the configured engine kind."""
-    common = dict(
-        dtype=cfg.model.dtype,
-        max_prompt_tokens=cfg.sampling.max_prompt_tokens,
-        min_pixels=cfg.model.min_pixels,
-        max_pixels=cfg.model.max_pixels,
-        torch_threads=cfg.resources.torch_threads,
-    )
-    if cfg.sampling.engine == "vllm":
-        # Each actor is one vLLM engine on GPUs of its own; tensor-parallel ranks need one whole GPU each.
-        if cfg.resources.gpus_per_sampler <= 0:
-            raise ValueError("sampling.engine=vllm needs resources.gpus_per_sampler > 0")
-        if cfg.sampling.tensor_parallel_size > 1 and cfg.sampling.tensor_parallel_size > cfg.resources.gpus_per_sampler:
-            raise ValueError(
-                f"sampling.tensor_parallel_size={cfg.sampling.tensor_parallel_size} needs "
-                f"resources.gpus_per_sampler >= {cfg.sampling.tensor_parallel_size} "
-                f"(got {cfg.resources.gpus_per_sampler})"
-            )
-        return dict(
-            common,
-            tensor_parallel_size=cfg.sampling.tensor_parallel_size,
-            gpu_memory_utilization=cfg.sampling.gpu_memory_utilization,
-            seed=cfg.seed,
-        )
-    return common
+    """Constructor kwargs of a sampler actor's engine (r3v_ray/engines/settings.py decides them)."""
+    return settings_for(cfg, "sampler")
 
 
 def _decode_image(value: Any, question_id: str):
     if value is None:
         return None
+    if isinstance(value, (bytes, bytearray, memoryview)):  # a path of a batch that mixes paths and bytes
+        value = path_in_bytes(value) or value
     if isinstance(value, str) and "://" in value:  # on a cluster images may live in object storage
         try:
             value = store.read_bytes(value)

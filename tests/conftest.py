@@ -25,7 +25,24 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
+def vllm_unavailable() -> str | None:
+    """Why vLLM cannot start an engine in this environment, or None when it can (its CPU build, or a GPU)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed in this environment; `make test-vllm` runs these tests in .venv-vllm"
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() or current_platform.is_cuda_alike():
+        return None
+    return "this vllm build is a GPU build and finds no GPU here; the CPU build is in .venv-vllm (make test-vllm)"
+
+
 def pytest_collection_modifyitems(config, items):
+    vllm_items = [item for item in items if "vllm" in item.keywords]
+    reason = vllm_unavailable() if vllm_items else None
+    for item in vllm_items if reason else []:
+        item.add_marker(pytest.mark.skip(reason=reason))
     try:
         import torch
 
@@ -34,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
         has_gpu = False
     if has_gpu:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (vLLM); this machine has none")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (tensor parallelism over NCCL); this machine has none")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -9,7 +9,8 @@ from r3v_ray.tasks import get_task
 
 def test_tiny_model_saves_reloads_and_generates_from_an_image(tiny_model_dir):
     files = {p.name for p in Path(tiny_model_dir).iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja"} <= files
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json", "chat_template.jinja",
+            "video_preprocessor_config.json"} <= files  # the last for vLLM (r3v_ray/models/processor.py)
     config = json.loads((Path(tiny_model_dir) / "config.json").read_text())
     assert config["model_type"] == "qwen2_vl"
 

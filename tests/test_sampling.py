@@ -24,7 +24,7 @@ from r3v_ray.sampling import (
     records_to_rows,
     sample,
 )
-from r3v_ray.tasks import get_task
+from r3v_ray.tasks import RecordError, get_task
 
 TASK = get_task("synthetic")
 
@@ -352,3 +352,33 @@ def test_labeling_is_record_aware_for_multiple_choice():
     rows = records_to_rows([record], task)
     out = label_outputs(rows, [RequestOutput(texts=["Answer: dog", "Answer: cat"], n_tokens=[3, 3])], task, 1)
     assert [(o["extracted_answer"], o["correct"]) for o in out] == [("B", True), ("A", False)]
+
+
+def test_a_path_that_arrives_as_bytes_is_read_as_a_path(rows, tmp_path):
+    from PIL import Image
+
+    from r3v_ray.tasks import load_image
+    from r3v_ray.tasks.base import path_in_bytes
+
+    path = rows[0]["image"]
+    assert path_in_bytes(path.encode()) == path and path_in_bytes(b"s3://bucket/a.png") == "s3://bucket/a.png"
+    assert load_image(path.encode(), "q").tobytes() == load_image(path, "q").tobytes()
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"):  # image content never passes for a path
+        buf = tmp_path / f"x.{fmt.lower()}"
+        Image.new("RGB", (8, 8), (200, 100, 50)).save(buf, format=fmt)
+        assert path_in_bytes(buf.read_bytes()) is None
+    with pytest.raises(RecordError, match="q7.*image"):
+        load_image(str(tmp_path / "missing.png").encode(), "q7")
+
+
+def test_a_batch_mixing_image_paths_and_bytes_samples_every_row(first_run, tiny_model_dir, rows, tmp_path):
+    # In a batch that also holds image bytes, Ray Data hands every image path over as bytes (the column becomes
+    # binary); those rows were skipped as unreadable images before.
+    mixed = [{**r, "image": Path(r["image"]).read_bytes()} if i % 2 else r for i, r in enumerate(rows[:8])]
+    cfg = _cfg(max_prompt_tokens=256)  # batches of 4: paths and bytes in each
+    out = tmp_path / "mixed.parquet"
+    stats = sample(cfg, tiny_model_dir, mixed, str(out), params_from_config(cfg.sampling, seed=7, n=2), 1)
+    assert stats.skipped == [] and stats.num_samples == 16
+    ids = {r["question_id"] for r in mixed}
+    first = store.read_parquet(str(first_run[1])).to_pylist()
+    assert store.read_parquet(str(out)).to_pylist() == [r for r in first if r["question_id"] in ids]

@@ -4,6 +4,10 @@ transformers' Qwen2VLProcessor always asks for a video processor, and the video 
 which has no CPU build on our registry (DESIGN.md section 4). AutoProcessor then silently falls back to the bare
 tokenizer. This subclass carries only the PIL image processor and the tokenizer, and works for Qwen2-VL and
 Qwen2.5-VL checkpoints alike (they share the image preprocessing).
+
+vLLM, on the other hand, loads the full Qwen2VLProcessor, which refuses a directory without a video processor
+config ("Can't load video processor"). So every directory this processor is saved to gets one (as JSON: the class
+itself needs torchvision), with the image processor's patching and pixel bounds, though nothing here uses video.
 """
 
 from __future__ import annotations
@@ -33,6 +37,31 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
         )
         # Skip Qwen2VLProcessor.__init__: it insists on a video processor.
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        path = Path(save_directory) / VIDEO_PROCESSOR_FILE
+        if not path.exists():
+            path.write_text(json.dumps(video_processor_config(self.image_processor), indent=2))
+        return out
+
+
+VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"  # transformers' VIDEO_PROCESSOR_NAME
+
+
+def video_processor_config(image_processor) -> dict:
+    """transformers' Qwen2VLVideoProcessor settings that match an image processor (mean and std are both
+    classes' defaults only by chance, so they are written too)."""
+    ip = image_processor
+    return {
+        "video_processor_type": "Qwen2VLVideoProcessor",
+        "patch_size": ip.patch_size,
+        "merge_size": ip.merge_size,
+        "temporal_patch_size": ip.temporal_patch_size,
+        "size": {"shortest_edge": ip.size["shortest_edge"], "longest_edge": ip.size["longest_edge"]},
+        "image_mean": list(ip.image_mean),
+        "image_std": list(ip.image_std),
+    }
 
 
 def _read_chat_template(directory: Path, tokenizer) -> str | None:

@@ -13,6 +13,7 @@ from ray.serve import Application
 
 from r3v_ray import store
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict, load_config
+from r3v_ray.engines.settings import engine_kwargs as settings_for
 from r3v_ray.resources import serve_actor_options
 from r3v_ray.serving import auth
 from r3v_ray.serving import checkpoint as ckpt
@@ -20,18 +21,8 @@ from r3v_ray.serving.deployments import Ingress, Sampler
 
 
 def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    """Constructor arguments of the serving engine, from the run's model/sampling config."""
-    kw: dict[str, Any] = {
-        "dtype": cfg.model.dtype,
-        "max_prompt_tokens": cfg.sampling.max_prompt_tokens,
-        "min_pixels": cfg.model.min_pixels,
-        "max_pixels": cfg.model.max_pixels,
-    }
-    if cfg.serve.engine == "hf":
-        kw["torch_threads"] = cfg.serve.torch_threads
-    else:
-        kw.update(tensor_parallel_size=cfg.sampling.tensor_parallel_size, gpu_memory_utilization=cfg.sampling.gpu_memory_utilization)
-    return kw
+    """Constructor arguments of the serving engine (r3v_ray/engines/settings.py decides them)."""
+    return settings_for(cfg, "serve")
 
 
 def sampler_options(cfg: RunConfig) -> dict[str, Any]:

@@ -158,8 +158,30 @@ def posix_path(name: str) -> str:
     return name.replace("\\", "/")
 
 
+_MAX_PATH_BYTES = 4096
+
+
+def path_in_bytes(data: bytes | bytearray | memoryview) -> str | None:
+    """The path or URI that `data` spells, or None when it is image content.
+
+    A Ray Data batch that mixes rows whose image is a path with rows whose image is bytes hands every path over as
+    bytes too (the column becomes binary). Image content never passes for a path: PNG and JPEG files open with
+    bytes that are not UTF-8, and the other formats' headers hold NUL bytes.
+    """
+    raw = bytes(data)
+    if not raw or len(raw) > _MAX_PATH_BYTES or b"\0" in raw or b"\n" in raw:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def load_image(source: str | bytes | Image.Image, record_id: str = "?") -> Image.Image:
-    """Decode an image from a path or bytes as RGB; a failure names the record."""
+    """Decode an image from a path or bytes (content, or a path that arrived as bytes) as RGB; a failure names the
+    record."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = path_in_bytes(source) or source
     try:
         if isinstance(source, Image.Image):
             return source.convert("RGB")
