@@ -9,14 +9,13 @@ model's initialisation, sampling, data building, training order and evaluation s
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
 import time
-from pathlib import Path
 
 from r3v_ray import store
 from r3v_ray.config import RunConfig
 from r3v_ray.report import figure_png
+from r3v_ray.rundir import RunDir
 from r3v_ray.selftrain import run_local
 
 log = logging.getLogger("r3v.reproduce")
@@ -45,20 +44,11 @@ def seed_config(base: RunConfig, seed: int, method: str) -> RunConfig:
 
 def adopt_round0(src: RunConfig, dst: RunConfig) -> None:
     """Give `dst` the finished round 0 of `src` (same warm-up), recorded under dst's config digest."""
-    src_dir, dst_dir = Path(src.run_dir) / "round-000", Path(dst.run_dir) / "round-000"
-    if "://" in src.run_dir:
-        raise ValueError("adopting round 0 needs a local storage.root")
-    manifest = dst_dir / "manifest.json"
-    if manifest.exists() and store.read_json(str(manifest)).get("config_digest") == dst.digest():
+    src_round, dst_round = RunDir.of(src).round(0), RunDir.of(dst).round(0)
+    if dst_round.done("train", dst.digest()):
         return
-    shutil.rmtree(dst_dir, ignore_errors=True)
-    shutil.copytree(src_dir, dst_dir)
-    data = store.read_json(str(dst_dir / "manifest.json"))
-    data["config_digest"] = dst.digest()
-    for stage in data["stages"].values():
-        stage["adopted_from"] = str(src_dir)
-    store.write_json(str(manifest), data)
-    store.write_text(str(Path(dst.run_dir) / "config.yaml"), dst.to_yaml())
+    dst_round.adopt(src_round, dst.digest(), note=src_round.uri)
+    store.write_text(RunDir.of(dst).config, dst.to_yaml())
 
 
 def run_seed(base: RunConfig, seed: int, temperatures: list[float] = ()) -> tuple[dict, dict]:
@@ -68,7 +58,7 @@ def run_seed(base: RunConfig, seed: int, temperatures: list[float] = ()) -> tupl
     adopt_round0(r3v, star)
     run_local(star, from_round=1)
     k, n = base.rounds, base.evaluation.n
-    evals = {m: {r: store.read_json(store.join(c.run_dir, f"round-{r:03d}", "eval.json")) for r in (0, k)}
+    evals = {m: {r: store.read_json(RunDir.of(c).round(r).eval_json) for r in (0, k)}
              for m, c in (("r3v", r3v), ("star", star))}
     row = {label: evals[method][0 if rnd == 0 else k][metric.format(n=n)] for label, method, rnd, metric in ROWS}
     sweep = {}
@@ -90,14 +80,15 @@ def sweep_temperatures(cfg: RunConfig, temperatures: list[float]) -> dict[float,
     (eval-sweep/T<t>/) with the config digest and reused on a re-run.
     """
     from r3v_ray.evaluation import evaluate
-    from r3v_ray.rounds import checkpoint_dir, read_split, round_uri
+    from r3v_ray.rounds import read_split
     from r3v_ray.tasks import get_task
 
     task = get_task(cfg.task.name, **cfg.task.params)
     records = None
     out = {}
     for t in temperatures:
-        uri = store.join(round_uri(cfg, cfg.rounds), "eval-sweep", f"T{t:g}")
+        last = RunDir.of(cfg).round(cfg.rounds)
+        uri = store.join(last.uri, "eval-sweep", f"T{t:g}")
         done = store.join(uri, "eval.json")
         finished = store.read_json(done) if store.exists(done) else {}
         if finished.get("config_digest") == cfg.digest():
@@ -107,7 +98,7 @@ def sweep_temperatures(cfg: RunConfig, temperatures: list[float]) -> dict[float,
         data["evaluation"]["temperature"] = t
         records = records if records is not None else read_split(cfg, task, cfg.task.data_dir, "test")
         # No greedy pass: Test@1 does not depend on the temperature and the round's own evaluation has it.
-        metrics = evaluate(RunConfig.model_validate(data), checkpoint_dir(cfg, cfg.rounds), records, task, uri,
+        metrics = evaluate(RunConfig.model_validate(data), last.checkpoint, records, task, uri,
                            cfg.rounds, greedy=False)
         metrics.update(temperature=t, config_digest=cfg.digest())
         store.write_json(done, metrics)
