@@ -94,6 +94,21 @@ def test_publish_dir_on_s3_writes_the_marker_last_and_readers_trust_only_publish
         localize(ckpt, {"cache_dir": str(tmp_path / "cache")})
 
 
+def test_star_adopts_round0_on_s3(s3, tmp_path):
+    from r3v_ray.reproduce import adopt_round0, seed_config
+
+    base = config_from_dict({"name": "b", "storage": {"root": f"s3://{BUCKET}/repro"}})
+    r3v, star = seed_config(base, 0, "r3v"), seed_config(base, 0, "star")
+    src = RunDir.of(r3v).round(0)
+    store.publish_dir(str(_model_dir(tmp_path / "m")), src.checkpoint)
+    src.open_manifest(r3v.digest()).record("train", 1.0)
+    adopt_round0(r3v, star)
+    dst = RunDir.of(star).round(0)
+    assert dst.done("train", star.digest()) and not dst.done("train", r3v.digest())
+    assert dst.manifest().stages["train"]["adopted_from"] == src.uri and dst.checkpoint_ready()
+    assert store.exists(RunDir.of(star).config)
+
+
 # -- the node cache --------------------------------------------------------------------------------------------
 
 
@@ -166,6 +181,13 @@ def test_unreachable_missing_or_unauthorised_storage_fails_before_anything_start
         run_round(config_from_dict({"name": "bad", "rounds": 0, "storage": {"root": f"s3://{BUCKET}/runs"},
                                     "model": {"path": f"s3://{BUCKET}/nothing-here"}}), 0)
     assert not ray.is_initialized()  # all of it before Ray (and so any actor) started
+    from r3v_ray.serving.checkpoint import CheckpointError, resolve
+
+    with pytest.raises(CheckpointError, match=r"s3://no-such-bucket/runs/x: no such run directory"):
+        resolve(run_dir="s3://no-such-bucket/runs/x")  # what `r3v serve --run-dir` says
+    with environ(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"):
+        with pytest.raises(CheckpointError, match=r"s3://r3v/runs/x: cannot be read \(OSError: .*connect"):
+            resolve(run_dir=f"s3://{BUCKET}/runs/x")
     assert not (tmp_path / "m").exists()  # nor was the model built
 
 

@@ -41,7 +41,15 @@ def rounds_with_checkpoints(run_dir: str) -> list[int]:
 
 
 def resolve(checkpoint: str | None = None, run_dir: str | None = None, round_: int | None = None) -> ServedModel:
-    """A checkpoint directory, or run_dir/round-<k>/checkpoint (newest round when `round_` is None)."""
+    """A checkpoint directory, or run_dir/round-<k>/checkpoint (newest round when `round_` is None). Storage that
+    cannot be read (no such bucket, no credentials, endpoint down) is a CheckpointError naming the URI."""
+    try:
+        return _resolve(checkpoint, run_dir, round_)
+    except (OSError, store.StorageError) as exc:
+        raise CheckpointError(f"{checkpoint or run_dir}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _resolve(checkpoint: str | None, run_dir: str | None, round_: int | None) -> ServedModel:
     if bool(checkpoint) == bool(run_dir):
         raise CheckpointError("give either a checkpoint directory or a run directory (with an optional round)")
     if checkpoint:
@@ -50,6 +58,8 @@ def resolve(checkpoint: str | None = None, run_dir: str | None = None, round_: i
         found = round_of_checkpoint(checkpoint)  # .../round-002/checkpoint: remember the round it came from
         served_round = round_ if round_ is not None else (found[1] if found else None)
         return ServedModel(checkpoint, served_round, found[0].uri if found else None)
+    if not store.exists(run_dir):
+        raise CheckpointError(f"{run_dir}: no such run directory")
     if round_ is None:
         rounds = rounds_with_checkpoints(run_dir)
         if not rounds:
