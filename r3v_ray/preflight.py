@@ -104,16 +104,18 @@ def check_nodes(cfg: RunConfig, config_uri: str, model_path: str, data_dir: str)
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     refs = {n["NodeManagerAddress"]: probe.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(checks) for n in nodes}
+    ids = {n["NodeManagerAddress"]: n["NodeID"] for n in nodes}
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)
     problems = []
     for address, ref in refs.items():
-        if ref not in ready:
-            problems.append(f"node {address}: did not answer a storage probe in {PROBE_TIMEOUT_S:.0f}s")
-            continue
         try:
+            if ref not in ready:
+                raise TimeoutError(f"no answer in {PROBE_TIMEOUT_S:.0f}s")
             problems += [f"{p} (address {address})" for p in ray.get(ref)]
         except Exception as exc:
-            problems.append(f"node {address}: storage probe failed ({type(exc).__name__}: {exc})")
+            # An autoscaler may remove an idle node meanwhile: a node that is gone has nothing to see.
+            if any(n["NodeID"] == ids[address] and n.get("Alive") for n in ray.nodes()):
+                problems.append(f"node {address}: storage probe failed ({type(exc).__name__}: {exc})")
     if problems:
         local = [k for k, v in locations(cfg).items() if store.is_local(v)]
         hint = (f" {', '.join(local)} {'is' if len(local) == 1 else 'are'} on this machine's disk, which the workers "

@@ -4,10 +4,12 @@ Ray per module) and the helpers tests use to start their own Ray head node and C
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,10 +150,17 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
     yields its ports.
 
     Every port is free and explicit (Ray's fixed defaults, e.g. the agent's 52365, collide with any other cluster on
-    the machine). Up means `ready(ports)` returned without raising. On exit the head's whole process group (raylet,
-    dashboard, autoscaler and any nodes it started) is ended, and its recorded address forgotten.
+    the machine). Up means `ready(ports)` returned without raising. The head gets a temp dir of its own unless
+    `args` names one: a job's driver finds its cluster through `<temp dir>/ray_current_cluster`, and in the shared
+    /tmp/ray any later `ray start` on the machine overwrites that file, sending the next job to another cluster.
+    On exit the head's whole process group (raylet, dashboard, autoscaler and any nodes it started) is ended, and
+    its recorded address forgotten.
     """
     ports = {name: free_port() for name in HEAD_PORTS} | ({"gcs": gcs_port} if gcs_port else {})
+    own_temp = None
+    if not any(a.startswith("--temp-dir") for a in args):
+        own_temp = tempfile.mkdtemp(prefix="r3v-head-", dir="/tmp")  # short: Ray's socket paths stay < 108 chars
+        args = (*args, f"--temp-dir={own_temp}")
     cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--node-ip-address={node_ip}",
            f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={node_ip}",
            f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
@@ -172,11 +181,18 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
                 time.sleep(1)
         yield ports
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_process_group(proc)
         log.close()
         forget_cluster_address(ports["gcs"])
+        if own_temp:
+            shutil.rmtree(own_temp, ignore_errors=True)
+
+
+def end_process_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM the process group a test started (start_new_session=True), SIGKILL it if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

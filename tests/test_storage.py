@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 import yaml
 from conftest import PY, ROOT, environ, free_port, s3_server, subprocess_env
@@ -55,7 +54,7 @@ def test_run_directory_layout_and_stage_state(tmp_path):
     (tmp_path / "lay" / "round-000").mkdir()
     assert run.rounds() == [0, 1] and run.any_stage_done()
     assert r1.done("build") and r1.done("build", cfg.digest()) and not r1.done("build", "other") and not r1.done("train")
-    assert round_of_checkpoint(f"s3://b/runs/lay/round-012/checkpoint") == (RunDir("s3://b/runs/lay"), 12)
+    assert round_of_checkpoint("s3://b/runs/lay/round-012/checkpoint") == (RunDir("s3://b/runs/lay"), 12)
     assert round_of_checkpoint(str(tmp_path / "model")) is None
 
 

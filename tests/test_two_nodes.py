@@ -29,7 +29,7 @@ from typing import Iterator
 
 import pytest
 import yaml
-from conftest import PY, ROOT, environ, ray_head, s3_server, subprocess_env
+from conftest import PY, ROOT, end_process_group, environ, ray_head, s3_server, subprocess_env
 
 from r3v_ray import store
 from r3v_ray.rundir import RunDir
@@ -121,12 +121,7 @@ def worker_node(ns: str, head: str, worker_ip: str, env: dict, dashboard: str, l
             time.sleep(1)
         yield workers[0]["node_id"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_process_group(proc)
         log.close()
 
 

@@ -105,8 +105,9 @@ def train(
     # One Ray Train run per (data, settings): a re-run of the same training resumes from its last checkpoint,
     # while other data or settings never pick up a stale one.
     # The base's publish id joins the fingerprint: a re-exported previous round is other weights at the same path.
-    base_id = (store.published(base_model_path) or {}).get("id") if store.is_uri(base_model_path) or \
-        os.path.isdir(base_model_path) else None
+    base_id = None
+    if store.is_uri(base_model_path) or os.path.isdir(base_model_path):  # not a hub name
+        base_id = (store.published(base_model_path) or {}).get("id")
     digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index, base_id)
     storage_fs, storage_path = _storage(out_dir)
     fault_marker = None
