@@ -4,8 +4,9 @@ The head (no CPUs, so every sampler actor and train worker lands on the worker n
 worker node runs in a network namespace of its own, joined to this one by a veth pair with addresses of the test's
 own making (so nothing listens on the machine's network address), and in a mount namespace of its own with a
 fresh tmpfs over /tmp: it cannot see the driver's run directory, model or data (all under /tmp/pytest-of-*). It does
-see /work, where the package is installed, as every node of a real cluster has it installed. The S3 server listens
-on the head's veth address, where both nodes reach it.
+see the repository and its virtualenv, where the package is installed, as every node of a real cluster has it. The S3 server listens
+on the head's veth address, where both nodes reach it. Each node is started with --node-ip-address on its own
+veth address, and Ray registers it there (the test checks the worker's), not under the machine's address.
 
 1. A round with storage.root, model.path and task.data_dir on the S3 server succeeds, all compute on the worker.
 2. The same round with a local storage.root fails at its start, saying the workers cannot see it.
