@@ -100,10 +100,14 @@ def _alive_nodes(dashboard: str) -> list[dict]:
 
 
 @contextmanager
-def worker_node(ns: str, head: str, worker_ip: str, env: dict, dashboard: str, log_path: Path) -> Iterator[str]:
-    """`ray start` (2 CPUs) in namespace `ns`, under a fresh tmpfs at /tmp; yields its node id once it has joined.
-    Its own network namespace gives it ports of its own, so Ray's defaults cannot collide with anyone's."""
-    script = (f"mount -t tmpfs -o size=8g r3v-worker-tmp /tmp && exec {RAY} start --address={head} "
+def worker_node(ns: str, head: str, worker_ip: str, env: dict, dashboard: str, log_path: Path,
+                hide: Path) -> Iterator[str]:
+    """`ray start` (2 CPUs) in namespace `ns`, under a fresh tmpfs at /tmp (and at `hide`, the tests' base temp
+    directory, where that is elsewhere); yields its node id once it has joined. Its own network namespace gives it
+    ports of its own, so Ray's defaults cannot collide with anyone's."""
+    mounts = ["/tmp"] + ([] if str(hide).startswith("/tmp/") else [str(hide)])
+    script = " && ".join(f"mount -t tmpfs -o size=8g r3v-worker-tmp {m}" for m in mounts)
+    script += (f" && exec {RAY} start --address={head} "
               f"--node-ip-address={worker_ip} --num-cpus=2 --object-store-memory={OBJECT_STORE} "
               "--temp-dir=/tmp/ray --disable-usage-stats --block")
     log = open(log_path, "w")
@@ -148,7 +152,7 @@ def _actors(dashboard: str) -> list[dict]:
     return json.load(urllib.request.urlopen(url, timeout=10))["data"]["result"]["result"]
 
 
-def test_round_on_a_worker_that_shares_no_disk_needs_storage_every_node_reaches(tmp_path):
+def test_round_on_a_worker_that_shares_no_disk_needs_storage_every_node_reaches(tmp_path, tmp_path_factory):
     reason = isolation_unavailable()
     if reason:
         pytest.skip(f"cannot isolate a worker node here: {reason}")
@@ -163,7 +167,7 @@ def test_round_on_a_worker_that_shares_no_disk_needs_storage_every_node_reaches(
                       node_ip=host_ip) as ports:
             dashboard = f"http://{host_ip}:{ports['dashboard']}"
             with worker_node(ns, f"{host_ip}:{ports['gcs']}", worker_ip, env, dashboard,
-                             tmp_path / "worker.log") as worker_id:
+                             tmp_path / "worker.log", tmp_path_factory.getbasetemp()) as worker_id:
                 driver_env = env | {"RAY_ADDRESS": f"{host_ip}:{ports['gcs']}"}
                 # The isolation is real: the worker node does not see this test's directory.
                 seen = subprocess.run([PY, "-c", (
