@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from ray import serve
 
+    from r3v_ray.cache import localize
     from r3v_ray.config import config_from_dict
     from r3v_ray.engines import create_engine
     from r3v_ray.raycluster import start_local
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # (1) overhead: same query and seed over HTTP and directly, interleaved.
         torch.set_num_threads(cfg.serve.torch_threads)  # as in the replica
-        engine = create_engine("hf", ckpt.localize(checkpoint), torch_threads=cfg.serve.torch_threads)
+        engine = create_engine("hf", localize(checkpoint, cfg.storage), torch_threads=cfg.serve.torch_threads)
         query = parse_select(body(0), cfg.serve)
         select_in_process(engine, task, query)
         http_ms, direct_ms = [], []

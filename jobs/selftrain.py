@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("r3v.selftrain").exception("self-training stopped")
         print(f"self-training stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(f"done: see {cfg.run_dir}/report.md")
+    from r3v_ray.rundir import RunDir
+    from r3v_ray.store import is_uri
+
+    report = RunDir.of(cfg).report
+    print(f"done: see {report if is_uri(report) else os.path.abspath(report)}")
     return 0
 
 

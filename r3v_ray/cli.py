@@ -34,10 +34,12 @@ def _cmd_show_config(args) -> int:
 
 def _cmd_run(args) -> int:
     """The whole loop (rounds 0..K): locally, or one Ray job per round with --address."""
+    import os
     import time
 
     from r3v_ray import store
     from r3v_ray.config import load_config
+    from r3v_ray.rundir import RunDir
     from r3v_ray.selftrain import run_local, submit_rounds
 
     cfg = load_config(args.config, args.set)
@@ -46,9 +48,9 @@ def _cmd_run(args) -> int:
         submit_rounds(cfg, args.config, args.address, args.set, args.from_round, args.force)
     else:
         run_local(cfg, args.from_round, args.force)
-    report = store.join(cfg.run_dir, "report.md")
-    print(store.read_text(report))
-    print(f"finished in {time.time() - start:.0f}s; report: {report}, plot: {store.join(cfg.run_dir, 'accuracy.png')}")
+    run = RunDir(cfg.run_dir if store.is_uri(cfg.run_dir) else os.path.abspath(cfg.run_dir))
+    print(store.read_text(run.report))
+    print(f"finished in {time.time() - start:.0f}s; report: {run.report}, plot: {run.plot}")
     return 0
 
 

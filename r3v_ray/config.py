@@ -266,7 +266,13 @@ class ServeConfig(DecodingConfig):
 
 
 class StorageConfig(_Strict):
-    root: str = "runs"  # local path or a pyarrow filesystem URI (s3://bucket/prefix, gs://...)
+    # Local path or a pyarrow filesystem URI (s3://bucket/prefix, gs://...). On a cluster every node must reach it;
+    # inside a submitted Ray job a relative path is refused (it would land in Ray's copy of the working directory).
+    root: str = "runs"
+    # Each node's copies of checkpoints, models and task data that live under a URI (r3v_ray/cache.py): fetched once
+    # per content, least recently used removed beyond the cap. `~` is the home directory of the node's Ray worker.
+    cache_dir: str = "~/.cache/r3v-ray/storage"
+    cache_max_gb: float = Field(100.0, gt=0.0)
 
 
 class RunConfig(_Strict):

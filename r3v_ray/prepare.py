@@ -1,6 +1,7 @@
 """Idempotent preparation of what a run needs before its first stage: the model directory and the task data.
 
-Both are built into a temporary directory and renamed into place, so an interrupted build is simply redone.
+Both are built into a temporary directory and published (r3v_ray/store.py publish_dir: a rename on a local disk,
+a marker written last on an object store), so an interrupted build is simply redone. Either may be a URI.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
+from r3v_ray import store
 from r3v_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -18,31 +21,65 @@ log = logging.getLogger(__name__)
 STAMP = "r3v_built_with.json"
 
 
-def _build_atomically(target: Path, build, settings: dict) -> Path:
-    """Build into a temporary directory and rename it into place, stamped with the settings that built it. An
-    existing directory is reused only if it was built with the same settings: stale data never passes silently."""
+def _check_stamp(target: str, settings: dict) -> bool:
+    """True when `target` exists and may be used for `settings`; raises when it was built with others."""
+    if not store.exists(target):
+        return False
+    stamp = store.join(target, STAMP)
+    if not store.is_local(target) and store.exists(stamp) and store.published(target) is None:
+        log.info("%s: an unfinished upload of an earlier build; building it again", target)
+        return False
+    if not store.exists(stamp):  # made by hand (e.g. `r3v make-data`): the user's own, used as it is
+        log.info("using %s as it is (not built by r3v from a config)", target)
+        return True
+    built_with = store.read_json(stamp)
+    if built_with != settings:
+        raise ValueError(
+            f"{target} was built with {built_with}, but the config asks for {settings}; remove the directory "
+            "to rebuild it, or point the config at another one"
+        )
+    return True
+
+
+def _build_atomically(target: str, build, settings: dict) -> str:
+    """Build into a temporary directory and publish it at `target` (a local path or a URI), stamped with the settings
+    that built it. An existing directory is reused only if it was built with the same settings: stale data never
+    passes silently. An interrupted build is simply redone."""
     settings = json.loads(json.dumps(settings, sort_keys=True))  # as the stamp reads back (tuples become lists)
-    if target.exists():
-        stamp = target / STAMP
-        if not stamp.is_file():  # made by hand (e.g. `r3v make-data`): the user's own, used as it is
-            log.info("using %s as it is (not built by r3v from a config)", target)
-            return target
-        built_with = json.loads(stamp.read_text())
-        if built_with != settings:
-            raise ValueError(
-                f"{target} was built with {built_with}, but the config asks for {settings}; remove the directory "
-                "to rebuild it, or point the config at another one"
-            )
+    if _check_stamp(target, settings):
         return target
-    tmp = target.with_name(f".{target.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    (tmp / STAMP).write_text(json.dumps(settings, sort_keys=True))
+    if store.is_local(target):  # build on the target's own disk, so that publishing is a rename
+        path = Path(store.resolve(target)[1])
+        tmp = path.with_name(f".{path.name}.building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="r3v-build-"))
     try:
-        tmp.rename(target)
-    except OSError:  # another process finished first: theirs is as good as ours
+        build(tmp)
+        (tmp / STAMP).write_text(json.dumps(settings, sort_keys=True))
+        store.publish_dir(str(tmp), target, move=True)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _model_settings(cfg: RunConfig) -> dict:
+    return cfg.model.tiny.model_dump()
+
+
+def _data_settings(cfg: RunConfig) -> dict:
+    return {"params": cfg.task.params, "num_train": cfg.task.num_train, "num_test": cfg.task.num_test,
+            "data_seed": cfg.task.data_seed}
+
+
+def check_built(cfg: RunConfig) -> None:
+    """Refuse now what ensure_model / ensure_data would refuse: a directory built with other settings (for
+    submitters, which should not find out from a job's log)."""
+    if cfg.model.tiny is not None:
+        _check_stamp(cfg.model.path, json.loads(json.dumps(_model_settings(cfg), sort_keys=True)))
+    if cfg.task.name == "synthetic":
+        _check_stamp(cfg.task.data_dir, json.loads(json.dumps(_data_settings(cfg), sort_keys=True)))
 
 
 def ensure_model(cfg: RunConfig) -> str:
@@ -52,10 +89,9 @@ def ensure_model(cfg: RunConfig) -> str:
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
 
     spec = TinySpec(**cfg.model.tiny.model_dump())
-    target = Path(cfg.model.path)
-    if not target.exists():
-        log.info("building the tiny model into %s", target)
-    return str(_build_atomically(target, lambda tmp: build_tiny_model(tmp, spec), cfg.model.tiny.model_dump()))
+    if not store.exists(cfg.model.path):
+        log.info("building the tiny model into %s", cfg.model.path)
+    return _build_atomically(cfg.model.path, lambda tmp: build_tiny_model(tmp, spec), _model_settings(cfg))
 
 
 def ensure_data(cfg: RunConfig) -> str:
@@ -65,10 +101,7 @@ def ensure_data(cfg: RunConfig) -> str:
     from r3v_ray.tasks import get_task
 
     task = get_task("synthetic", **cfg.task.params)
-    target = Path(cfg.task.data_dir)
-    if not target.exists():
-        log.info("writing the synthetic task into %s", target)
+    if not store.exists(cfg.task.data_dir):
+        log.info("writing the synthetic task into %s", cfg.task.data_dir)
     build = lambda tmp: task.write_dataset(tmp, cfg.task.num_train, cfg.task.num_test, cfg.task.data_seed)  # noqa: E731
-    settings = {"params": cfg.task.params, "num_train": cfg.task.num_train, "num_test": cfg.task.num_test,
-                "data_seed": cfg.task.data_seed}
-    return str(_build_atomically(target, build, settings))
+    return _build_atomically(cfg.task.data_dir, build, _data_settings(cfg))

@@ -19,12 +19,11 @@ METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@"]
 
 def collect(run_uri: str, rounds: int) -> list[dict]:
     """eval.json of each finished round of one run (missing rounds are left out)."""
-    out = []
-    for k in range(rounds + 1):
-        path = store.join(run_uri, f"round-{k:03d}", "eval.json")
-        if store.exists(path):
-            out.append(store.read_json(path))
-    return out
+    from r3v_ray.rundir import RunDir
+
+    run = RunDir(run_uri)
+    paths = [run.round(k).eval_json for k in range(rounds + 1)]
+    return [store.read_json(p) for p in paths if store.exists(p)]
 
 
 def metric_names(evals: list[dict]) -> list[str]:

@@ -17,15 +17,14 @@ the shape of the comparison, not as a target.
 from __future__ import annotations
 
 import logging
-import shutil
 import statistics
 import time
-from pathlib import Path
 
 from r3v_ray import store
 from r3v_ray.config import RunConfig, config_from_dict
 from r3v_ray.evaluation import curve_points
 from r3v_ray.report import figure_png
+from r3v_ray.rundir import RunDir
 from r3v_ray.selftrain import run_local
 
 log = logging.getLogger("r3v.reproduce")
@@ -99,20 +98,11 @@ def scaling_config(cfg: RunConfig, ns: list[int], candidates: int | None) -> Run
 
 def adopt_round0(src: RunConfig, dst: RunConfig) -> None:
     """Give `dst` the finished round 0 of `src` (same warm-up), recorded under dst's config digest."""
-    src_dir, dst_dir = Path(src.run_dir) / "round-000", Path(dst.run_dir) / "round-000"
-    if "://" in src.run_dir:
-        raise ValueError("adopting round 0 needs a local storage.root")
-    manifest = dst_dir / "manifest.json"
-    if manifest.exists() and store.read_json(str(manifest)).get("config_digest") == dst.digest():
+    src_round, dst_round = RunDir.of(src).round(0), RunDir.of(dst).round(0)
+    if dst_round.done("train", dst.digest()):
         return
-    shutil.rmtree(dst_dir, ignore_errors=True)
-    shutil.copytree(src_dir, dst_dir)
-    data = store.read_json(str(dst_dir / "manifest.json"))
-    data["config_digest"] = dst.digest()
-    for stage in data["stages"].values():
-        stage["adopted_from"] = str(src_dir)
-    store.write_json(str(manifest), data)
-    store.write_text(str(Path(dst.run_dir) / "config.yaml"), dst.to_yaml())
+    dst_round.adopt(src_round, dst.digest(), note=src_round.uri)
+    store.write_text(RunDir.of(dst).config, dst.to_yaml())
 
 
 def adopt_round1_samples(src: RunConfig, dst: RunConfig) -> bool:
@@ -122,23 +112,20 @@ def adopt_round1_samples(src: RunConfig, dst: RunConfig) -> bool:
     settings (the variants differ only in the reflection data and loss weights) the samples are the same rows, so
     drawing them again per variant only costs time. Later rounds sample each variant's own model.
     """
-    from r3v_ray.manifest import Manifest
-
     src_hashed, dst_hashed = src.hashed(), dst.hashed()
     if any(src_hashed[key] != dst_hashed[key] for key in ("sampling", "task", "model", "seed")) or src.rounds < 1:
         return False
-    src_dir, dst_dir = Path(src.run_dir) / "round-001", Path(dst.run_dir) / "round-001"
-    src_manifest = store.read_json(str(src_dir / "manifest.json"))
-    stage = src_manifest["stages"].get("sample", {})
-    if src_manifest.get("config_digest") != src.digest() or stage.get("status") != "done":
-        raise RuntimeError(f"{src_dir}: round 1 has no finished sample stage under this config to adopt")
-    manifest = Manifest.open(str(dst_dir / "manifest.json"), dst.digest(), 1)
+    src_round, dst_round = RunDir.of(src).round(1), RunDir.of(dst).round(1)
+    stored = src_round.manifest()
+    if stored is None or not stored.done("sample", src.digest()):
+        raise RuntimeError(f"{src_round.uri}: round 1 has no finished sample stage under this config to adopt")
+    manifest = dst_round.open_manifest(dst.digest())
     if manifest.done("sample"):
         return True
-    for name in ("samples.parquet", "skipped.json"):
-        if (src_dir / name).exists():
-            store.write_bytes(str(dst_dir / name), (src_dir / name).read_bytes())
-    manifest.record("sample", 0.0, adopted_from=str(src_dir), stats=stage.get("stats", {}))
+    for src_uri, dst_uri in ((src_round.samples, dst_round.samples), (src_round.skipped, dst_round.skipped)):
+        if store.exists(src_uri):
+            store.write_bytes(dst_uri, store.read_bytes(src_uri))
+    manifest.record("sample", 0.0, adopted_from=src_round.uri, stats=stored.stages["sample"].get("stats", {}))
     return True
 
 
@@ -157,8 +144,7 @@ def run_seed(base: RunConfig, seed: int, temperatures: list[float] = (),
             adopt_round1_samples(r3v, cfg)
             run_local(cfg, from_round=1)
     k, n = base.rounds, base.evaluation.n
-    evals = {v: {r: store.read_json(store.join(c.run_dir, f"round-{r:03d}", "eval.json")) for r in (0, k)}
-             for v, c in configs.items()}
+    evals = {v: {r: store.read_json(RunDir.of(c).round(r).eval_json) for r in (0, k)} for v, c in configs.items()}
     row = {label: evals[variant][0 if rnd == 0 else k][metric.format(n=n)] for label, variant, rnd, metric in ROWS}
     sweep = {}
     temperatures = [t for t in temperatures if t != base.evaluation.temperature]
@@ -175,7 +161,7 @@ def _evaluate_last_model(cfg: RunConfig, eval_cfg: RunConfig, uri: str, digest: 
     reused when a re-run finds it finished under the same digest. No greedy pass: Test@1 does not depend on the
     candidates, and the round's own evaluation has it."""
     from r3v_ray.evaluation import evaluate
-    from r3v_ray.rounds import checkpoint_dir, read_split
+    from r3v_ray.rounds import read_split
     from r3v_ray.tasks import get_task
 
     done = store.join(uri, "eval.json")
@@ -184,7 +170,8 @@ def _evaluate_last_model(cfg: RunConfig, eval_cfg: RunConfig, uri: str, digest: 
         return finished
     task = get_task(cfg.task.name, **cfg.task.params)
     records = read_split(cfg, task, cfg.task.data_dir, "test")
-    metrics = evaluate(eval_cfg, checkpoint_dir(cfg, cfg.rounds), records, task, uri, cfg.rounds, greedy=False)
+    last = RunDir.of(cfg).round(cfg.rounds)
+    metrics = evaluate(eval_cfg, last.checkpoint, records, task, uri, cfg.rounds, greedy=False)
     metrics.update(extra, config_digest=digest)
     store.write_json(done, metrics)
     return metrics
@@ -196,10 +183,9 @@ def scaling_curve(cfg: RunConfig, ns: list[int], candidates: int | None) -> dict
     One evaluation draws the candidates once and self-selects over the first n for each n (evaluation.scaling_ns);
     it is kept under the round directory (eval-scaling/) with its config digest and reused on a re-run.
     """
-    from r3v_ray.rounds import round_uri
 
     eval_cfg = scaling_config(cfg, ns, candidates)
-    metrics = _evaluate_last_model(cfg, eval_cfg, store.join(round_uri(cfg, cfg.rounds), "eval-scaling"),
+    metrics = _evaluate_last_model(cfg, eval_cfg, store.join(RunDir.of(cfg).round(cfg.rounds).uri, "eval-scaling"),
                                    eval_cfg.digest())
     out = {name: dict(curve_points(metrics, name)) for name in ("oracle", "majority", "select")}
     out["candidates"] = metrics["scaling"]["candidates"]
@@ -217,13 +203,12 @@ def sweep_temperatures(cfg: RunConfig, temperatures: list[float]) -> dict[float,
     over the other; the sweep shows the trade-off. Each result is kept under the round directory
     (eval-sweep/T<t>/) with the run's config digest and reused on a re-run.
     """
-    from r3v_ray.rounds import round_uri
 
     out = {}
     for t in temperatures:
         data = cfg.model_dump(mode="json")
         data["evaluation"]["temperature"] = t
-        uri = store.join(round_uri(cfg, cfg.rounds), "eval-sweep", f"T{t:g}")
+        uri = store.join(RunDir.of(cfg).round(cfg.rounds).uri, "eval-sweep", f"T{t:g}")
         out[t] = _evaluate_last_model(cfg, RunConfig.model_validate(data), uri, cfg.digest(), temperature=t)
     return out
 

@@ -10,34 +10,38 @@ Stages hand over through files in the run directory only, so any stage can be re
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import pyarrow as pa
 import yaml
 
-from r3v_ray import store, telemetry
+from r3v_ray import preflight, store, telemetry
+from r3v_ray.cache import localize
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict
 from r3v_ray.manifest import Manifest
 from r3v_ray.prepare import ensure_data, ensure_model
 from r3v_ray.raycluster import ensure_ray
 from r3v_ray.report import collect, write_report
+from r3v_ray.rundir import RunDir
 from r3v_ray.tasks import get_task
 
 log = logging.getLogger("r3v.round")
 
 
-def round_uri(cfg: RunConfig, k: int) -> str:
-    return store.join(cfg.run_dir, f"round-{k:03d}")
-
-
-def checkpoint_dir(cfg: RunConfig, k: int) -> str:
-    return store.join(round_uri(cfg, k), "checkpoint")
-
-
 def read_split(cfg: RunConfig, task, data_dir: str, split: str):
-    records = list(task.read(data_dir, split))
+    """The split's records (capped by task.max_train / max_test). Data under a remote URI is read from this node's
+    copy, and its image paths are given back as URIs, so that each node resolves them against its own copy."""
+    local = localize(data_dir, cfg.storage) if store.is_uri(data_dir) else data_dir
+    records = list(task.read(local, split))
     cap = cfg.task.max_train if split == "train" else cfg.task.max_test
-    return records[:cap] if cap else records
+    records = records[:cap] if cap else records
+    if not store.is_local(data_dir):
+        prefix = local.rstrip("/") + "/"
+        for r in records:
+            if isinstance(r.image, str) and r.image.startswith(prefix):
+                r.image = store.join(data_dir, r.image[len(prefix):])
+    return records
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -54,17 +58,26 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _write_config(cfg: RunConfig, force: bool) -> None:
     """runs/<name>/config.yaml records the config the run goes on under; one that would change outputs is
-    refused (scheduling changes such as more `rounds` or other resources are not: the digest leaves them out)."""
-    path = store.join(cfg.run_dir, "config.yaml")
-    if store.exists(path) and not force:
-        old = config_from_dict(yaml.safe_load(store.read_text(path)), path)
-        if old.digest() != cfg.digest():
-            changed = ", ".join(_changed_keys(old.hashed(), cfg.hashed()))
-            raise ConfigError(
-                f"{path} holds a different config (changed: {changed}). Re-run with --force to continue under the "
-                "new config, or give the run a new `name`."
-            )
-    store.write_text(path, cfg.to_yaml())
+    refused (scheduling changes such as more `rounds` or other resources are not: the digest leaves them out).
+    A config under which no stage ever finished pins nothing: it is simply replaced."""
+    check_config(cfg, force)
+    store.write_text(RunDir.of(cfg).config, cfg.to_yaml())
+
+
+def check_config(cfg: RunConfig, force: bool) -> None:
+    """Refuse a config that differs, in what decides outputs, from the one the run's finished stages were made
+    under (the ConfigError names the changed keys)."""
+    run = RunDir.of(cfg)
+    path = run.config
+    if force or not store.exists(path) or not run.any_stage_done():
+        return
+    old = config_from_dict(yaml.safe_load(store.read_text(path)), path)
+    if old.digest() != cfg.digest():
+        changed = ", ".join(_changed_keys(old.hashed(), cfg.hashed()))
+        raise ConfigError(
+            f"{path} holds a different config (changed: {changed}). Re-run with --force to continue under the "
+            "new config, or give the run a new `name`."
+        )
 
 
 class RoundRunner:
@@ -72,7 +85,8 @@ class RoundRunner:
         if round_index > cfg.rounds:
             raise ValueError(f"round {round_index} is beyond the configured rounds ({cfg.rounds})")
         self.cfg, self.k, self.force = cfg, round_index, force
-        self.uri = round_uri(cfg, round_index)
+        self.run_dir = RunDir.of(cfg)
+        self.dir = self.run_dir.round(round_index)
         self.task = get_task(cfg.task.name, **cfg.task.params)
         self.tag = f"[run {cfg.name} round {round_index}]"
 
@@ -89,15 +103,14 @@ class RoundRunner:
         log.info("%s stage %s: done in %.1fs %s", self.tag, name, seconds, _brief(info))
 
     def _previous_checkpoint(self) -> str:
-        prev = checkpoint_dir(self.cfg, self.k - 1)
-        manifest_uri = store.join(round_uri(self.cfg, self.k - 1), "manifest.json")
-        data = store.read_json(manifest_uri) if store.exists(manifest_uri) else {}
-        if data.get("stages", {}).get("train", {}).get("status") != "done":
+        prev_dir = self.run_dir.round(self.k - 1)
+        prev, manifest = prev_dir.checkpoint, prev_dir.manifest()
+        if manifest is None or not manifest.done("train") or not prev_dir.checkpoint_ready():
             raise RuntimeError(f"round {self.k} needs round {self.k - 1}'s checkpoint, but {prev} is not finished; "
                                f"run round {self.k - 1} first")
-        if data.get("config_digest") != self.cfg.digest():
+        if manifest.config_digest != self.cfg.digest():
             # Building on a model (and samples) made under other settings would mix two experiments.
-            message = (f"round {self.k - 1} was made under config {data.get('config_digest')}, not this config "
+            message = (f"round {self.k - 1} was made under config {manifest.config_digest}, not this config "
                        f"({self.cfg.digest()}); redo the earlier rounds under this config (--from-round "
                        f"{self.k - 1} --force) or give the run a new `name`")
             if not self.force:
@@ -108,12 +121,18 @@ class RoundRunner:
     # -- stages --------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
+        # Before anything starts: paths that mean something here, storage that can be written (else the URI and
+        # the filesystem's error), then Ray, and every other node sees what this driver wrote.
+        preflight.check_job_paths(cfg)
+        log.info("%s run directory: %s", self.tag, _shown(cfg.run_dir))
+        preflight.check_storage(cfg)
         ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
-        store.makedirs(self.uri)
+        store.makedirs(self.dir.uri)
         _write_config(cfg, self.force)
-        manifest = Manifest.open(store.join(self.uri, "manifest.json"), cfg.digest(), self.k, self.force)
+        manifest = self.dir.open_manifest(cfg.digest(), self.force)
         self.base_model = ensure_model(cfg)
         self.data_dir = ensure_data(cfg)
+        preflight.check_nodes(cfg, self.run_dir.config, self.base_model, self.data_dir)
         self.train_records = read_split(cfg, self.task, self.data_dir, "train")
         self.test_records = read_split(cfg, self.task, self.data_dir, "test")
         log.info("%s %d train / %d test questions, model %s", self.tag, len(self.train_records),
@@ -124,8 +143,9 @@ class RoundRunner:
         self._stage(manifest, "build", self.build)
         self._stage(manifest, "train", self.train)
         self._stage(manifest, "eval", self.evaluate)
-        metrics = store.read_json(store.join(self.uri, "eval.json"))
+        metrics = store.read_json(self.dir.eval_json)
         self.write_run_report()
+        log.info("%s finished; outputs in %s", self.tag, _shown(self.dir.uri))
         return metrics
 
     def sample(self) -> dict:
@@ -133,15 +153,15 @@ class RoundRunner:
 
         params = params_from_config(self.cfg.sampling, seed=self.cfg.seed)
         rows = records_to_rows(self.train_records, self.task)
-        stats = sample(self.cfg, self._previous_checkpoint(), rows, store.join(self.uri, "samples.parquet"),
-                       params, self.k)
+        stats = sample(self.cfg, self._previous_checkpoint(), rows, self.dir.samples, params, self.k)
         if stats.skipped:
-            store.write_json(store.join(self.uri, "skipped.json"), stats.skipped)
+            store.write_json(self.dir.skipped, stats.skipped)
         telemetry.report("record_sampling", self.cfg.name, self.k, stats.num_samples, stats.num_correct)
         return {"stats": stats.to_dict() | {"skipped": len(stats.skipped)}}
 
     def build(self) -> dict:
         from r3v_ray.reflect import build_training_data, build_warmup_data
+        from r3v_ray.cache import LocalImages
         from r3v_ray.training.examples import drop_unreadable_images
 
         if self.k == 0:
@@ -150,20 +170,21 @@ class RoundRunner:
         else:
             pool = []
             for j in range(1, self.k + 1):  # samples of all earlier rounds stay in the pool
-                pool += store.read_parquet(store.join(round_uri(self.cfg, j), "samples.parquet")).to_pylist()
+                pool += store.read_parquet(self.run_dir.round(j).samples).to_pylist()
             records = {r.id: r for r in self.train_records}
             examples, stats = build_training_data(pool, records, self.task, self.cfg.reflect, self.k)
-        examples, unusable = drop_unreadable_images(examples)  # skipped and counted here, not failing training
+        # Skipped and counted here, not failing training.
+        examples, unusable = drop_unreadable_images(examples, LocalImages(self.cfg.task.data_dir, self.cfg.storage))
         if unusable:
             stats["skipped_unreadable_image"] = len(unusable)
             for item in unusable[:10]:
                 log.warning("%s build: skipped question %s: %s: %s", self.tag, item["question_id"], item["field"],
                             item["reason"])
-            store.write_json(store.join(self.uri, "build-skipped.json"), unusable)
+            store.write_json(self.dir.build_skipped, unusable)
         if not examples:
             raise RuntimeError(f"{self.tag} no training examples were built (stats: {stats})")
         table = pa.Table.from_pylist(examples)
-        store.write_parquet(store.join(self.uri, "train.parquet"), table)
+        store.write_parquet(self.dir.train_data, table)
         return {"stats": stats}
 
     def train(self) -> dict:
@@ -173,7 +194,7 @@ class RoundRunner:
         init = self.base_model
         if cfg.training.init_from == "previous" and self.k > 0:
             init = self._previous_checkpoint()
-        result = train(cfg, store.join(self.uri, "train.parquet"), init, checkpoint_dir(cfg, self.k), self.k)
+        result = train(cfg, self.dir.train_data, init, self.dir.checkpoint, self.k)
         metrics = result.to_dict().get("metrics", {})
         # final_loss (the weighted total), final_loss_sft, final_loss_refine, final_loss_select
         losses = {k.removeprefix("final_"): v for k, v in metrics.items()
@@ -186,14 +207,14 @@ class RoundRunner:
     def evaluate(self) -> dict:
         from r3v_ray.evaluation import evaluate
 
-        eval_uri = store.join(self.uri, "eval")
-        metrics = evaluate(self.cfg, checkpoint_dir(self.cfg, self.k), self.test_records, self.task, eval_uri, self.k)
+        eval_uri = self.dir.eval_dir
+        metrics = evaluate(self.cfg, self.dir.checkpoint, self.test_records, self.task, eval_uri, self.k)
         if self.k == 0 and self.cfg.evaluation.zero_shot:
             zs = evaluate(self.cfg, self.base_model, self.test_records, self.task, store.join(eval_uri, "zero-shot"),
                           self.k, greedy_only=True)
             metrics["zero-shot"] = zs["test@1"]
         metrics["method"] = self.cfg.method
-        store.write_json(store.join(self.uri, "eval.json"), metrics)
+        store.write_json(self.dir.eval_json, metrics)
         telemetry.report("record_accuracy", self.cfg.name, self.k,
                          {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"})
         return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}}
@@ -202,6 +223,11 @@ class RoundRunner:
         runs = {f"{self.cfg.name} ({self.cfg.method})": collect(self.cfg.run_dir, self.cfg.rounds)}
         table = write_report(self.cfg.run_dir, runs, f"r3v-ray run `{self.cfg.name}`")
         log.info("%s report:\n%s", self.tag, table)
+
+
+def _shown(uri: str) -> str:
+    """A location as the user finds it again: URIs as they are, local paths absolute."""
+    return uri if store.is_uri(uri) else os.path.abspath(uri)
 
 
 def _brief(info: dict) -> str:

@@ -205,11 +205,15 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
     return settings_for(cfg, "sampler")
 
 
-def _decode_image(value: Any, question_id: str):
+def _decode_image(value: Any, question_id: str, local_images=None):
+    """The row's image, decoded. `local_images` (r3v_ray/cache.py LocalImages) maps an image URI under a remote
+    task.data_dir onto this node's copy."""
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):  # a path of a batch that mixes paths and bytes
         value = path_in_bytes(value) or value
+    if local_images is not None:
+        value = local_images(value)
     if isinstance(value, str) and "://" in value:  # on a cluster images may live in object storage
         try:
             value = store.read_bytes(value)
@@ -242,10 +246,15 @@ class EngineActor:
         round_index: int,
         greedy_params: dict | None = None,
         select_ns: list[int] | None = None,
+        storage: dict | None = None,
+        data_dir: str | None = None,
     ):
+        from r3v_ray.cache import LocalImages, localize
         from r3v_ray.engines import create_engine
 
-        self.engine = create_engine(engine_kind, model_path, **engine_kw)
+        # A model or images under a URI are read from this node's copy (r3v_ray/cache.py: once per node and content).
+        self.engine = create_engine(engine_kind, localize(model_path, storage), **engine_kw)
+        self.images = LocalImages(data_dir, storage)
         self.task = get_task(task_name, **task_params)
         self.params = SamplingParams(**params)
         self.round_index = round_index
@@ -258,7 +267,7 @@ class EngineActor:
         for row in batch.to_pylist():
             qid = str(row["question_id"])
             try:
-                image = _decode_image(row.get("image"), qid)
+                image = _decode_image(row.get("image"), qid, self.images)
             except RecordError as exc:
                 records.append(_skip_record(qid, self.round_index, str(exc)))
                 continue
@@ -321,6 +330,8 @@ def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: Samplin
             task_params=dict(cfg.task.params),
             params=asdict(params),
             round_index=round_index,
+            storage=cfg.storage.model_dump(mode="json"),
+            data_dir=cfg.task.data_dir,
             **extra,
         ),
         # Fault tolerance: Ray Data starts pool actors with max_restarts=-1 and max_task_retries=-1, so a

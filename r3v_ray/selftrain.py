@@ -11,10 +11,11 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 
-from r3v_ray import store
 from r3v_ray.config import RunConfig
+from r3v_ray.preflight import locations
+from r3v_ray.rundir import RunDir
+from r3v_ray.store import is_uri
 
 log = logging.getLogger("r3v.selftrain")
 
@@ -22,11 +23,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def round_finished(cfg: RunConfig, k: int) -> bool:
-    uri = store.join(cfg.run_dir, f"round-{k:03d}", "manifest.json")
-    if not store.exists(uri):
-        return False
-    data = store.read_json(uri)
-    return data.get("config_digest") == cfg.digest() and data.get("stages", {}).get("eval", {}).get("status") == "done"
+    """Round k's last stage finished under this config."""
+    return RunDir.of(cfg).round(k).done("eval", cfg.digest())
 
 
 def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
@@ -44,20 +42,18 @@ def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
 
 
 def _absolute_overrides(cfg: RunConfig) -> list[str]:
-    """A submitted job runs in an unpacked copy of the working dir: local relative paths must become absolute
-    (on a real cluster, storage.root should be shared storage such as s3:// or NFS)."""
-    out = []
-    for key, value in (("storage.root", cfg.storage.root), ("model.path", cfg.model.path),
-                       ("task.data_dir", cfg.task.data_dir)):
-        if "://" not in value and not os.path.isabs(value) and (key != "model.path" or cfg.model.tiny or Path(value).exists()):
-            out.append(f"{key}={os.path.abspath(value)}")
-    return out
+    """A submitted job runs in Ray's copy of the working dir, where relative paths are refused
+    (r3v_ray/preflight.py): they are sent as absolute paths from here, so data and outputs live where they would
+    for a local run (on a real cluster, storage every node reaches: s3://, gs:// or a shared file system)."""
+    return [f"{key}={os.path.abspath(value)}" for key, value in locations(cfg).items()
+            if not is_uri(value) and not os.path.isabs(value)]
 
 
 def _free_submission_id(client, base: str) -> str:
     """`base`, or `base-attempt-N` after earlier attempts; refuses while an attempt is still pending or running
     (two jobs writing one round directory would race)."""
-    jobs = {j.submission_id: str(j.status).split(".")[-1] for j in client.list_jobs()}
+    # Jobs started by a plain `ray.init(address=...)` driver have no submission id: they are not ours.
+    jobs = {j.submission_id: str(j.status).split(".")[-1] for j in client.list_jobs() if j.submission_id}
     running = [sid for sid, status in jobs.items()
                if (sid == base or sid.startswith(f"{base}-attempt-")) and status not in TERMINAL]
     if running:
@@ -82,6 +78,12 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
     """Submit rounds from_round..K one job at a time; returns the submission ids. Raises on the first failure."""
     from ray.job_submission import JobSubmissionClient
 
+    from r3v_ray.prepare import check_built
+    from r3v_ray.rounds import check_config
+
+    # What the first job would refuse is refused here, before anything is submitted.
+    check_config(cfg, force)
+    check_built(cfg)
     client = JobSubmissionClient(address)
     sets = overrides + _absolute_overrides(cfg)
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR") if k in os.environ}

@@ -4,10 +4,12 @@ Ray per module) and the helpers tests use to start their own Ray head node and C
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,9 +107,45 @@ def forget_cluster_address(gcs_port: int) -> None:
         pass
 
 
-def free_port() -> int:
+@contextmanager
+def s3_server(host: str = "127.0.0.1", bucket: str = "r3v") -> Iterator[dict]:
+    """A real S3-compatible HTTP server (moto's standalone server) on `host`, a free port, with `bucket` made;
+    yields the AWS_* variables that point pyarrow, boto3 and Ray workers at it. Stopped on exit."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
+    server.start()
+    try:
+        _, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        server.stop()
+
+
+@contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """os.environ with `values` set, restored on exit (for a local Ray started inside, which its workers inherit)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -126,21 +164,30 @@ HEAD_PORTS = ("gcs", "dashboard", "metrics", "agent", "agent_grpc", "runtime_env
 
 @contextmanager
 def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: str, gcs_port: int | None = None,
-             timeout_s: float = 180) -> Iterator[dict]:
-    """A `ray start --head --block` on 127.0.0.1 owned by the caller; yields its ports.
+             timeout_s: float = 180, node_ip: str = "127.0.0.1") -> Iterator[dict]:
+    """A `ray start --head --block` on 127.0.0.1 (or `node_ip`, an address of the test's own) owned by the caller;
+    yields its ports.
 
     Every port is free and explicit (Ray's fixed defaults, e.g. the agent's 52365, collide with any other cluster on
-    the machine). The node registers under 127.0.0.1: Ray 2.60 swaps --node-ip-address=127.0.0.1 for the machine's
-    network address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (see r3v_ray/raycluster.py). That is set in `env`
+    the machine). On 127.0.0.1 the node registers under 127.0.0.1 only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray
+    2.60 swaps it for the machine's network address otherwise; see r3v_ray/raycluster.py); that is set in `env`
     itself unless `env` sets it: drivers the caller starts with `env` need it too, or Ray swaps the 127.0.0.1 of
-    the head's address for the network address, where the head does not listen. Up means `ready(ports)` returned
-    without raising. On exit the head's whole process group (raylet, dashboard, autoscaler and any nodes it
-    started) is ended, and its recorded address forgotten.
+    the head's address for the network address, where the head does not listen. Another `node_ip` (a network
+    namespace's address) keeps Ray's multi-node default, which worker nodes need to join. Up means `ready(ports)`
+    returned without raising. The head gets a temp dir of its own unless `args` names one: a job's driver finds its
+    cluster through `<temp dir>/ray_current_cluster`, and in the shared /tmp/ray any later `ray start` on the
+    machine overwrites that file, sending the next job to another cluster. On exit the head's whole process group
+    (raylet, dashboard, autoscaler and any nodes it started) is ended, and its recorded address forgotten.
     """
-    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if node_ip == "127.0.0.1":
+        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ports = {name: free_port() for name in HEAD_PORTS} | ({"gcs": gcs_port} if gcs_port else {})
-    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={ports['gcs']}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+    own_temp = None
+    if not any(a.startswith("--temp-dir") for a in args):
+        own_temp = tempfile.mkdtemp(prefix="r3v-head-", dir="/tmp")  # short: Ray's socket paths stay < 108 chars
+        args = (*args, f"--temp-dir={own_temp}")
+    cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--node-ip-address={node_ip}",
+           f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={node_ip}",
            f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",
            f"--dashboard-agent-listen-port={ports['agent']}", f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
            f"--runtime-env-agent-port={ports['runtime_env']}", f"--node-manager-port={ports['node_manager']}",
@@ -159,11 +206,18 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
                 time.sleep(1)
         yield ports
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        end_process_group(proc)
         log.close()
         forget_cluster_address(ports["gcs"])
+        if own_temp:
+            shutil.rmtree(own_temp, ignore_errors=True)
+
+
+def end_process_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM the process group a test started (start_new_session=True), SIGKILL it if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

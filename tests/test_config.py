@@ -78,10 +78,18 @@ def test_built_model_and_data_are_reused_only_with_the_same_settings(tmp_path):
 def test_a_run_refuses_a_changed_config_and_names_the_changed_keys(tmp_path):
     from r3v_ray.rounds import _write_config
 
+    from r3v_ray.rundir import RunDir
+
     root = {"storage": {"root": str(tmp_path)}}
-    _write_config(config_from_dict({"name": "x", **root}), force=False)
+    first = config_from_dict({"name": "x", **root})
+    _write_config(first, force=False)
     changed = config_from_dict({"name": "x", "rounds": 5, **root, "training": {"lr": 0.5},
                                 "task": {"params": {"colors": ["red"]}}})  # rounds: scheduling, not named
+    # A config under which no stage ever finished (a failed first try) pins nothing: it is replaced.
+    _write_config(changed, force=False)
+    assert "lr: 0.5" in (tmp_path / "x" / "config.yaml").read_text()
+    _write_config(first, force=False)
+    RunDir.of(first).round(0).open_manifest(first.digest()).record("build", 1.0)  # now a stage is done
     with pytest.raises(ConfigError, match=r"changed: task\.params\.colors, training\.lr\)\. Re-run with --force"):
         _write_config(changed, force=False)
     _write_config(config_from_dict({"name": "x", "rounds": 7, **root}), force=False)  # scheduling only: accepted

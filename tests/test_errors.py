@@ -106,10 +106,10 @@ def test_build_stage_skips_and_counts_an_unreadable_image(data_with_a_garbage_im
     runner.train_records = records
     info = runner.build()
     assert info["stats"]["skipped_unreadable_image"] == 1
-    kept = read_parquet(str(Path(runner.uri) / "train.parquet")).to_pylist()
+    kept = read_parquet(runner.dir.train_data).to_pylist()
     assert kept and records[2].id not in {e["question_id"] for e in kept}
     assert {e["question_id"] for e in kept} == {r.id for r in records} - {records[2].id}
-    (skip,) = json.loads((Path(runner.uri) / "build-skipped.json").read_text())
+    (skip,) = json.loads(Path(runner.dir.build_skipped).read_text())
     assert skip["question_id"] == records[2].id and skip["field"] == "image" and "unreadable" in skip["reason"]
 
     # The pure part: one skip per question, whatever the number of its examples; examples without images stay.

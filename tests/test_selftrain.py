@@ -141,6 +141,8 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "stage train: already done" in done.stdout and "round 0 finished" in done.stdout
+    # The job's log names the run directory as the user finds it: the same one the loop's jobs wrote.
+    assert f"run directory: {tmp_path / 'runs' / 'job'}" in done.stdout
     assert str(JobSubmissionClient(address).get_job_status("by-hand-round-0")).endswith("SUCCEEDED")
 
 

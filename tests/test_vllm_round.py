@@ -8,7 +8,8 @@ import pytest
 from r3v_ray import store
 from r3v_ray.config import config_from_dict
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
-from r3v_ray.rounds import checkpoint_dir, read_split, round_uri
+from r3v_ray.rounds import read_split
+from r3v_ray.rundir import RunDir
 from r3v_ray.sampling import engine_kwargs, seed_key
 from r3v_ray.selftrain import run_local
 from r3v_ray.tasks import get_task, load_image
@@ -33,20 +34,20 @@ def test_a_round_with_vllm_sampling_samples_trains_and_evaluates(ray_local, tiny
     metrics = run_local(cfg)
     assert sorted(metrics) == [0, 1]
     for k in (0, 1):
-        manifest = store.read_json(store.join(round_uri(cfg, k), "manifest.json"))
+        manifest = store.read_json(RunDir.of(cfg).round(k).manifest_uri)
         stages = ["sample", "build", "train", "eval"] if k else ["build", "train", "eval"]
         assert all(manifest["stages"][s]["status"] == "done" for s in stages), manifest["stages"]
         assert metrics[k]["num_questions"] == 6 and metrics[k]["skipped"] == []
         assert {"test@1", "oracle@2", "majority@2", "select@2"} <= set(metrics[k])
-    samples = store.read_parquet(store.join(round_uri(cfg, 1), "samples.parquet")).to_pylist()
+    samples = store.read_parquet(RunDir.of(cfg).round(1).samples).to_pylist()
     assert len(samples) == 8 * 2 and {s["round"] for s in samples} == {1}
 
     # Round 1's Test@1 rationales are what a vLLM engine with the round-1 checkpoint says greedily.
     task = get_task("synthetic")
     records = read_split(cfg, task, synthetic_data_dir, "test")
-    engine = create_engine("vllm", checkpoint_dir(cfg, 1), **{**engine_kwargs(cfg), "cpu_cores": None})
+    engine = create_engine("vllm", RunDir.of(cfg).round(1).checkpoint, **{**engine_kwargs(cfg), "cpu_cores": None})
     requests = [GenerationRequest(task.cot_prompt(r), load_image(r.image), seed_key(r.id, 1)) for r in records]
     greedy = engine.generate(requests, SamplingParams(max_new_tokens=24))
     written = {r["question_id"]: r["rationale"]
-               for r in store.read_parquet(store.join(round_uri(cfg, 1), "eval", "greedy.parquet")).to_pylist()}
+               for r in store.read_parquet(store.join(RunDir.of(cfg).round(1).eval_dir, "greedy.parquet")).to_pylist()}
     assert written == {r.id: o.texts[0] for r, o in zip(records, greedy)}

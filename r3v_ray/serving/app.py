@@ -59,7 +59,8 @@ def model_info(cfg: RunConfig, served: ckpt.ServedModel) -> dict[str, Any]:
 def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
     s = cfg.serve
     sampler = Sampler.options(**sampler_options(cfg)).bind(
-        served.checkpoint, s.engine, engine_kwargs(cfg), s.max_batch_size, s.batch_wait_timeout_s
+        served.checkpoint, s.engine, engine_kwargs(cfg), s.max_batch_size, s.batch_wait_timeout_s,
+        cfg.storage.model_dump(mode="json"),
     )
     settings = {
         "serve": s.model_dump(mode="json"),  # leaves serve.api_keys out (exclude=True): only digests travel

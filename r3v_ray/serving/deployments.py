@@ -20,9 +20,10 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
+from r3v_ray.cache import localize
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import GenerationRequest, RequestOutput, SamplingParams, create_engine
-from r3v_ray.serving import batching, checkpoint, parsing, routes
+from r3v_ray.serving import batching, parsing, routes
 from r3v_ray.serving.auth import KeyCheck
 from r3v_ray.serving.errors import RequestError, internal
 from r3v_ray.serving.parsing import Query
@@ -39,9 +40,11 @@ HEALTH_TIMEOUT_S = 5.0
 class Sampler:
     """One engine per replica. Concurrent calls are batched (serve.batch) and run off the event loop."""
 
-    def __init__(self, checkpoint_uri: str, engine: str, engine_kwargs: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
+    def __init__(self, checkpoint_uri: str, engine: str, engine_kwargs: dict[str, Any], max_batch_size: int,
+                 batch_wait_timeout_s: float, storage: dict[str, Any] | None = None):
         self.checkpoint = checkpoint_uri
-        self.engine = create_engine(engine, checkpoint.localize(checkpoint_uri), **engine_kwargs)
+        # A checkpoint under a URI is read from this node's copy (r3v_ray/cache.py, storage.cache_*).
+        self.engine = create_engine(engine, localize(checkpoint_uri, storage), **engine_kwargs)
         self.generate_batch.set_max_batch_size(max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batches = self.items = 0  # how well concurrent requests are batched (see info())

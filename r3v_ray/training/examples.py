@@ -44,9 +44,11 @@ def validate_example(index: int, row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in EXAMPLE_SCHEMA.names}
 
 
-def drop_unreadable_images(examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def drop_unreadable_images(examples: list[dict[str, Any]], local_images=None
+                           ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(kept, skipped): the examples whose image decodes as training decodes it (tasks.load_image), and one
-    {question_id, field, reason} per question whose image does not. Each image is decoded once.
+    {question_id, field, reason} per question whose image does not. Each image is decoded once; `local_images`
+    (r3v_ray/cache.py LocalImages) reads images under a remote task.data_dir from this node's copy.
 
     A garbage image file in the training data is thus skipped and counted where the training set is built,
     instead of failing training workers (which then retry, and fail again) after sampling already skipped it.
@@ -56,7 +58,7 @@ def drop_unreadable_images(examples: list[dict[str, Any]]) -> tuple[list[dict[st
     for e in examples:
         image = e.get("image")
         if image and image not in readable:
-            readable[image] = _unreadable(image, str(e.get("question_id")))
+            readable[image] = _unreadable(local_images(image) if local_images else image, str(e.get("question_id")))
         if image and readable[image] is not None:
             if e.get("question_id") not in named:
                 named.add(e.get("question_id"))

@@ -1,5 +1,7 @@
 """The driver side of one training round: a Ray Train TorchTrainer over DeepSpeed workers, then the export of
-the final model as a Hugging Face directory at `out_dir` (atomically: a temporary sibling, then a rename)."""
+the final model as a Hugging Face directory at `out_dir` (published whole: r3v_ray/store.py publish_dir). out_dir
+may be a URI: Ray Train's storage then lives under it too, and every worker fetches a base model given as a URI
+into its node's cache (r3v_ray/cache.py)."""
 
 from __future__ import annotations
 
@@ -36,32 +38,10 @@ class TrainResult:
         return asdict(self)
 
 
-def _storage_path(out_dir: str) -> str:
-    """Ray Train's storage for this export: `<out_dir>.ray`, next to it."""
-    return (out_dir.rstrip("/") if "://" in out_dir else os.path.abspath(out_dir)) + ".ray"
-
-
-def _publish(src_fs: pafs.FileSystem, src: str, out_dir: str) -> None:
-    """Copy a directory to out_dir through a temporary sibling and a rename (the old export, if any, goes last)."""
-    fs, dst = store.resolve(out_dir)
-    parent, _, name = dst.rstrip("/").rpartition("/")
-    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.create_dir(tmp, recursive=True)
-    pafs.copy_files(src, tmp, source_filesystem=src_fs, destination_filesystem=fs)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        # Object stores have no directory rename: the complete temporary copy is copied once more into place.
-        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-            fs.delete_dir(dst)
-        pafs.copy_files(tmp, dst, source_filesystem=fs, destination_filesystem=fs)
-        fs.delete_dir(tmp)
-        return
-    old = None
-    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-        old = f"{parent}/.{name}.old-{uuid.uuid4().hex[:8]}"
-        fs.move(dst, old)
-    fs.move(tmp, dst)
-    if old:
-        fs.delete_dir(old)
+def _storage(out_dir: str) -> tuple[pafs.FileSystem, str]:
+    """Ray Train's storage for this export: `<out_dir>.ray`, next to it, on out_dir's filesystem (local or a URI)."""
+    fs, path = store.resolve(out_dir)
+    return fs, path.rstrip("/") + ".ray"
 
 
 def _summary(state: dict, seconds: float) -> dict[str, Any]:
@@ -114,8 +94,8 @@ def train(
     # Workers may run in another directory: local paths travel as absolute ones (a hub name stays as it is).
     if "://" not in train_uri:
         train_uri = os.path.abspath(train_uri)
-    if os.path.exists(base_model_path):
-        base_model_path = os.path.abspath(base_model_path)
+    if not store.is_uri(base_model_path) and os.path.exists(base_model_path):
+        base_model_path = os.path.abspath(base_model_path)  # a URI is fetched by each worker's node (cache.py)
     from r3v_ray.raycluster import ensure_ray
 
     ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
@@ -124,11 +104,15 @@ def train(
     use_gpu = scaling["use_gpu"]
     # One Ray Train run per (data, settings): a re-run of the same training resumes from its last checkpoint,
     # while other data or settings never pick up a stale one.
-    digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index)
-    storage_path = _storage_path(out_dir)
+    # The base's publish id joins the fingerprint: a re-exported previous round is other weights at the same path.
+    base_id = None
+    if store.is_uri(base_model_path) or os.path.isdir(base_model_path):  # not a hub name
+        base_id = (store.published(base_model_path) or {}).get("id")
+    digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index, base_id)
+    storage_fs, storage_path = _storage(out_dir)
     fault_marker = None
     if fail_once_at_step is not None:
-        fault_marker = f"{store.resolve(storage_path)[1]}/{digest}/fault-injected"
+        fault_marker = f"{storage_path}/{digest}/fault-injected"
     started = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -141,6 +125,7 @@ def train(
             "fail_once_at_step": fail_once_at_step,
             "fault_marker": fault_marker,
             "fingerprint": digest,
+            "base_model_id": base_id,
             "attempt": uuid.uuid4().hex[:8],
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -148,6 +133,7 @@ def train(
         run_config=RayRunConfig(
             name=digest,
             storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.checkpoints_to_keep),
         ),
@@ -165,7 +151,7 @@ def train(
     state = json.loads(src_fs.open_input_stream(f"{src}/{STATE_FILE}").read().decode())
     if not state.get("final"):
         raise TrainingError(f"training round {round_index}: the last checkpoint {src} is not the final one")
-    _publish(src_fs, f"{src}/{HF_DIR}", out_dir)
+    store.publish_dir(f"{src}/{HF_DIR}", out_dir, src_fs=src_fs)
     metrics = _summary(state, time.perf_counter() - started)
     log.info("round %d: trained %d steps, final loss %.4f, exported to %s", round_index, metrics["steps"],
              metrics["final_loss"], out_dir)

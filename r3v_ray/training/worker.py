@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from r3v_ray.cache import LocalImages, localize
 from r3v_ray.config import RunConfig
 from r3v_ray.models import load_processor
 from r3v_ray.training.collator import ReflectionCollator, model_inputs
@@ -43,10 +44,13 @@ def _setup_env(cfg: RunConfig) -> None:
     torch.set_num_threads(cfg.resources.torch_threads)
 
 
-def fingerprint(examples: list[dict], base_model_path: str, cfg: RunConfig, round_index: int) -> str:
-    """Identifies what a checkpoint was trained on: a checkpoint of other data or settings is never resumed."""
+def fingerprint(examples: list[dict], base_model_path: str, cfg: RunConfig, round_index: int,
+                base_model_id: str | None = None) -> str:
+    """Identifies what a checkpoint was trained on: a checkpoint of other data or settings is never resumed.
+    `base_model_id` is the base directory's publish id (r3v_ray/store.py), where it has one."""
     h = hashlib.sha256()
-    h.update(json.dumps([base_model_path, round_index, cfg.training.model_dump(mode="json")], sort_keys=True).encode())
+    key = [base_model_path, round_index, cfg.training.model_dump(mode="json")] + ([base_model_id] if base_model_id else [])
+    h.update(json.dumps(key, sort_keys=True).encode())
     for e in examples:
         h.update(json.dumps(e, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -129,18 +133,21 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     from torch.optim.lr_scheduler import LambdaLR
 
     tcfg = cfg.training
-    base, round_index = loop_cfg["base_model_path"], loop_cfg["round_index"]
+    base_uri, round_index = loop_cfg["base_model_path"], loop_cfg["round_index"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     started = time.perf_counter()
 
-    processor = load_processor(base, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
-    collator = ReflectionCollator(processor)
     all_examples = read_examples(loop_cfg["train_uri"])
-    digest = fingerprint(all_examples, base, cfg, round_index)
+    digest = fingerprint(all_examples, base_uri, cfg, round_index, loop_cfg.get("base_model_id"))
     if digest != loop_cfg["fingerprint"]:
         raise RuntimeError(f"{loop_cfg['train_uri']} changed while training was starting; run again")
-    all_examples = [_absolute_image(e, loop_cfg["cwd"]) for e in all_examples]
+    # A base model or images under a URI are read from this node's copy (fetched once per node and content).
+    base = localize(base_uri, cfg.storage)
+    processor = load_processor(base, min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+    collator = ReflectionCollator(processor)
+    images = LocalImages(cfg.task.data_dir, cfg.storage)
+    all_examples = [_absolute_image({**e, "image": images(e.get("image"))}, loop_cfg["cwd"]) for e in all_examples]
     examples, lengths, skipped = filter_by_length(all_examples, collator, tcfg.max_seq_len)
     if not examples:
         raise ValueError(f"{loop_cfg['train_uri']}: no example fits training.max_seq_len={tcfg.max_seq_len}")

@@ -1,0 +1,348 @@
+"""Run directories on object storage: a real S3-compatible server (moto's standalone server) on 127.0.0.1.
+
+Fast tests cover the layout object, the one directory publish, the node cache and the start-of-run checks; the
+slow one runs two rounds with storage.root on the server, serves from it, and compares the files it left with a
+local run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PY, ROOT, environ, free_port, s3_server, subprocess_env
+
+from r3v_ray import store
+from r3v_ray.cache import LocalImages, content_key, localize
+from r3v_ray.config import ConfigError, config_from_dict
+from r3v_ray.rundir import RunDir, round_of_checkpoint
+
+BUCKET = "r3v"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """The server's AWS_* variables, also set in this process while the module runs."""
+    with s3_server(bucket=BUCKET) as env, environ(**env):
+        yield env
+
+
+def _model_dir(path: Path, weights: bytes = b"w" * 1000) -> Path:
+    (path / "sub").mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    (path / "sub" / "weights.bin").write_bytes(weights)
+    return path
+
+
+# -- the layout ------------------------------------------------------------------------------------------------
+
+
+def test_run_directory_layout_and_stage_state(tmp_path):
+    cfg = config_from_dict({"name": "lay", "storage": {"root": str(tmp_path)}})
+    run = RunDir.of(cfg)
+    r1 = run.round(1)
+    assert run.uri == f"{tmp_path}/lay" and r1.uri == f"{tmp_path}/lay/round-001"
+    assert (r1.samples, r1.train_data, r1.checkpoint, r1.eval_json) == tuple(
+        f"{tmp_path}/lay/round-001/{n}" for n in ("samples.parquet", "train.parquet", "checkpoint", "eval.json"))
+    assert run.rounds() == [] and not run.any_stage_done() and not r1.done("build")
+    r1.open_manifest(cfg.digest()).record("build", 0.5, stats={"n": 1})
+    (tmp_path / "lay" / "round-000").mkdir()
+    assert run.rounds() == [0, 1] and run.any_stage_done()
+    assert r1.done("build") and r1.done("build", cfg.digest()) and not r1.done("build", "other") and not r1.done("train")
+    assert round_of_checkpoint("s3://b/runs/lay/round-012/checkpoint") == (RunDir("s3://b/runs/lay"), 12)
+    assert round_of_checkpoint(str(tmp_path / "model")) is None
+
+
+# -- publishing a directory ------------------------------------------------------------------------------------
+
+
+def test_publish_dir_locally_replaces_whole_and_the_marker_catches_a_damaged_copy(tmp_path):
+    src = _model_dir(tmp_path / "src")
+    dst = str(tmp_path / "out" / "checkpoint")
+    first = store.publish_dir(str(src), dst)
+    assert first["files"] == {"config.json": {"size": 2}, "sub/weights.bin": {"size": 1000}}
+    assert store.check_published(dst)["id"] == first["id"]
+    (src / "sub" / "weights.bin").write_bytes(b"v" * 10)
+    second = store.publish_dir(str(src), dst)
+    assert second["id"] != first["id"] and Path(dst, "sub", "weights.bin").read_bytes() == b"v" * 10
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint"]  # no temporaries left
+    Path(dst, "sub", "weights.bin").write_bytes(b"v" * 3)  # truncated behind the marker's back
+    with pytest.raises(store.StorageError, match="sub/weights.bin is 3, but r3v_published.json records 10 bytes"):
+        store.check_published(dst)
+
+
+def test_publish_dir_on_s3_writes_the_marker_last_and_readers_trust_only_published(s3, tmp_path):
+    src = _model_dir(tmp_path / "src")
+    run = RunDir(f"s3://{BUCKET}/pub/run")
+    ckpt = run.round(0).checkpoint
+    # A half-uploaded checkpoint (files there, no marker) is not a checkpoint to anyone reading the run.
+    store.copy_tree(str(src), ckpt)
+    assert store.exists(store.join(ckpt, "config.json")) and not run.round(0).checkpoint_ready()
+    marker = store.publish_dir(str(src), ckpt)
+    assert run.round(0).checkpoint_ready() and store.published(ckpt)["id"] == marker["id"]
+    fs, path = store.resolve(ckpt)
+    with fs.open_output_stream(f"{path}/sub/weights.bin") as fh:  # a file cut short after publishing
+        fh.write(b"w" * 10)
+    assert not run.round(0).checkpoint_ready()
+    with pytest.raises(store.StorageError, match="weights.bin is 10, but"):
+        localize(ckpt, {"cache_dir": str(tmp_path / "cache")})
+
+
+def test_star_adopts_round0_on_s3(s3, tmp_path):
+    from r3v_ray.reproduce import adopt_round0, seed_config
+
+    base = config_from_dict({"name": "b", "storage": {"root": f"s3://{BUCKET}/repro"}})
+    r3v, star = seed_config(base, 0, "r3v"), seed_config(base, 0, "star")
+    src = RunDir.of(r3v).round(0)
+    store.publish_dir(str(_model_dir(tmp_path / "m")), src.checkpoint)
+    src.open_manifest(r3v.digest()).record("train", 1.0)
+    adopt_round0(r3v, star)
+    dst = RunDir.of(star).round(0)
+    assert dst.done("train", star.digest()) and not dst.done("train", r3v.digest())
+    assert dst.manifest().stages["train"]["adopted_from"] == src.uri and dst.checkpoint_ready()
+    assert store.exists(RunDir.of(star).config)
+
+
+# -- the node cache --------------------------------------------------------------------------------------------
+
+
+def test_cache_fetches_once_per_content_and_stays_within_its_cap(s3, tmp_path):
+    cache = tmp_path / "cache"
+    storage = {"cache_dir": str(cache), "cache_max_gb": 2500 / 1024**3}  # room for two 1000-byte entries
+    uri = f"s3://{BUCKET}/cache/run/round-001/checkpoint"
+    store.publish_dir(str(_model_dir(tmp_path / "a", b"a" * 1000)), uri)
+    first = localize(uri, storage)
+    assert Path(first, "sub", "weights.bin").read_bytes() == b"a" * 1000 and first.startswith(str(cache))
+    assert localize(uri, storage) == first  # a hit: the same entry, no second copy
+    # The same round exported again (same size, same names): a new entry, never the stale one.
+    store.publish_dir(str(_model_dir(tmp_path / "b", b"b" * 1000)), uri)
+    second = localize(uri, storage)
+    assert second != first and Path(second, "sub", "weights.bin").read_bytes() == b"b" * 1000
+    # A third entry goes over the cap: the least recently used one is removed.
+    other = f"s3://{BUCKET}/cache/model"
+    fs, path = store.resolve(other)
+    with fs.open_output_stream(f"{path}/config.json") as fh:  # a plain upload (no marker): keyed by its listing
+        fh.write(b"{}" + b" " * 998)
+    third = localize(other, storage)
+    assert Path(third, "config.json").stat().st_size == 1000
+    assert not Path(first).exists() and Path(second).exists()
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == sorted(
+        [Path(second).name, Path(third).name])
+    # Local paths and file:// URIs are used where they are.
+    assert localize(str(tmp_path / "a")) == str(tmp_path / "a") == localize(f"file://{tmp_path}/a")
+
+
+def test_images_under_a_remote_data_dir_resolve_to_the_nodes_copy(s3, tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "q1.png").write_bytes(b"png")
+    uri = f"s3://{BUCKET}/data/synthetic"
+    store.publish_dir(str(data), uri)
+    images = LocalImages(uri, {"cache_dir": str(tmp_path / "cache")})
+    local = images(f"{uri}/images/q1.png")
+    assert Path(local).read_bytes() == b"png" and local.startswith(str(tmp_path / "cache"))
+    assert images("/elsewhere/x.png") == "/elsewhere/x.png" and images(None) is None
+    assert LocalImages(str(data))(str(data / "images" / "q1.png")) == str(data / "images" / "q1.png")
+    assert content_key(uri) == content_key(uri + "/")
+
+
+# -- checks at the start of a run ------------------------------------------------------------------------------
+
+
+def test_unreachable_missing_or_unauthorised_storage_fails_before_anything_starts(s3, tmp_path):
+    import ray
+
+    from r3v_ray.rounds import run_round
+
+    def cfg(root: str):
+        return config_from_dict({"name": "bad", "rounds": 0, "storage": {"root": root},
+                                 "model": {"path": str(tmp_path / "m"), "tiny": {}},
+                                 "task": {"data_dir": str(tmp_path / "d")}})
+
+    with pytest.raises(store.StorageError, match=r"storage.root s3://no-such-bucket/runs/bad cannot be used: "
+                                                 r"OSError: Bucket 'no-such-bucket' not found"):
+        run_round(cfg("s3://no-such-bucket/runs"), 0)
+    with environ(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"):  # nothing listens there
+        with pytest.raises(store.StorageError, match=r"storage.root s3://r3v/runs/bad cannot be used: .*"
+                                                     r"Could not connect to server"):
+            run_round(cfg(f"s3://{BUCKET}/runs"), 0)
+    with strict_s3_server() as endpoint, environ(AWS_ENDPOINT_URL=endpoint):  # every key is refused there
+        with pytest.raises(store.StorageError, match=r"storage.root s3://r3v/runs/bad cannot be used: .*"
+                                                     r"(InvalidAccessKeyId|ACCESS_DENIED|AccessDenied|Forbidden)"):
+            run_round(cfg(f"s3://{BUCKET}/runs"), 0)
+    # A model or data URI that is not there, and cannot be built, is named too.
+    with pytest.raises(store.StorageError, match=rf"model.path s3://{BUCKET}/nothing-here does not exist"):
+        run_round(config_from_dict({"name": "bad", "rounds": 0, "storage": {"root": f"s3://{BUCKET}/runs"},
+                                    "model": {"path": f"s3://{BUCKET}/nothing-here"}}), 0)
+    assert not ray.is_initialized()  # all of it before Ray (and so any actor) started
+    from r3v_ray.serving.checkpoint import CheckpointError, resolve
+
+    with pytest.raises(CheckpointError, match=r"s3://no-such-bucket/runs/x: no such run directory"):
+        resolve(run_dir="s3://no-such-bucket/runs/x")  # what `r3v serve --run-dir` says
+    with environ(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"):
+        with pytest.raises(CheckpointError, match=r"s3://r3v/runs/x: cannot be read \(OSError: .*connect"):
+            resolve(run_dir=f"s3://{BUCKET}/runs/x")
+    assert not (tmp_path / "m").exists()  # nor was the model built
+
+
+@pytest.fixture
+def no_ray_job():
+    yield
+    os.environ.pop("RAY_JOB_CONFIG_JSON_ENV_VAR", None)
+
+
+def test_relative_paths_are_refused_inside_a_submitted_job(no_ray_job):
+    from r3v_ray.preflight import check_job_paths
+
+    cfg = config_from_dict({"name": "j", "model": {"path": "runs/tiny", "tiny": {}}})
+    check_job_paths(cfg)  # not in a job: relative paths are the caller's directory
+    os.environ["RAY_JOB_CONFIG_JSON_ENV_VAR"] = "{}"  # what Ray's job supervisor sets for a job's driver
+    with pytest.raises(ConfigError, match=r"relative path\(s\) in a Ray job: storage.root=runs, task.data_dir="
+                                          r"runs/synthetic-data, model.path=runs/tiny\. The job runs in "):
+        check_job_paths(cfg)
+    check_job_paths(config_from_dict({"storage": {"root": "s3://b/runs"}, "task": {"data_dir": "/data/x"},
+                                      "model": {"path": "Qwen/Qwen2-VL-2B-Instruct"}}))  # a hub name is no path
+
+
+class strict_s3_server:
+    """A second moto server that refuses every access key (moto's IAM checks on from the first request)."""
+
+    def __enter__(self) -> str:
+        port = free_port()
+        env = subprocess_env(INITIAL_NO_AUTH_ACTION_COUNT="0")
+        self.proc = subprocess.Popen([str(Path(PY).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while True:
+            try:
+                import urllib.request
+
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2)
+                break
+            except Exception:
+                assert self.proc.poll() is None and time.time() < deadline, "moto_server did not start"
+                time.sleep(0.3)
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# -- two rounds on the S3 server, then serving from it ---------------------------------------------------------
+
+
+def tiny_run_config(path: Path, name: str, root: str, model: str, data: str, cache: Path, rounds: int = 1) -> Path:
+    """A run small enough for 2 cores: 8 train / 4 test questions, short generations, one sampler, one worker."""
+    cfg = {
+        "name": name, "rounds": rounds,
+        "model": {"path": model},
+        "task": {"name": "synthetic", "data_dir": data, "max_train": 8, "max_test": 4},
+        "sampling": {"num_samples": 2, "max_new_tokens": 16, "batch_size": 8},
+        "training": {"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384},
+        "evaluation": {"n": 2, "max_new_tokens": 16, "zero_shot": False},
+        "resources": {"num_samplers": 1, "num_train_workers": 1},
+        "storage": {"root": root, "cache_dir": str(cache)},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def bucket_files(prefix: str) -> set[str]:
+    fs, path = store.resolve(f"s3://{BUCKET}/{prefix}")
+    return set(store.list_files(fs, path))
+
+
+def local_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def comparable(paths: set[str]) -> set[str]:
+    """Ray Train's own storage (checkpoint.ray/) names its files after a fingerprint and a per-call id: compared by
+    the files' names within it, the rest exactly."""
+    out = set()
+    for p in paths:
+        if ".ray/" in p:
+            head, _, tail = p.partition(".ray/")
+            out.add(f"{head}.ray/.../{tail.rpartition('/')[2]}")
+        else:
+            out.add(p)
+    return out
+
+
+@pytest.mark.slow
+def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3, tmp_path, tiny_model_dir,
+                                                                                 synthetic_data_dir):
+    name = "s3run"
+    s3_config = tiny_run_config(tmp_path / "s3.yaml", name, f"s3://{BUCKET}/runs", tiny_model_dir, synthetic_data_dir,
+                                tmp_path / "cache")
+    started = time.time()
+    done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(s3_config)], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    s3_seconds = time.time() - started
+    out = done.stdout + done.stderr
+    assert f"run directory: s3://{BUCKET}/runs/{name}" in out
+    run = RunDir(f"s3://{BUCKET}/runs/{name}")
+    assert run.rounds() == [0, 1] and all(run.round(k).done("eval") for k in (0, 1))
+    assert run.round(1).checkpoint_ready() and store.published(run.round(1).checkpoint)
+    ev1 = store.read_json(run.round(1).eval_json)
+    assert ev1["num_questions"] == 4 and ev1["model"] == run.round(1).checkpoint
+    # Evaluation's samplers and round 1's samplers loaded the checkpoints from this node's cache, fetched once each.
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    assert len(cached) == 2 and all(c.startswith("checkpoint-") for c in cached), cached
+
+    # The same run on a local disk leaves the same files at the same relative paths.
+    local_config = tiny_run_config(tmp_path / "local.yaml", name, str(tmp_path / "runs"), tiny_model_dir,
+                                   synthetic_data_dir, tmp_path / "cache-local")
+    started = time.time()
+    done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(local_config)], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    local_seconds = time.time() - started
+    in_bucket, on_disk = bucket_files(f"runs/{name}"), local_files(tmp_path / "runs" / name)
+    assert comparable(in_bucket) == comparable(on_disk), (comparable(in_bucket) ^ comparable(on_disk))
+    assert not [p for p in in_bucket if ".tmp-" in p or ".old-" in p or "access-probe" in p]
+    assert not (tmp_path / "cache-local").exists()  # a local run copies nothing
+
+    # Serving from the bucket: `r3v serve --run-dir s3://...` finds round 1 and answers.
+    import argparse
+
+    import ray
+    import requests
+    from ray import serve
+
+    from r3v_ray.serving.launch import add_serve_args, start
+    from r3v_ray.tasks import get_task
+
+    port = free_port()
+    args = add_serve_args(argparse.ArgumentParser()).parse_args(
+        ["--run-dir", run.uri, "--port", str(port), "--set", f"storage.cache_dir={tmp_path / 'serve-cache'}",
+         "--set", "serve.max_new_tokens=16", "--set", "serve.select_max_new_tokens=8"])
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        url, model_id = start(args)
+        assert model_id == f"{name}-round-1"
+        record = next(get_task("synthetic").generate_records("test", 1, 0))
+        import base64
+        import io
+
+        buf = io.BytesIO()
+        get_task("synthetic").render(record).save(buf, format="PNG")
+        reply = requests.post(f"{url}/v1/select", json={"question": record.question, "n": 2,
+                                                        "image": base64.b64encode(buf.getvalue()).decode()},
+                              timeout=300)
+        assert reply.status_code == 200, reply.text
+        assert len(reply.json()["candidates"]) == 2
+        models = requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]
+        assert models["checkpoint"] == run.round(1).checkpoint and models["round"] == 1
+        assert len(list((tmp_path / "serve-cache").glob("checkpoint-*"))) == 1
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    print(json.dumps({"s3_run_seconds": round(s3_seconds, 1), "local_run_seconds": round(local_seconds, 1)}))
