@@ -1,5 +1,5 @@
-"""Evaluation of a model on the test split: Test@1, Oracle@N, Majority@N and Select@N (DESIGN.md step 5), and the
-test-time scaling curve (the same metrics at several n, from one sampling pass).
+"""Evaluation of a model on the test split: Test@1, Oracle@N, Majority@N and Select@N (docs/design.md section 1,
+step 5), and the test-time scaling curve (the same metrics at several n, from one sampling pass).
 
 The metric functions are pure (rows in, numbers out); `evaluate` is the thin plumbing that produces the rows with
 the distributed sampler. Every test question counts in every denominator: a question whose prompt was skipped

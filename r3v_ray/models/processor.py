@@ -1,7 +1,7 @@
 """A Qwen2-VL processor that needs no torchvision.
 
 transformers' Qwen2VLProcessor always asks for a video processor, and the video processor imports torchvision,
-which has no CPU build on our registry (DESIGN.md section 4). AutoProcessor then silently falls back to the bare
+which has no CPU build on our registry (docs/design.md section 9). AutoProcessor silently falls back to the bare
 tokenizer. This subclass carries only the PIL image processor and the tokenizer, and works for Qwen2-VL and
 Qwen2.5-VL checkpoints alike (they share the image preprocessing).
 

@@ -1,4 +1,4 @@
-"""The R3V objective: L = L_SFT + alpha * L_REF + beta * L_SEL (DESIGN.md section 1, step 4).
+"""The R3V objective: L = L_SFT + alpha * L_REF + beta * L_SEL (docs/design.md section 1 step 4, section 5).
 
 Each term is the token-mean NLL over the assistant tokens of its own examples (warm-up counts with SFT). The
 sums and token counts are kept apart so that the mean can be taken over a whole global batch, across
