@@ -62,6 +62,18 @@ class Manifest:
         self.stages[stage] = {"status": "done", "seconds": round(seconds, 3), "finished_at": time.time(), **info}
         self.save()
 
+    def start(self, stage: str, **info) -> None:
+        """Record `stage` as running (`info`: who runs it; r3v_ray/status.py reads it). Not done: a crash leaves
+        it running, and the next run redoes it."""
+        self.stages[stage] = {"status": "running", "started_at": time.time(), **info}
+        self.save()
+
+    def fail(self, stage: str, error: str) -> None:
+        """Record that `stage` raised `error` (what `r3v status` shows); the next run redoes it."""
+        self.stages[stage] = {**self.stages.get(stage, {}), "status": "failed", "failed_at": time.time(),
+                              "error": error}
+        self.save()
+
     def save(self) -> None:
         store.write_json(
             self.uri, {"config_digest": self.config_digest, "round": self.round, "stages": self.stages}

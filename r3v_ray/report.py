@@ -1,8 +1,13 @@
-"""The run report: a table of every round's metrics (report.md) and a plot (accuracy.png), rewritten each round.
+"""The run report, rebuilt after every round (docs/design.md section 3): report.md with the accuracy table, the
+sample pool, the training data, the losses, the skipped records and the stage times of every round, and its plots
+(accuracy.png: accuracy per round; loss.png: loss per term over the steps; samples.png: share of correct samples
+per round). Everything it shows comes from the round manifests (r3v_ray/rundir.py, r3v_ray/manifest.py) and
+eval.json, through r3v_ray/store.py, so it works on any storage.root; `round_summaries` is the one reading of them
+(the TensorBoard rounds log, r3v_ray/tensorboard_log.py, shows the same numbers).
 
-Several runs (e.g. R3V and its STaR baseline) can share one report: their columns stand side by side. Rounds
-evaluated with a test-time scaling curve (evaluation.scaling_ns) add a table of every point, and the plot an
-accuracy-vs-N panel for each run's last round that has one.
+`write_report` is the table alone, for several runs side by side (e.g. R3V and its STaR baseline). Rounds
+evaluated with a test-time scaling curve (evaluation.scaling_ns) add a table of every point, and the accuracy plot
+an accuracy-vs-N panel for each run's last round that has one.
 """
 
 from __future__ import annotations
@@ -15,15 +20,102 @@ from r3v_ray.evaluation import curve_points
 CURVES = [("oracle", "Oracle@n"), ("majority", "Majority@n"), ("select", "Select@n")]
 
 METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@"]
+TASK_ORDER = ("warmup", "sft", "refine", "select")
+LOSS_TERMS = (("loss", "total"), ("loss_sft", "sft"), ("loss_refine", "refine"), ("loss_select", "select"))
+HISTORY_POINTS = 200  # per-step losses kept in a round's manifest for loss.png (TensorBoard has every step)
 
 
-def collect(run_uri: str, rounds: int) -> list[dict]:
-    """eval.json of each finished round of one run (missing rounds are left out)."""
+# -- what a run's files say ----------------------------------------------------------------------------------------
+
+
+def round_summaries(run_uri: str, rounds: int) -> list[dict]:
+    """One summary per round 0..rounds that has a manifest, from its finished stages and its eval.json:
+    {"round", "eval" (eval.json or None), "pool" (k >= 1: the sample pool), "examples" ({task: n}), "losses"
+    (final_/mean_ per term), "train" (steps, examples, examples/s), "history" (per-step losses, thinned),
+    "skipped" (what was skipped where), "seconds" ({stage: s})}."""
     from r3v_ray.rundir import RunDir
 
     run = RunDir(run_uri)
-    paths = [run.round(k).eval_json for k in range(rounds + 1)]
-    return [store.read_json(p) for p in paths if store.exists(p)]
+    out = []
+    for k in range(rounds + 1):
+        rd = run.round(k)
+        manifest = rd.manifest()
+        if manifest is None:
+            continue
+        done = {name: rec for name, rec in manifest.stages.items() if rec.get("status") == "done"}
+        sample = (done.get("sample") or {}).get("stats") or {}
+        build = (done.get("build") or {}).get("stats") or {}
+        train = (done.get("train") or {}).get("metrics") or {}
+        ev = store.read_json(rd.eval_json) if "eval" in done and store.exists(rd.eval_json) else None
+        summary = {
+            "round": k,
+            "eval": ev,
+            "pool": _pool(sample, build) if "sample" in done else None,
+            "examples": {t: n for t, n in (build.get("examples") or {}).items() if n},
+            "losses": {key: train[key] for key in (f"{w}_{t}" for w in ("final", "mean") for t, _ in LOSS_TERMS)
+                       if isinstance(train.get(key), (int, float))},
+            "train": {key: train.get(key) for key in ("steps", "examples", "examples_per_second", "skipped_too_long")}
+            if "train" in done else None,
+            "history": (done.get("train") or {}).get("history") or {},
+            "skipped": _skipped(k, sample, build, train, ev),
+            "seconds": {name: rec["seconds"] for name, rec in done.items()
+                        if isinstance(rec.get("seconds"), (int, float))},
+        }
+        out.append(summary)
+    return out
+
+
+def _pool(sample: dict, build: dict) -> dict:
+    """Round k's sample pool: this round's samples and how many were right; the pool's questions (rounds 1..k) by
+    how many of their samples are right (from the build stage, which reads the whole pool)."""
+    n, correct = sample.get("num_samples"), sample.get("num_correct")
+    return {
+        "questions": sample.get("num_rows"),
+        "samples": n,
+        "correct": correct,
+        "share_correct": (correct / n) if n else None,
+        "skipped": sample.get("skipped", sample.get("num_skipped")),
+        "questions_none_correct": build.get("questions_no_positive"),
+        "questions_some_correct": build.get("questions_some_positive"),
+        "questions_all_correct": build.get("questions_all_positive"),
+        "pool_samples": build.get("samples"),
+    }
+
+
+def _skipped(k: int, sample: dict, build: dict, train: dict, ev: dict | None) -> list[dict]:
+    """[{"stage", "count", "why", "file"?, "examples"?}] for every stage of round k that skipped something."""
+    prefix = f"round-{k:03d}"
+    out = []
+    if sample.get("skipped"):
+        out.append({"stage": "sample", "count": sample["skipped"], "why": "questions that could not be sampled",
+                    "file": f"{prefix}/skipped.json"})
+    if build.get("skipped_unreadable_image"):
+        out.append({"stage": "build", "count": build["skipped_unreadable_image"], "why": "examples whose image "
+                    "cannot be read", "file": f"{prefix}/build-skipped.json"})
+    if train.get("skipped_too_long"):
+        out.append({"stage": "train", "count": train["skipped_too_long"], "why": "examples longer than "
+                    "training.max_seq_len"})
+    if ev and ev.get("skipped"):
+        out.append({"stage": "eval", "count": len(ev["skipped"]), "why": "test questions scored wrong because "
+                    "they could not be sampled", "file": f"{prefix}/eval.json",
+                    "examples": [f"{s.get('question_id')}: {s.get('reason')}" for s in ev["skipped"][:3]]})
+    for kind, count in ((ev or {}).get("pass_skipped") or {}).items():
+        out.append({"stage": "eval", "count": count, "why": f"questions the {kind} pass skipped (scored wrong)",
+                    "file": f"{prefix}/eval.json"})
+    return out
+
+
+def thin_history(history: list[dict], points: int = HISTORY_POINTS) -> dict[str, list]:
+    """Per-step records as columns ({"step": [...], "loss": [...], ..., "lr": [...]}), at most `points` steps
+    (evenly spaced, the last always kept): what a manifest keeps for loss.png."""
+    if not history:
+        return {}
+    every = max(1, -(-len(history) // points))
+    kept = history[every - 1::every]
+    if kept[-1] is not history[-1]:
+        kept.append(history[-1])
+    keys = ["step"] + [key for key, _ in LOSS_TERMS] + ["lr"]
+    return {key: [round(float(h[key]), 6) if key != "step" else int(h[key]) for h in kept] for key in keys}
 
 
 def metric_names(evals: list[dict]) -> list[str]:
@@ -116,6 +208,172 @@ def _plot_scaling(ax, last: dict[str, dict]) -> None:
     ax.set_title("test-time scaling, last round")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def loss_png(summaries: list[dict]) -> bytes | None:
+    """Loss per term over the steps, a line per round; None without any training yet."""
+    trained = [s for s in summaries if s["history"].get("step")]
+    if not trained:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(14.0, 3.4))
+    for ax, (key, title) in zip(axes, LOSS_TERMS):
+        for s in trained:
+            ax.plot(s["history"]["step"], s["history"][key], label=f"round {s['round']}")
+        ax.set_title(f"loss ({title})")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("token-mean NLL")
+    axes[0].legend(fontsize=7)
+    return figure_png(fig)
+
+
+def samples_png(summaries: list[dict]) -> bytes | None:
+    """Share of correct samples per round, beside the pool's questions with none / some / all correct; None before
+    round 1 has sampled."""
+    pools = [(s["round"], s["pool"]) for s in summaries if s["pool"] and s["pool"].get("share_correct") is not None]
+    if not pools:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [k for k, _ in pools]
+    fig, (share_ax, split_ax) = plt.subplots(1, 2, figsize=(10.0, 3.6))
+    share_ax.plot(rounds, [100 * p["share_correct"] for _, p in pools], marker="o")
+    share_ax.set_ylim(0, 100)
+    share_ax.set_ylabel("correct samples (%)")
+    share_ax.set_title("share of correct samples per round")
+    bottom = [0] * len(pools)
+    for key, label in (("questions_none_correct", "none correct"), ("questions_some_correct", "some correct"),
+                       ("questions_all_correct", "all correct")):
+        values = [p.get(key) or 0 for _, p in pools]
+        split_ax.bar(rounds, values, bottom=bottom, label=label, width=0.6)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    split_ax.set_ylabel("questions in the pool")
+    split_ax.set_title("pool questions by correct samples")
+    split_ax.legend(fontsize=7)
+    for ax in (share_ax, split_ax):
+        ax.set_xticks(rounds)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def run_report_markdown(title: str, label: str, summaries: list[dict], intro: list[str],
+                        plots: dict[str, bool]) -> str:
+    """report.md of one run (`label` in its table) from its round summaries; `plots` says which of loss.png and
+    samples.png exist."""
+    evals = [s["eval"] for s in summaries if s["eval"]]
+    body = [f"# {title}", "", *intro, "", "## Accuracy on the test split (%)", ""]
+    body += [table_markdown({label: evals}) if evals else "No round has been evaluated yet.", ""]
+    if evals:
+        body += ["![accuracy per round](accuracy.png)", ""]
+        scaling = scaling_markdown({label: evals})
+        if scaling:
+            body += [scaling, ""]
+
+    pools = [s for s in summaries if s["pool"]]
+    body += ["## Sample pool", ""]
+    if pools:
+        body += ["Round k's pool holds the samples of rounds 1..k: its questions are counted by how many of their "
+                 "samples are correct; the samples and the share of correct ones are round k's own.", "",
+                 "| round | questions | none correct | some correct | all correct | samples | correct | "
+                 "correct share | skipped |", "|---|---|---|---|---|---|---|---|---|"]
+        for s in pools:
+            p = s["pool"]
+            share = f"{100 * p['share_correct']:.1f} %" if p.get("share_correct") is not None else ""
+            body.append(f"| {s['round']} | {_cell(p['questions'])} | {_cell(p['questions_none_correct'])} | "
+                        f"{_cell(p['questions_some_correct'])} | {_cell(p['questions_all_correct'])} | "
+                        f"{_cell(p['samples'])} | {_cell(p['correct'])} | {share} | {_cell(p['skipped'])} |")
+        body.append("")
+        if plots.get("samples"):
+            body += ["![share of correct samples per round](samples.png)", ""]
+    else:
+        body += ["No round has sampled yet (round 0 trains on the warm-up set only).", ""]
+
+    built = [s for s in summaries if s["examples"]]
+    body += ["## Training data (examples per task)", ""]
+    if built:
+        body += ["| round | " + " | ".join(TASK_ORDER) + " | total |", "|---|" + "---|" * (len(TASK_ORDER) + 1)]
+        for s in built:
+            counts = [s["examples"].get(t, 0) for t in TASK_ORDER]
+            body.append(f"| {s['round']} | " + " | ".join(str(c) for c in counts) + f" | {sum(counts)} |")
+        body.append("")
+    else:
+        body += ["No training set has been built yet.", ""]
+
+    trained = [s for s in summaries if s["train"]]
+    body += ["## Training loss", ""]
+    if trained:
+        header = ["round", "steps", "examples/s"] + [f"{w} {name}" for _, name in LOSS_TERMS for w in ("final", "mean")]
+        body += ["Token-mean NLL per term (the total is L_SFT + alpha L_REF + beta L_SEL).", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for s in trained:
+            rate = s["train"].get("examples_per_second")
+            cells = [str(s["round"]), _cell(s["train"].get("steps")), f"{rate:.1f}" if rate else ""]
+            cells += [_loss(s["losses"].get(f"{w}_{key}")) for key, _ in LOSS_TERMS for w in ("final", "mean")]
+            body.append("| " + " | ".join(cells) + " |")
+        body.append("")
+        if plots.get("loss"):
+            body += ["![loss per term over the steps](loss.png)", ""]
+    else:
+        body += ["No round has trained yet.", ""]
+
+    body += ["## Skipped records", ""]
+    skipped = [(s["round"], item) for s in summaries for item in s["skipped"]]
+    if skipped:
+        for k, item in skipped:
+            where = f" ([{item['file']}]({item['file']}))" if item.get("file") else ""
+            line = f"- round {k}, {item['stage']}: {item['count']} {item['why']}{where}"
+            if item.get("examples"):
+                line += ": " + "; ".join(item["examples"])
+            body.append(line)
+    else:
+        body.append("None: every question was sampled and every example trained on.")
+    body.append("")
+
+    stages = ["sample", "build", "train", "eval"]
+    body += ["## Stage times (s)", "", "| round | " + " | ".join(stages) + " | total |", "|---|" + "---|" * 5]
+    for s in summaries:
+        secs = s["seconds"]
+        cells = [f"{secs[st]:.1f}" if st in secs else "" for st in stages]
+        body.append(f"| {s['round']} | " + " | ".join(cells) + f" | {sum(secs.values()):.1f} |")
+    return "\n".join(body) + "\n"
+
+
+def write_run_report(run_uri: str, title: str, label: str, rounds: int, intro: list[str],
+                     summaries: list[dict] | None = None) -> str:
+    """report.md, accuracy.png, loss.png and samples.png of one run, rebuilt from its files (or from `summaries`
+    already read); returns the accuracy table (one row per evaluated round)."""
+    from r3v_ray.rundir import RunDir
+
+    run = RunDir(run_uri)
+    summaries = round_summaries(run_uri, rounds) if summaries is None else summaries
+    evals = [s["eval"] for s in summaries if s["eval"]]
+    plots = {}
+    for key, uri, png in (("loss", run.loss_plot, loss_png(summaries)), ("samples", run.samples_plot,
+                                                                        samples_png(summaries))):
+        if png is not None:
+            store.write_bytes(uri, png)
+            plots[key] = True
+    if evals:
+        store.write_bytes(run.plot, plot_png({label: evals}))
+    store.write_text(run.report, run_report_markdown(title, label, summaries, intro, plots))
+    return table_markdown({label: evals}) if evals else ""
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _loss(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""
 
 
 def figure_png(fig, dpi: int = 110) -> bytes:

@@ -1,6 +1,7 @@
 """The run directory's layout, in one place (docs/design.md section 3):
 
-    <storage.root>/<name>/config.yaml, report.md, accuracy.png
+    <storage.root>/<name>/config.yaml, report.md, accuracy.png, loss.png, samples.png
+    <storage.root>/<name>/tensorboard/{rounds/, train-round-<kkk>/}   (r3v_ray/tensorboard_log.py)
     <storage.root>/<name>/round-<kkk>/{samples.parquet, skipped.json, build-skipped.json, train.parquet,
                                       checkpoint/, checkpoint.ray/, eval/, eval.json, manifest.json}
 
@@ -116,6 +117,26 @@ class RunDir:
     @property
     def plot(self) -> str:
         return store.join(self.uri, "accuracy.png")
+
+    @property
+    def loss_plot(self) -> str:
+        return store.join(self.uri, "loss.png")
+
+    @property
+    def samples_plot(self) -> str:
+        return store.join(self.uri, "samples.png")
+
+    @property
+    def tensorboard(self) -> str:
+        """The directory to give `tensorboard --logdir` (the run directory itself works too)."""
+        return store.join(self.uri, "tensorboard")
+
+    @property
+    def tensorboard_rounds(self) -> str:
+        return store.join(self.tensorboard, "rounds")
+
+    def tensorboard_train(self, k: int) -> str:
+        return store.join(self.tensorboard, f"train-round-{k:03d}")
 
     def round(self, k: int) -> RoundDir:
         return RoundDir(store.join(self.uri, f"round-{k:03d}"), k)
