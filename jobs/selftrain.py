@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-round", type=int, default=0)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("-v", "--verbose", action="store_true", help="every log line, a line per training step")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from r3v_ray import console
+
+    console.setup(verbose=args.verbose)
 
     from r3v_ray.config import load_config
     from r3v_ray.selftrain import run_local, submit_rounds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 
@@ -49,8 +48,33 @@ def _cmd_run(args) -> int:
     else:
         run_local(cfg, args.from_round, args.force)
     run = RunDir(cfg.run_dir if store.is_uri(cfg.run_dir) else os.path.abspath(cfg.run_dir))
-    print(store.read_text(run.report))
-    print(f"finished in {time.time() - start:.0f}s; report: {run.report}, plot: {run.plot}")
+    table = _final_table(cfg, run)
+    print(f"finished in {time.time() - start:.0f}s. Report: {run.report} (plots beside it); where it stands: "
+          f"r3v status {run.uri}; TensorBoard: tensorboard --logdir {run.uri}\n")
+    print(table)  # last: the numbers a user came for
+    return 0
+
+
+def _final_table(cfg, run) -> str:
+    """The accuracy table of every evaluated round, as the report has it."""
+    from r3v_ray.report import round_summaries, table_markdown
+
+    evals = [s["eval"] for s in round_summaries(run.uri, cfg.rounds) if s["eval"]]
+    return table_markdown({f"{cfg.name} ({cfg.method})": evals})
+
+
+def _cmd_status(args) -> int:
+    """Where a run stands, from its files (any storage.root)."""
+    import json
+
+    from r3v_ray.status import StatusError, format_status, run_status
+
+    try:
+        status = run_status(args.run_dir)
+    except StatusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(status.to_dict(), indent=2) if args.json else format_status(status))
     return 0
 
 
@@ -140,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="every log line: the libraries' too, and a line per training step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("build-tiny-model", help="build the tiny random Qwen2-VL model (local tokenizer, no hub)")
@@ -167,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--from-round", type=int, default=0)
         p.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+        _verbose_flag(p)
         p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("reproduce", help="the paper's table in miniature over several seeds (STaR, R3V, ablations, "
@@ -192,7 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--force", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _verbose_flag(p)
     p.set_defaults(func=_cmd_round)
+
+    p = sub.add_parser("status", help="where a run stands: rounds and stages done, running or failed, what a re-run "
+                                      "would do next (reads the run's files; any storage.root)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="<storage.root>/<name>: a local path or a URI (s3://...)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=_cmd_status)
 
     from r3v_ray.serving.launch import add_serve_args  # argparse only; Ray Serve loads when the command runs
 
@@ -224,9 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbose_flag(p: argparse.ArgumentParser) -> None:
+    # Also after the subcommand (`r3v run --verbose`); SUPPRESS keeps a `r3v -v run` from being reset to False.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from r3v_ray import console
+
+    console.setup(verbose=args.verbose)
     from r3v_ray.config import ConfigError
     from r3v_ray.tasks.base import RecordError
 

@@ -10,27 +10,43 @@ loopback address for the network one), unless Ray's switch for single-machine cl
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is off; Ray reads that switch once, when it is imported, so
 `start_local` turns it off for the start of the local instance only (tests/test_loopback.py checks the
 address of every way r3v starts Ray).
+
+The processes of a local Ray also learn its dashboard's address. Ray Train's helper actors (the placement-group
+cleaner, the state actor of the dashboard's Train view) ask Ray's state API whether the training's controller is
+alive, and without an address that API looks for "the" Ray of the machine: on a machine with a second Ray instance it
+fails ("Found multiple active Ray instances", a traceback in the run's output) or asks the cluster last recorded by a
+`ray start`, not this one.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
 LOOPBACK = "127.0.0.1"
 # Ray's switch: "0" makes every node address 127.0.0.1 (and refuses worker nodes joining over the network).
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Where Ray's state API (ray.util.state) finds the dashboard when it is given no address.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+DEFAULT_DASHBOARD_PORT = 8265
 
 
 def ensure_ray(address: str | None = None, **kwargs) -> None:
     """Connect this process to Ray once: `address`, else RAY_ADDRESS, else a fresh local Ray on 127.0.0.1.
 
-    `kwargs` go to ray.init (e.g. num_cpus for a local instance, log_to_driver)."""
+    `kwargs` go to ray.init (e.g. num_cpus for a local instance, log_to_driver, job_config); the job's runtime env
+    gets r3v's worker set-up hook (r3v_ray/console.py)."""
     import ray
 
     if ray.is_initialized():
         return
+    from r3v_ray.console import WORKER_SETUP_HOOK
+
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    runtime_env.setdefault("worker_process_setup_hook", WORKER_SETUP_HOOK)  # quiet workers (r3v_ray/console.py)
+    kwargs["runtime_env"] = runtime_env
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address == "local":
         start_local(**kwargs)
@@ -47,13 +63,44 @@ def start_local(**kwargs) -> None:
     """A fresh local Ray instance (never an existing cluster) with every node address on 127.0.0.1."""
     import ray
 
-    with _single_machine():
+    with _single_machine(), _dashboard_known(kwargs):
         ray.init(address="local", **kwargs)
 
 
 def _is_loopback(address: str) -> bool:
     host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
     return host in (LOOPBACK, "localhost", "::1")
+
+
+@contextmanager
+def _dashboard_known(kwargs: dict) -> Iterator[None]:
+    """The local instance's dashboard on a port chosen here (the caller's, else 8265 when free, else a free one),
+    and its address in the environment the instance's processes inherit while it starts; restored afterwards."""
+    if kwargs.get("include_dashboard") is False:
+        yield
+        return
+    port = kwargs.get("dashboard_port") or _free_port(DEFAULT_DASHBOARD_PORT)
+    kwargs["dashboard_port"] = port
+    saved = os.environ.get(API_SERVER_ENV)
+    os.environ[API_SERVER_ENV] = f"http://{LOOPBACK}:{port}"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(API_SERVER_ENV, None)
+        else:
+            os.environ[API_SERVER_ENV] = saved
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Distributed sampling: questions -> Ray Data map_batches over a pool of engine actors -> labeled samples (parquet).
 
-DESIGN.md section 1 step 1-2 and section 2. The pure parts (rows from records, sampling parameters from config,
-labeling of engine outputs, the output table) are module functions; `EngineActor` and `sample` are the Ray
+docs/design.md section 1 (steps 1-2) and section 4. The pure parts (rows from records, sampling parameters from
+config, labeling of engine outputs, the output table) are module functions; `EngineActor` and `sample` are the Ray
 plumbing around them.
 
 Output parquet columns, sorted by (question_id, sample_index):
@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from r3v_ray import store
+from r3v_ray import console, store
 from r3v_ray.config import DecodingConfig, RunConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
 from r3v_ray.engines.settings import engine_kwargs as settings_for
@@ -315,6 +315,7 @@ def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: Samplin
     from ray.data import ActorPoolStrategy
 
     lost_worker = _lost_worker_errors()
+    console.quiet_ray_data()  # its progress bars stay; its per-dataset INFO lines go to its log file only
     ds = ray.data.from_items(rows).map_batches(
         EngineActor,
         batch_format="pyarrow",
