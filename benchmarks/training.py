@@ -116,7 +116,9 @@ def main() -> None:
         start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
             t0 = time.perf_counter()
-            result = train(cfg, train_uri, model_path, str(tmp / "out"), round_index=1)
+            # As a round trains: rank 0 draws its progress bar and writes TensorBoard scalars every step.
+            result = train(cfg, train_uri, model_path, str(tmp / "out"), round_index=1,
+                           events_uri=str(tmp / "tensorboard"))
             wall = time.perf_counter() - t0
         finally:
             ray.shutdown()

@@ -65,8 +65,8 @@ class TaskConfig(_Strict):
 
 
 class DecodingConfig(_Strict):
-    """How candidate rationales are drawn (DESIGN.md: temperature 0.9, top_p 0.95, top_k 50): one set of
-    defaults for training samples, evaluation candidates and served candidates."""
+    """How candidate rationales are drawn (docs/design.md section 1, step 1: temperature 0.9, top_p 0.95, top_k 50):
+    one set of defaults for training samples, evaluation candidates and served candidates."""
 
     temperature: float = Field(0.9, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -275,6 +275,15 @@ class StorageConfig(_Strict):
     cache_max_gb: float = Field(100.0, gt=0.0)
 
 
+class MonitoringConfig(_Strict):
+    """How a run shows itself while it runs (r3v_ray/console.py, r3v_ray/training/progress.py); changes no round's
+    outputs, so it is not part of the config digest."""
+
+    progress_bar: bool = True  # one bar per training on rank 0: steps, loss per term, rate, time left
+    log_every_steps: int = Field(0, ge=0)  # also a line of the losses every N steps (0: none; --verbose: every step)
+    tensorboard: bool = True  # event files under <run>/tensorboard (r3v_ray/tensorboard_log.py)
+
+
 class RunConfig(_Strict):
     name: str = "demo"
     method: Literal["r3v", "star"] = "r3v"  # star: positives only (alpha = beta = 0, no refine/select data)
@@ -289,6 +298,7 @@ class RunConfig(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _method_switch(self) -> "RunConfig":
@@ -306,8 +316,9 @@ class RunConfig(_Strict):
     def run_dir(self) -> str:
         return f"{self.storage.root.rstrip('/')}/{self.name}"
 
-    # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving.
-    _NOT_HASHED = ("name", "rounds", "resources", "serve", "storage")
+    # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving, and how
+    # the run reports itself.
+    _NOT_HASHED = ("name", "rounds", "resources", "serve", "storage", "monitoring")
     _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"))
 
     def digest(self) -> str:

@@ -213,6 +213,68 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
             shutil.rmtree(own_temp, ignore_errors=True)
 
 
+def run_in_terminal(cmd: list[str], env: dict, timeout_s: float, cols: int = 120, rows: int = 40,
+                    cwd: Path = ROOT) -> tuple[int, bytes]:
+    """Run `cmd` on a pseudo-terminal of `cols` x `rows` (as a user's shell would: progress bars draw, lines wrap),
+    in a process group of its own; (exit status, everything it wrote). Ended, and a TimeoutError raised, after
+    `timeout_s`."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "TERM": "xterm"}, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, close_fds=True)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.time() + timeout_s
+    try:
+        while True:
+            if time.time() > deadline:
+                end_process_group(proc)
+                raise TimeoutError(f"{cmd} ran over {timeout_s} s; its output ended with {bytes(out[-3000:])!r}")
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every process holding the terminal has closed it
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), bytes(out)
+
+
+def terminal_lines(output: bytes, cols: int = 120, rows: int = 40) -> list[str]:
+    """The lines a terminal of `cols` columns shows for `output`, scrolled-off ones included (a real terminal
+    emulator, pyte: carriage returns and cursor moves of progress bars overwrite, long lines wrap)."""
+    import pyte
+
+    screen = pyte.HistoryScreen(cols, rows, history=1_000_000, ratio=0.5)
+    pyte.ByteStream(screen).feed(output)
+    lines = ["".join(line[x].data for x in range(cols)).rstrip() for line in screen.history.top]
+    lines += [line.rstrip() for line in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def tensorboard_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of the TensorBoard event files in a directory, read with tensorboard's own reader
+    (which drops what a later file's purge step withdraws)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def end_process_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
     """SIGTERM the process group a test started (start_new_session=True), SIGKILL it if it lingers."""
     os.killpg(proc.pid, signal.SIGTERM)

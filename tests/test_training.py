@@ -32,7 +32,9 @@ from r3v_ray.training import (
     train,
     write_examples,
 )
+from r3v_ray.training import faults
 from r3v_ray.training.plan import global_batches, lr_factor, worker_micro_batches
+from conftest import tensorboard_scalars
 
 TASK = get_task("synthetic")
 
@@ -167,11 +169,15 @@ def _cfg(workers: int, **training) -> RunConfig:
     )
 
 
-def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_local, tiny_model_dir, train_uri, tmp_path, synthetic_data_dir):
+def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_local, tiny_model_dir, train_uri, tmp_path,
+                                                                         synthetic_data_dir, monkeypatch):
     cfg = _cfg(2, checkpoint_every_steps=4, max_failures=1)
     out = str(tmp_path / "round-001" / "checkpoint")
-    result = train(cfg, train_uri, tiny_model_dir, out, round_index=1, fail_once_at_step=6)
+    monkeypatch.setenv(faults.ENV, "6")  # the test hook: one worker fails once at step 6
+    events = tmp_path / "tensorboard" / "train-round-001"
+    result = train(cfg, train_uri, tiny_model_dir, out, round_index=1, events_uri=str(events))
     m = result.metrics
+    assert list((tmp_path / "round-001" / "checkpoint.ray").glob("*/fault-injected"))
     assert result.checkpoint_dir == out and json.loads(json.dumps(result.to_dict()))["checkpoint_dir"] == out
     assert m["plan"] == {"world_size": 2, "micro_batch": 2, "grad_accum": 2, "global_batch": 8, "steps": 15, "warmup_steps": 0}
     assert m["resumed_from_step"] == 4  # the injected failure at step 6 restarted from the step-4 checkpoint
@@ -183,6 +189,15 @@ def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_lo
     first, last = history[0]["loss_sft"], sum(h["loss_sft"] for h in history[-3:]) / 3
     assert last < 0.7 * first, (first, last)
     assert history[-1]["loss"] == pytest.approx(history[-1]["loss_sft"] + history[-1]["loss_refine"] + history[-1]["loss_select"], rel=1e-5)
+
+    # Rank 0's TensorBoard scalars: every step once (the failed attempt's steps after the step-4 checkpoint are
+    # purged by the resumed one, whose values are the history's), per term and the learning rate.
+    scalars = tensorboard_scalars(events)
+    assert set(scalars) == {f"train/{k}" for k in ("loss", "loss_sft", "loss_refine", "loss_select", "lr",
+                                                     "step_seconds")}
+    for key in ("loss", "loss_sft", "loss_refine", "loss_select", "lr"):
+        assert [step for step, _ in scalars[f"train/{key}"]] == list(range(1, 16)), key
+        assert [v for _, v in scalars[f"train/{key}"]] == pytest.approx([h[key] for h in history], rel=1e-5), key
 
     # the export is a plain Hugging Face directory that the loader and the hf engine use
     assert not list(Path(out).parent.glob(".checkpoint.tmp-*"))

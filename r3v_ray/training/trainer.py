@@ -15,9 +15,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from r3v_ray import store
+from r3v_ray import console, store
 from r3v_ray.config import RunConfig
 from r3v_ray.resources import scaling_config_kwargs
+from r3v_ray.training import faults
 from r3v_ray.training.examples import read_examples
 from r3v_ray.training.worker import HF_DIR, STATE_FILE, fingerprint, train_loop_per_worker
 
@@ -75,17 +76,18 @@ def train(
     out_dir: str,
     round_index: int,
     *,
-    fail_once_at_step: int | None = None,
+    events_uri: str | None = None,
+    metrics_run: str | None = None,
 ) -> TrainResult:
     """Fine-tune `base_model_path` on the example rows in `train_uri` with the R3V loss; export to `out_dir`.
 
     Runs cfg.resources.num_train_workers Ray Train workers, each with a DeepSpeed engine. A worker failure
     restarts the group from the last reported checkpoint (up to cfg.training.max_failures times); a re-run with
-    the same out_dir, data and settings resumes too. `fail_once_at_step` injects one worker failure (tests).
-    Per-step losses are in metrics["history"] and, while training runs, in the Ray metric r3v_train_step_loss.
+    the same out_dir, data and settings resumes too. Per-step losses are in metrics["history"]; while training
+    runs, rank 0 draws a progress bar (cfg.monitoring), writes them as TensorBoard scalars into `events_uri` and,
+    with `metrics_run` (the run's name), sends them to the Ray metric r3v_train_step_loss.
     """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
     from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -98,6 +100,8 @@ def train(
         base_model_path = os.path.abspath(base_model_path)  # a URI is fetched by each worker's node (cache.py)
     from r3v_ray.raycluster import ensure_ray
 
+    # Ray Train propagates RAY_TRAIN_* variables to its workers and reads the state-tracking switch here.
+    console.apply_env()
     ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
     # Workers, CPUs/GPUs, custom resources and accelerator type from the config (what `r3v plan` prints).
     scaling = scaling_config_kwargs(cfg)
@@ -110,9 +114,8 @@ def train(
         base_id = (store.published(base_model_path) or {}).get("id")
     digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index, base_id)
     storage_fs, storage_path = _storage(out_dir)
-    fault_marker = None
-    if fail_once_at_step is not None:
-        fault_marker = f"{storage_path}/{digest}/fault-injected"
+    verbose = console.verbose()
+    mon = cfg.monitoring
     started = time.perf_counter()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -122,11 +125,18 @@ def train(
             "cwd": os.getcwd(),  # relative image paths in the examples are relative to the caller's directory
             "base_model_path": base_model_path,
             "round_index": round_index,
-            "fail_once_at_step": fail_once_at_step,
-            "fault_marker": fault_marker,
             "fingerprint": digest,
             "base_model_id": base_id,
             "attempt": uuid.uuid4().hex[:8],
+            # What rank 0 shows (r3v_ray/training/progress.py): per-step log lines with --verbose or every
+            # monitoring.log_every_steps, otherwise the bar alone.
+            "verbose": verbose,
+            "log_every": 1 if verbose else mon.log_every_steps,
+            "progress_bar": mon.progress_bar,
+            "events_uri": events_uri if mon.tensorboard else None,
+            "metrics_run": metrics_run,
+            "fault": faults.from_env(storage_path if store.is_local(out_dir) else out_dir.rstrip("/") + ".ray",
+                                     digest),
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(**scaling),
@@ -136,6 +146,8 @@ def train(
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.training.checkpoints_to_keep),
+            # Ray Train's own INFO lines (worker group started, each checkpoint reported) stay in its log files.
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
     try:

@@ -1,5 +1,9 @@
 """What each Ray Train worker runs: DeepSpeed over the step plan, resumable from the last reported checkpoint.
 
+The loop is set-up (data, plan, engine), resume (the last checkpoint of the same training), the steps, and the
+reports (a checkpoint every training.checkpoint_every_steps, the final one with the export); rank 0 also shows the
+training as it goes (r3v_ray/training/progress.py).
+
 The loss of a step is the token mean over the whole global batch (all micro-batches, all workers): token counts
 per term are summed across workers before the first backward pass, and each micro-batch's loss is scaled so
 that DeepSpeed's 1/grad_accum and its average over workers cancel out. Splitting a batch differently therefore
@@ -9,11 +13,15 @@ never changes the update.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,10 +33,12 @@ from r3v_ray.config import RunConfig
 from r3v_ray.models import load_processor
 from r3v_ray.training.collator import ReflectionCollator, model_inputs
 from r3v_ray.training.ds_config import deepspeed_config
+from r3v_ray.training import faults
 from r3v_ray.training.examples import TERMS, read_examples
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
 from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
 from r3v_ray.training.plan import global_batches, lr_factor, make_plan, worker_micro_batches
+from r3v_ray.training.progress import StepWatch
 
 log = logging.getLogger("r3v_ray.training")
 
@@ -42,6 +52,8 @@ def _setup_env(cfg: RunConfig) -> None:
     if cfg.resources.gpus_per_train_worker <= 0:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must precede the first deepspeed import
     torch.set_num_threads(cfg.resources.torch_threads)
+    # DeepSpeed's ZeRO still calls this torch API; torch's notice about it says nothing to a user of r3v.
+    warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor` is deprecated", category=FutureWarning)
 
 
 def fingerprint(examples: list[dict], base_model_path: str, cfg: RunConfig, round_index: int,
@@ -109,23 +121,62 @@ def run_step(engine, batches: list[dict], weights, world_size: int, device) -> d
     return record
 
 
-class _LossGauges:
-    """Per-term losses as Ray metrics (dashboard / Prometheus), set by the rank-0 worker every step."""
+@dataclass
+class _Setup:
+    """What set-up hands to the rest of the loop: the data, the plan and the DeepSpeed engine of this worker."""
 
-    def __init__(self, tags: dict[str, str]):
-        from ray.util.metrics import Gauge
+    cfg: RunConfig
+    loop_cfg: dict
+    rank: int
+    world: int
+    digest: str
+    base: str  # the base model's local directory
+    processor: Any
+    collator: ReflectionCollator
+    examples: list[dict]
+    lengths: list[int]
+    skipped: list[dict]
+    plan: Any
+    steps: list[list[int]]
+    engine: Any
+    weights: torch.Tensor
+    exclude_frozen: bool
+    setup_seconds: float = 0.0
 
-        self.tags = tags
-        # Per step, while training runs; the round's final losses are r3v_train_loss (r3v_ray.telemetry).
-        self.gauge = Gauge("r3v_train_step_loss", description="R3V training loss per term, every step",
-                           tag_keys=("term",) + tuple(tags))
 
-    def set(self, record: dict) -> None:
-        for term in ("loss", "loss_sft", "loss_refine", "loss_select"):
-            self.gauge.set(record[term], tags={"term": term, **self.tags})
+@dataclass
+class _Progress:
+    """Where the loop stands: the next step, the history so far and the step a resume started from."""
+
+    start: int = 0
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
 
 
 def train_loop_per_worker(loop_cfg: dict) -> None:
+    """Set-up, resume, the steps (each reported to the watch), a checkpoint report every
+    training.checkpoint_every_steps and the final one with the export."""
+    run = _set_up(loop_cfg)
+    progress = _resume(run)
+    watch = StepWatch(loop_cfg, run.rank, run.plan.steps, progress.start)
+    fault = loop_cfg.get("fault")  # tests only (r3v_ray/training/faults.py)
+    every = run.cfg.training.checkpoint_every_steps
+    try:
+        for step in range(progress.start, run.plan.steps):
+            faults.maybe_fail(fault, step, run.rank, run.world)
+            record = _step(run, step)
+            progress.history.append(record)
+            watch.step(record)
+            if every and (step + 1) % every == 0 and step + 1 < run.plan.steps:
+                _report(run, progress, step + 1, final=False)
+                watch.checkpoint()
+        _report(run, progress, run.plan.steps, final=True)
+    finally:
+        watch.close()
+
+
+def _set_up(loop_cfg: dict) -> _Setup:
+    """Data (checked against the driver's fingerprint, over-long examples skipped), the step plan and the engine."""
     cfg = RunConfig.model_validate(loop_cfg["cfg"])
     _setup_env(cfg)
     import deepspeed  # after _setup_env: DS_ACCELERATOR is read at import
@@ -152,86 +203,112 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     if not examples:
         raise ValueError(f"{loop_cfg['train_uri']}: no example fits training.max_seq_len={tcfg.max_seq_len}")
     plan = make_plan(len(examples), tcfg, world)
-    steps = global_batches(len(examples), plan, tcfg.seed)
 
-    model = build_trainable_model(base, tcfg)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=trainable_parameters(model),
-        config=deepspeed_config(tcfg, plan),
-        lr_scheduler=lambda opt: LambdaLR(opt, partial(lr_factor, warmup_steps=plan.warmup_steps)),
-        dist_init_required=False,
+    if not loop_cfg.get("verbose"):
+        _quiet_ray_train_reports()
+    with _quiet(loop_cfg.get("verbose", False)):  # DeepSpeed prints its op builds and comm set-up
+        model = build_trainable_model(base, tcfg)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=trainable_parameters(model),
+            config=deepspeed_config(tcfg, plan),
+            lr_scheduler=lambda opt: LambdaLR(opt, partial(lr_factor, warmup_steps=plan.warmup_steps)),
+            dist_init_required=False,
+        )
+    return _Setup(
+        cfg=cfg, loop_cfg=loop_cfg, rank=rank, world=world, digest=digest, base=base, processor=processor,
+        collator=collator, examples=examples, lengths=lengths, skipped=skipped, plan=plan,
+        steps=global_batches(len(examples), plan, tcfg.seed), engine=engine,
+        weights=term_weights(tcfg.alpha, tcfg.beta),
+        exclude_frozen=tcfg.finetune == "lora",  # a LoRA checkpoint holds the adapters, not the frozen base
+        setup_seconds=time.perf_counter() - started,
     )
-    device = engine.device
-    weights = term_weights(tcfg.alpha, tcfg.beta)
-    exclude_frozen = tcfg.finetune == "lora"  # a LoRA checkpoint holds the adapters, not the frozen base
 
-    start, history, resumed_from = 0, [], None
+
+def _resume(run: _Setup) -> _Progress:
+    """The last reported checkpoint of this very training (same fingerprint), else a start from step 0."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
-            if state.get("fingerprint") == digest:
-                engine.load_checkpoint(str(Path(ckpt_dir) / DS_DIR), tag=DS_TAG, load_module_strict=not exclude_frozen)
-                start, history, resumed_from = state["step"], state["history"], state["step"]
-                log.info("resumed from the checkpoint of step %d", start)
-            else:
-                log.warning("ignoring a checkpoint of other data or settings (fingerprint %s)", state.get("fingerprint"))
-    gauges = _LossGauges({"run": cfg.name, "round": str(round_index)}) if rank == 0 else None
-    setup_seconds = time.perf_counter() - started
+    if checkpoint is None:
+        return _Progress()
+    with checkpoint.as_directory() as ckpt_dir:
+        state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
+        if state.get("fingerprint") != run.digest:
+            log.warning("ignoring a checkpoint of other data or settings (fingerprint %s)", state.get("fingerprint"))
+            return _Progress()
+        run.engine.load_checkpoint(str(Path(ckpt_dir) / DS_DIR), tag=DS_TAG, load_module_strict=not run.exclude_frozen)
+    log.info("round %d: resumed from the checkpoint of step %d", run.loop_cfg["round_index"], state["step"])
+    return _Progress(start=state["step"], history=state["history"], resumed_from=state["step"])
 
-    def report(step: int, final: bool) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(
-                str(Path(tmp) / DS_DIR), tag=DS_TAG, client_state={"step": step}, exclude_frozen_parameters=exclude_frozen
-            )
-            summary = {"step": step, "steps": plan.steps, "final": final}
-            if history:
-                summary.update({k: v for k, v in history[-1].items() if k.startswith("loss")})
-            if rank == 0:
-                state = {
-                    "fingerprint": digest,
-                    "step": step,
-                    "final": final,
-                    "history": history,
-                    "plan": plan.to_dict(),
-                    "examples": len(examples),
-                    "skipped_too_long": skipped,
-                    "resumed_from_step": resumed_from,
-                    "setup_seconds": setup_seconds,
-                    "train_seconds": sum(h["seconds"] for h in history),
-                }
-                (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-            if final:
-                _export(engine, processor, Path(tmp) / HF_DIR, base, tcfg, rank)
-            # Unique per train() call and the same on every worker, so the workers' shards merge into one
-            # checkpoint and a re-run never writes into an older run's checkpoint directory.
-            name = f"{'final' if final else f'step-{step:06d}'}-{loop_cfg['attempt']}"
-            ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 
-    fail_at, marker = loop_cfg.get("fail_once_at_step"), loop_cfg.get("fault_marker")
-    for step in range(start, plan.steps):
-        t0 = time.perf_counter()
-        if fail_at is not None and step == fail_at and rank == world - 1 and marker and not os.path.exists(marker):
-            Path(marker).parent.mkdir(parents=True, exist_ok=True)
-            Path(marker).write_text("injected\n")  # once only: the restarted worker group goes on
-            raise RuntimeError(f"injected worker failure at step {step} (fault-tolerance test)")
-        mine = worker_micro_batches(steps[step], lengths, plan, rank)
-        batches = [collator([examples[i] for i in ids]) for ids in mine]
-        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside the step)
-        record = run_step(engine, batches, weights, world, device)
-        record.update(step=step + 1, lr=lr, seconds=time.perf_counter() - t0)
-        history.append(record)
-        if rank == 0:
-            gauges.set(record)
-            log.info(
-                "round %d step %d/%d loss %.4f (sft %.4f, refine %.4f, select %.4f)", round_index, step + 1,
-                plan.steps, record["loss"], record["loss_sft"], record["loss_refine"], record["loss_select"],
-            )
-        every = tcfg.checkpoint_every_steps
-        if every and (step + 1) % every == 0 and step + 1 < plan.steps:
-            report(step + 1, final=False)
-    report(plan.steps, final=True)
+def _step(run: _Setup, step: int) -> dict[str, Any]:
+    """One optimizer step of the plan on this worker's micro-batches; the record the history keeps."""
+    t0 = time.perf_counter()
+    mine = worker_micro_batches(run.steps[step], run.lengths, run.plan, run.rank)
+    batches = [run.collator([run.examples[i] for i in ids]) for ids in mine]
+    lr = run.engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside the step)
+    record = run_step(run.engine, batches, run.weights, run.world, run.engine.device)
+    record.update(step=step + 1, lr=lr, seconds=time.perf_counter() - t0)
+    return record
+
+
+def _report(run: _Setup, progress: _Progress, step: int, final: bool) -> None:
+    """A checkpoint to Ray Train: every worker's DeepSpeed shard, rank 0's state (history, plan, skips) and, when
+    final, the exported Hugging Face directory."""
+    import ray.train
+
+    history = progress.history
+    with tempfile.TemporaryDirectory() as tmp:
+        run.engine.save_checkpoint(str(Path(tmp) / DS_DIR), tag=DS_TAG, client_state={"step": step},
+                                   exclude_frozen_parameters=run.exclude_frozen)
+        summary = {"step": step, "steps": run.plan.steps, "final": final}
+        if history:
+            summary.update({k: v for k, v in history[-1].items() if k.startswith("loss")})
+        if run.rank == 0:
+            state = {
+                "fingerprint": run.digest,
+                "step": step,
+                "final": final,
+                "history": history,
+                "plan": run.plan.to_dict(),
+                "examples": len(run.examples),
+                "skipped_too_long": run.skipped,
+                "resumed_from_step": progress.resumed_from,
+                "setup_seconds": run.setup_seconds,
+                "train_seconds": sum(h["seconds"] for h in history),
+            }
+            (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+        if final:
+            _export(run.engine, run.processor, Path(tmp) / HF_DIR, run.base, run.cfg.training, run.rank)
+        # Unique per train() call and the same on every worker, so the workers' shards merge into one
+        # checkpoint and a re-run never writes into an older run's checkpoint directory.
+        name = f"{'final' if final else f'step-{step:06d}'}-{run.loop_cfg['attempt']}"
+        ray.train.report(summary, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report ("Reporting training result N: TrainingReport(...)") at INFO through a logger
+    named after its source file, outside the `ray.train` loggers its LoggingConfig governs."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+@contextmanager
+def _quiet(verbose: bool):
+    """stdout of a noisy library call kept out of the run's output (Ray keeps nothing of it either), unless
+    verbose; its warnings, logged through loggers with handlers of their own, still show."""
+    if verbose:
+        yield
+        return
+    with redirect_stdout(io.StringIO()) as captured:
+        yield
+    text = captured.getvalue().strip()
+    if text:
+        log.debug("%s", text)
 
 
 def _export(engine, processor, out: Path, base: str, tcfg, rank: int) -> None:
