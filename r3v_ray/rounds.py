@@ -1,10 +1,12 @@
-"""One self-training round as stages (DESIGN.md sections 1 and 2), each resumable through the round manifest.
+"""One self-training round as stages (docs/design.md sections 1 to 3), each resumable through the round manifest.
 
 Round 0:  build (warm-up data) -> train (M0) -> eval (+ the base model's zero-shot CoT accuracy)
 Round k:  sample (M(k-1) on the train split) -> build (reflection data from the pool of rounds 1..k)
           -> train (from the base model, or from M(k-1)) -> eval
 
-Stages hand over through files in the run directory only, so any stage can be re-run on its own.
+Stages hand over through files in the run directory only, so any stage can be re-run on its own. The manifest also
+records a stage as running (who runs it) when it starts and as failed (the error) when it raises, for `r3v status`
+(r3v_ray/status.py); after every round the report and the TensorBoard rounds log are rebuilt from the manifests.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from r3v_ray.config import ConfigError, RunConfig, config_from_dict
 from r3v_ray.manifest import Manifest
 from r3v_ray.prepare import ensure_data, ensure_model
 from r3v_ray.raycluster import ensure_ray
-from r3v_ray.report import collect, write_report
+from r3v_ray.report import round_summaries, thin_history, write_run_report
 from r3v_ray.rundir import RunDir
+from r3v_ray.status import driver_info
 from r3v_ray.tasks import get_task
 
 log = logging.getLogger("r3v.round")
@@ -81,10 +84,11 @@ def check_config(cfg: RunConfig, force: bool) -> None:
 
 
 class RoundRunner:
-    def __init__(self, cfg: RunConfig, round_index: int, force: bool = False):
+    def __init__(self, cfg: RunConfig, round_index: int, force: bool = False, job_name: str | None = None):
         if round_index > cfg.rounds:
             raise ValueError(f"round {round_index} is beyond the configured rounds ({cfg.rounds})")
         self.cfg, self.k, self.force = cfg, round_index, force
+        self.job_name = job_name or f"r3v {cfg.name} round {round_index}"  # when this round starts the driver
         self.run_dir = RunDir.of(cfg)
         self.dir = self.run_dir.round(round_index)
         self.task = get_task(cfg.task.name, **cfg.task.params)
@@ -96,11 +100,20 @@ class RoundRunner:
             log.info("%s stage %s: already done, skipped", self.tag, name)
             return
         log.info("%s stage %s: starting", self.tag, name)
+        driver = driver_info()
+        manifest.start(name, **driver)
         start = time.time()
-        info = fn() or {}
+        try:
+            info = fn() or {}
+        except BaseException as exc:  # Ctrl-C too: `r3v status` shows what stopped the stage
+            try:
+                manifest.fail(name, f"{type(exc).__name__}: {exc}"[:2000])
+            except Exception as record_exc:  # the stage's own error is the one to raise
+                log.warning("%s stage %s: could not record the failure: %s", self.tag, name, record_exc)
+            raise
         seconds = time.time() - start
-        manifest.record(name, seconds, **info)
-        log.info("%s stage %s: done in %.1fs %s", self.tag, name, seconds, _brief(info))
+        manifest.record(name, seconds, **driver, **info)  # which job made it stays in the record
+        log.info("%s stage %s: done in %.1fs%s", self.tag, name, seconds, _brief(name, info))
 
     def _previous_checkpoint(self) -> str:
         prev_dir = self.run_dir.round(self.k - 1)
@@ -126,7 +139,7 @@ class RoundRunner:
         preflight.check_job_paths(cfg)
         log.info("%s run directory: %s", self.tag, _shown(cfg.run_dir))
         preflight.check_storage(cfg)
-        ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
+        ensure_ray(job_config=job_config(self.job_name))  # honours RAY_ADDRESS, else a fresh local Ray
         store.makedirs(self.dir.uri)
         _write_config(cfg, self.force)
         manifest = self.dir.open_manifest(cfg.digest(), self.force)
@@ -194,7 +207,8 @@ class RoundRunner:
         init = self.base_model
         if cfg.training.init_from == "previous" and self.k > 0:
             init = self._previous_checkpoint()
-        result = train(cfg, self.dir.train_data, init, self.dir.checkpoint, self.k)
+        result = train(cfg, self.dir.train_data, init, self.dir.checkpoint, self.k,
+                       events_uri=self.run_dir.tensorboard_train(self.k), metrics_run=cfg.name)
         metrics = result.to_dict().get("metrics", {})
         # final_loss (the weighted total), final_loss_sft, final_loss_refine, final_loss_select
         losses = {k.removeprefix("final_"): v for k, v in metrics.items()
@@ -202,7 +216,7 @@ class RoundRunner:
         if losses:
             telemetry.report("record_losses", cfg.name, self.k, losses)
         return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
-                "init_from": init}
+                "init_from": init, "history": thin_history(metrics.get("history") or [])}
 
     def evaluate(self) -> dict:
         from r3v_ray.evaluation import evaluate
@@ -220,9 +234,18 @@ class RoundRunner:
         return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}}
 
     def write_run_report(self) -> None:
-        runs = {f"{self.cfg.name} ({self.cfg.method})": collect(self.cfg.run_dir, self.cfg.rounds)}
-        table = write_report(self.cfg.run_dir, runs, f"r3v-ray run `{self.cfg.name}`")
-        log.info("%s report:\n%s", self.tag, table)
+        """report.md with its plots and the TensorBoard rounds log, from the run's manifests and eval.json files."""
+        from r3v_ray.tensorboard_log import write_rounds_log
+
+        cfg, run = self.cfg, self.run_dir
+        summaries = round_summaries(run.uri, cfg.rounds)
+        intro = [f"Method {cfg.method}, rounds 0..{cfg.rounds}, config digest {cfg.digest()}. Where the run stands: "
+                 f"`r3v status {_shown(run.uri)}`; TensorBoard: `tensorboard --logdir {_shown(run.uri)}`."]
+        write_run_report(run.uri, f"r3v-ray run `{cfg.name}`", f"{cfg.name} ({cfg.method})", cfg.rounds, intro,
+                         summaries)
+        if cfg.monitoring.tensorboard:
+            write_rounds_log(run.tensorboard_rounds, summaries)
+        log.debug("%s report: %s", self.tag, _shown(run.report))
 
 
 def _shown(uri: str) -> str:
@@ -230,10 +253,34 @@ def _shown(uri: str) -> str:
     return uri if store.is_uri(uri) else os.path.abspath(uri)
 
 
-def _brief(info: dict) -> str:
-    text = str(info.get("metrics") or info.get("stats") or "")
-    return text if len(text) < 400 else text[:400] + "..."
+def job_config(name: str):
+    """A driver's Ray job config naming it in the dashboard's Jobs view (its Name column shows metadata
+    "job_name"; a submitted job's own metadata takes precedence)."""
+    from ray.job_config import JobConfig
+
+    return JobConfig(metadata={"job_name": name})
 
 
-def run_round(cfg: RunConfig, round_index: int, force: bool = False) -> dict:
-    return RoundRunner(cfg, round_index, force).run()
+def _brief(stage: str, info: dict) -> str:
+    """A finished stage's numbers on its one line (everything else is in the manifest)."""
+    stats, metrics = info.get("stats") or {}, info.get("metrics") or {}
+    if stage == "sample" and stats.get("num_samples") is not None:
+        n, right = stats["num_samples"], stats.get("num_correct", 0)
+        share = f" ({100 * right / n:.1f} %)" if n else ""
+        return f": {n} rationales for {stats.get('num_rows')} questions, {right} correct{share}, " \
+               f"{stats.get('skipped', 0)} skipped"
+    if stage == "build" and stats.get("examples"):
+        return ": " + ", ".join(f"{n} {task}" for task, n in stats["examples"].items() if n) + " examples"
+    if stage == "train" and metrics.get("steps") is not None:
+        final = [metrics.get(f"final_loss{t}") for t in ("", "_sft", "_refine", "_select")]
+        if all(isinstance(v, (int, float)) for v in final):
+            return (f": {metrics['steps']} steps, final loss {final[0]:.4f} (sft {final[1]:.4f}, refine "
+                    f"{final[2]:.4f}, select {final[3]:.4f})")
+        return f": {metrics['steps']} steps"
+    if stage == "eval" and metrics:
+        return ": " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+    return ""
+
+
+def run_round(cfg: RunConfig, round_index: int, force: bool = False, job_name: str | None = None) -> dict:
+    return RoundRunner(cfg, round_index, force, job_name).run()

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 
+from r3v_ray import console
 from r3v_ray.config import RunConfig
 from r3v_ray.preflight import locations
 from r3v_ray.rundir import RunDir
@@ -36,7 +37,7 @@ def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
             log.info("round %d already finished under this config, skipped", k)
             continue
         start = time.time()
-        metrics[k] = run_round(cfg, k, force=force)
+        metrics[k] = run_round(cfg, k, force=force, job_name=f"r3v {cfg.name} rounds {from_round}-{cfg.rounds}")
         log.info("round %d finished in %.1fs", k, time.time() - start)
     return metrics
 
@@ -87,6 +88,7 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
     client = JobSubmissionClient(address)
     sets = overrides + _absolute_overrides(cfg)
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR") if k in os.environ}
+    env.update({k: os.environ.get(k, v) for k, v in console.WORKER_ENV.items()})
     ids = []
     for k in range(from_round, cfg.rounds + 1):
         if not force and round_finished(cfg, k):
@@ -94,13 +96,16 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
             continue
         args = ["python", "jobs/round.py", "--config", config_path, "--round", str(k)]
         args += [a for s in sets for a in ("--set", s)] + (["--force"] if force else [])
+        args += ["--verbose"] if console.verbose() else []
         submission_id = _free_submission_id(client, f"r3v-{cfg.name}-round-{k}")
         client.submit_job(
             entrypoint=" ".join(_quote(a) for a in args),
             submission_id=submission_id,
             runtime_env={"working_dir": working_dir, "env_vars": env,
                          "excludes": [".venv", "runs", ".git", "__pycache__", "*.egg-info"]},
-            metadata={"r3v_run": cfg.name, "r3v_round": str(k), "r3v_method": cfg.method},
+            # job_name: the dashboard's Jobs view shows it in its Name column.
+            metadata={"job_name": f"r3v {cfg.name} round {k}", "r3v_run": cfg.name, "r3v_round": str(k),
+                      "r3v_method": cfg.method},
         )
         log.info("submitted round %d as %s", k, submission_id)
         ids.append(submission_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PY, ROOT, ray_head, subprocess_env
+from conftest import PY, ROOT, ray_head, run_in_terminal, subprocess_env, tensorboard_scalars, terminal_lines
 
 
 pytestmark = pytest.mark.slow
@@ -64,20 +64,37 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
         proc.wait()
         log.close()
     before = _manifest(run, 1)["stages"]
-    assert "train" not in before
+    assert before["train"]["status"] == "running" and before["train"]["pid"] == proc.pid  # recorded, not done
     samples = run / "round-001" / "samples.parquet"
     samples_bytes, samples_mtime = samples.read_bytes(), samples.stat().st_mtime_ns
 
-    second = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=1200)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    out = second.stdout + second.stderr
+    # `r3v status` on the half-finished run: its driver is gone, so the stage it was in is interrupted.
+    half = _status(run)
+    assert "round 0: finished" in half and "round 2: not started" in half, half
+    assert "round 1: interrupted: sample done" in half and f"train interrupted (pid {proc.pid} on" in half, half
+    assert "next: a re-run resumes round 1 at stage train" in half, half
+
+    # The re-run as a user starts it (`make demo` runs the same command), on a terminal of 120 columns.
+    code, raw = run_in_terminal([PY, "-m", "r3v_ray.cli", "run", "--config", str(config)], subprocess_env(),
+                                timeout_s=1200, cols=120)
+    out = raw.decode(errors="replace")
+    lines = terminal_lines(raw, cols=120)
+    assert code == 0, "\n".join(lines[-60:])
     assert "round 0 already finished under this config, skipped" in out
     assert "round 1] stage sample: already done" in out and "round 1] stage build: already done" in out
     assert "round 1] stage train: starting" in out
     assert samples.read_bytes() == samples_bytes and samples.stat().st_mtime_ns == samples_mtime
     assert _manifest(run, 1)["stages"]["sample"] == before["sample"]
+    # What a user reads: a progress bar per training instead of a line per step, no line of Ray's worker-group or
+    # checkpoint chatter, and the table last. (Rounds 1 and 2 of the demo's three; `make demo` measured < 150.)
+    print(f"{len(lines)} lines on the terminal:\n" + "\n".join(lines))
+    assert len(lines) <= 100, "\n".join(lines)
+    assert not [line for line in lines if " step " in line and "/" in line and "loss" in line and "|" not in line]
+    assert not [line for line in lines if "Reporting training result" in line or "Traceback" in line]
+    assert any("round 2 loss" in line and "100%" in line for line in lines), "no finished bar for round 2"
+    assert lines[-1].startswith("| t (r3v) | 2 | ") and lines[-4].startswith("| run | round |"), lines[-6:]
 
-    # Every file of the run-directory layout (DESIGN.md section 2).
+    # Every file of the run-directory layout (docs/design.md section 3).
     assert (run / "config.yaml").is_file() and (run / "report.md").is_file()
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     for k in range(3):
@@ -92,11 +109,41 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     assert {"test@1", "oracle@2", "majority@2", "select@2"} <= set(ev2) and ev2["num_questions"] == 6
     report = (run / "report.md").read_text()
     assert all(f"| {k} |" in report for k in range(3))
+    # report.md's numbers are the manifests' (and its plots are there), TensorBoard has every step and round.
+    for k in (1, 2):
+        stages = _manifest(run, k)["stages"]
+        sample, build = stages["sample"]["stats"], stages["build"]["stats"]
+        share = f"{100 * sample['num_correct'] / sample['num_samples']:.1f} %"
+        assert (f"| {k} | {sample['num_rows']} | {build['questions_no_positive']} | {build['questions_some_positive']}"
+                f" | {build['questions_all_positive']} | {sample['num_samples']} | {sample['num_correct']} | {share} |"
+                in report), k
+        counts = [build["examples"].get(t, 0) for t in ("warmup", "sft", "refine", "select")]
+        assert f"| {k} | " + " | ".join(map(str, counts)) + f" | {sum(counts)} |" in report, k
+        train = stages["train"]["metrics"]
+        assert f"| {train['final_loss']:.4f} | {train['mean_loss']:.4f} | {train['final_loss_sft']:.4f} |" in report
+        steps = tensorboard_scalars(run / "tensorboard" / f"train-round-{k:03d}")
+        assert [s for s, _ in steps["train/loss"]] == list(range(1, train["steps"] + 1))
+        assert steps["train/loss"][-1][1] == pytest.approx(train["final_loss"], rel=1e-5)
+        assert {"train/loss_sft", "train/loss_refine", "train/loss_select", "train/lr"} <= set(steps)
+    for png in ("accuracy.png", "loss.png", "samples.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG" and png in report
+    per_round = tensorboard_scalars(run / "tensorboard" / "rounds")
+    assert per_round["eval/test@1"] == [(k, pytest.approx(json.loads((run / f"round-{k:03d}" / "eval.json")
+                                                                      .read_text())["test@1"])) for k in range(3)]
+    assert {"sample/share_correct", "data/sft", "data/warmup", "loss/final_loss", "time/train_seconds"} <= set(per_round)
+    assert "next: nothing: rounds 0..2 are finished" in _status(run)
 
     # A changed config is refused with a clear message.
     changed = subprocess.run(cmd + ["--set", "training.lr=0.5"], cwd=ROOT, env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
     assert changed.returncode != 0 and "--force" in changed.stderr and "changed: training.lr" in changed.stderr
+
+
+def _status(run: Path) -> str:
+    done = subprocess.run([PY, "-m", "r3v_ray.cli", "status", str(run)], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def _job_agent_answers(ports: dict) -> None:
@@ -129,8 +176,15 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
     from ray.job_submission import JobSubmissionClient
 
     info = JobSubmissionClient(address).get_job_info("r3v-job-round-0")
-    assert info.metadata == {"r3v_run": "job", "r3v_round": "0", "r3v_method": "r3v"}
+    # job_name: what the dashboard's Jobs view shows in its Name column
+    assert info.metadata == {"job_name": "r3v job round 0", "r3v_run": "job", "r3v_round": "0", "r3v_method": "r3v"}
     assert str(info.status).endswith("SUCCEEDED")
+    # Each stage's record names the job that made it (`r3v status` shows it while a stage runs).
+    stages = _manifest(tmp_path / "runs" / "job", 0)["stages"]
+    assert {s["ray_job"] for s in stages.values()} == {"r3v-job-round-0"}
+    # The dashboard's Train view lists the round's training (Ray Train's state tracking is on).
+    runs = json.loads(urllib.request.urlopen(f"{address}/api/train/v2/runs/v1", timeout=30).read())["train_runs"]
+    assert [(r["status"], r["job_id"]) for r in runs] == [("FINISHED", stages["train"]["ray_job_id"])], runs
 
     # By hand, as the README shows: `ray job submit -- python jobs/round.py ...`; every stage is already done.
     runtime_env = json.dumps({"excludes": [".venv", "runs", ".git", "__pycache__", "*.egg-info"],
@@ -146,27 +200,46 @@ def test_round_submitted_with_ray_job_submit_and_metrics_exported(tmp_path, head
     assert str(JobSubmissionClient(address).get_job_status("by-hand-round-0")).endswith("SUCCEEDED")
 
 
-def test_custom_metrics_reach_the_clusters_export_endpoint(head_node):
-    """A driver on the cluster records through r3v's metrics actor; the series appear on the node's
-    Prometheus export, tagged with run and round."""
+def _r3v_series(metrics_port: int) -> list[str]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return [line for line in text.splitlines() if "r3v_" in line and not line.startswith("#")]
+
+
+def test_custom_metrics_reach_the_clusters_export_endpoint_and_stay_there(head_node):
+    """A driver on the cluster records through r3v's metrics actor and exits; the series appear on the node's
+    Prometheus export, tagged with run and round, under the names the Grafana dashboard queries, and are still
+    there a minute later (Ray drops a gauge ~20 s after it was last set: the actor sets it again)."""
     _address, metrics_port, env, gcs = head_node
     driver = (
         "import ray; from r3v_ray import telemetry; "
         f"ray.init(address='127.0.0.1:{gcs}'); "
         "telemetry.report('record_sampling', 'probe', 1, 30, 12); "
         "telemetry.report('record_losses', 'probe', 1, {'loss': 0.5, 'loss_sft': 0.3}); "
+        "telemetry.report('record_step_losses', 'probe', 1, {'loss': 0.75, 'loss_sft': 0.25}); "
         "telemetry.report('record_accuracy', 'probe', 1, {'test@1': 42.0})"
     )
     done = subprocess.run([PY, "-c", driver], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    wanted = ("r3v_accuracy", "r3v_train_loss", "r3v_samples_generated", "r3v_positive_share")
-    deadline, text = time.time() + 180, ""
+    recorded = time.time()
+    wanted = {"ray_r3v_accuracy": " 42.0", "ray_r3v_train_loss": " 0.5", "ray_r3v_train_step_loss": " 0.75",
+              "ray_r3v_samples_generated_total": " 30.0", "ray_r3v_positive_share": " 0.4"}
+
+    def found(series: list[str]) -> dict[str, bool]:
+        return {name: any(line.startswith(name + "{") and 'run="probe"' in line and 'round="1"' in line
+                          and line.endswith(value) for line in series) for name, value in wanted.items()}
+
+    deadline, ours = time.time() + 180, []
     while time.time() < deadline:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        if all(name in text for name in wanted):
+        ours = _r3v_series(metrics_port)
+        if all(found(ours).values()):
             break
         time.sleep(3)
-    ours = [line for line in text.splitlines() if "r3v_" in line and not line.startswith("#")]
-    assert all(name in text for name in wanted), ours
-    accuracy = [line for line in ours if line.startswith("ray_r3v_accuracy") or line.startswith("r3v_accuracy")]
-    assert any('run="probe"' in line and 'round="1"' in line and line.endswith(" 42.0") for line in accuracy), ours
+    assert all(found(ours).values()), (found(ours), ours)
+    # Every series the Grafana dashboard queries is one the export has.
+    dashboard = json.loads((ROOT / "deploy" / "grafana-r3v.json").read_text())
+    queried = {n for p in dashboard["panels"] for t in p["targets"] for n in wanted if n + "{" in t["expr"]}
+    assert queried == set(wanted), queried
+
+    time.sleep(max(0.0, recorded + 60 - time.time()))  # a minute on, with only the actor's refresher setting them
+    later = _r3v_series(metrics_port)
+    assert all(found(later).values()), (found(later), later)

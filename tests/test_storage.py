@@ -263,13 +263,16 @@ def local_files(root: Path) -> set[str]:
 
 
 def comparable(paths: set[str]) -> set[str]:
-    """Ray Train's own storage (checkpoint.ray/) names its files after a fingerprint and a per-call id: compared by
-    the files' names within it, the rest exactly."""
+    """Ray Train's own storage (checkpoint.ray/) names its files after a fingerprint and a per-call id, and a
+    TensorBoard event file after its time, host and process: compared by the files' names within checkpoint.ray/,
+    by directory for event files, the rest exactly."""
     out = set()
     for p in paths:
         if ".ray/" in p:
             head, _, tail = p.partition(".ray/")
             out.add(f"{head}.ray/.../{tail.rpartition('/')[2]}")
+        elif "/events.out.tfevents." in p:
+            out.add(p.rpartition("/")[0] + "/events.out.tfevents.*")
         else:
             out.add(p)
     return out
@@ -293,6 +296,16 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     assert run.round(1).checkpoint_ready() and store.published(run.round(1).checkpoint)
     ev1 = store.read_json(run.round(1).eval_json)
     assert ev1["num_questions"] == 4 and ev1["model"] == run.round(1).checkpoint
+    # Watching it on the bucket: `r3v status`, report.md with its plots, TensorBoard's files (per step and round).
+    status = subprocess.run([PY, "-m", "r3v_ray.cli", "status", run.uri], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "round 1: finished" in status.stdout, status.stdout + status.stderr
+    assert "next: nothing: rounds 0..1 are finished" in status.stdout
+    report = store.read_text(run.report)
+    assert "## Sample pool" in report and "## Training loss" in report and "| 1 | 8 |" in report
+    assert all(store.read_bytes(p)[:4] == b"\x89PNG" for p in (run.plot, run.loss_plot, run.samples_plot))
+    events = [p for p in bucket_files(f"runs/{name}/tensorboard") if "/events.out.tfevents." in p]
+    assert sorted(p.partition("/")[0] for p in events) == ["rounds", "train-round-000", "train-round-001"], events
     # Evaluation's samplers and round 1's samplers loaded the checkpoints from this node's cache, fetched once each.
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
     assert len(cached) == 2 and all(c.startswith("checkpoint-") for c in cached), cached
