@@ -223,7 +223,10 @@ def loss_png(summaries: list[dict]) -> bytes | None:
     fig, axes = plt.subplots(1, len(LOSS_TERMS), figsize=(14.0, 3.4))
     for ax, (key, title) in zip(axes, LOSS_TERMS):
         for s in trained:
-            ax.plot(s["history"]["step"], s["history"][key], label=f"round {s['round']}")
+            # A term is exactly 0 in a step whose batch holds none of its examples: a gap, not a point.
+            values = [v if v else float("nan") for v in s["history"][key]]
+            if any(v == v for v in values):
+                ax.plot(s["history"]["step"], values, label=f"round {s['round']}", color=f"C{s['round'] % 10}")
         ax.set_title(f"loss ({title})")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

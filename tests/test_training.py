@@ -175,7 +175,8 @@ def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_lo
     out = str(tmp_path / "round-001" / "checkpoint")
     monkeypatch.setenv(faults.ENV, "6")  # the test hook: one worker fails once at step 6
     events = tmp_path / "tensorboard" / "train-round-001"
-    result = train(cfg, train_uri, tiny_model_dir, out, round_index=1, events_uri=str(events))
+    # given relative to this directory, as a run's own are (storage.root: runs): the workers start elsewhere
+    result = train(cfg, train_uri, tiny_model_dir, out, round_index=1, events_uri=os.path.relpath(events))
     m = result.metrics
     assert list((tmp_path / "round-001" / "checkpoint.ray").glob("*/fault-injected"))
     assert result.checkpoint_dir == out and json.loads(json.dumps(result.to_dict()))["checkpoint_dir"] == out

@@ -98,6 +98,8 @@ def train(
         train_uri = os.path.abspath(train_uri)
     if not store.is_uri(base_model_path) and os.path.exists(base_model_path):
         base_model_path = os.path.abspath(base_model_path)  # a URI is fetched by each worker's node (cache.py)
+    if events_uri and not store.is_uri(events_uri):
+        events_uri = os.path.abspath(events_uri)  # Ray Train starts its workers in a directory of its own
     from r3v_ray.raycluster import ensure_ray
 
     # Ray Train propagates RAY_TRAIN_* variables to its workers and reads the state-tracking switch here.
