@@ -51,7 +51,7 @@ def round_summaries(run_uri: str, rounds: int) -> list[dict]:
             "round": k,
             "eval": ev,
             "pool": _pool(sample, build) if "sample" in done else None,
-            "examples": {t: n for t, n in (build.get("examples") or {}).items() if n},
+            "examples": dict(build.get("examples") or {}),
             "losses": {key: train[key] for key in (f"{w}_{t}" for w in ("final", "mean") for t, _ in LOSS_TERMS)
                        if isinstance(train.get(key), (int, float))},
             "train": {key: train.get(key) for key in ("steps", "examples", "examples_per_second", "skipped_too_long")}

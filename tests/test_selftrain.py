@@ -92,7 +92,7 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     assert not [line for line in lines if " step " in line and "/" in line and "loss" in line and "|" not in line]
     assert not [line for line in lines if "Reporting training result" in line or "Traceback" in line]
     assert any("round 2 loss" in line and "100%" in line for line in lines), "no finished bar for round 2"
-    assert lines[-1].startswith("| t (r3v) | 2 | ") and lines[-4].startswith("| run | round |"), lines[-6:]
+    assert lines[-1].startswith("| t (r3v) | 2 | ") and lines[-5].startswith("| run | round |"), lines[-6:]
 
     # Every file of the run-directory layout (docs/design.md section 3).
     assert (run / "config.yaml").is_file() and (run / "report.md").is_file()

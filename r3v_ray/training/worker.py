@@ -37,7 +37,7 @@ from r3v_ray.training import faults
 from r3v_ray.training.examples import TERMS, read_examples
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
 from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
-from r3v_ray.training.plan import global_batches, lr_factor, make_plan, worker_micro_batches
+from r3v_ray.training.plan import StepPlan, global_batches, lr_factor, make_plan, worker_micro_batches
 from r3v_ray.training.progress import StepWatch
 
 log = logging.getLogger("r3v_ray.training")
@@ -136,8 +136,8 @@ class _Setup:
     examples: list[dict]
     lengths: list[int]
     skipped: list[dict]
-    plan: Any
-    steps: list[list[int]]
+    plan: StepPlan
+    steps: list[list[int]]  # the global batches, as example indices
     engine: Any
     weights: torch.Tensor
     exclude_frozen: bool
