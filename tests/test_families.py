@@ -375,7 +375,7 @@ def _edited_copy(src: str, dst: Path, config: dict | None = None, template: str 
 
 
 def test_an_unsupported_architecture_is_refused_at_load_with_its_model_type_and_the_supported_ones(tiny_model_dir,
-                                                                                                   tmp_path):
+                                                                                                   tmp_path, capsys):
     from r3v_ray.config import TrainingConfig
     from r3v_ray.training.model_setup import build_trainable_model
 
@@ -388,6 +388,9 @@ def test_an_unsupported_architecture_is_refused_at_load_with_its_model_type_and_
         with pytest.raises(ModelFamilyError, match=expected) as info:
             load(path)
         assert path in str(info.value)
+    # `r3v serve` refuses it before deploying anything (exit 2, the reason on stderr)
+    assert r3v(["serve", "--checkpoint", path]) == 2
+    assert "error:" in (err := capsys.readouterr().err) and "model_type 'llava_next'" in err
     no_config = tmp_path / "empty"
     no_config.mkdir()
     with pytest.raises(ModelFamilyError, match="no config.json"):
