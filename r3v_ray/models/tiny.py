@@ -219,6 +219,22 @@ def _rope(spec: TinySpec, rotary_dim: int | None = None, **extra) -> dict:
     return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": spec.resolved_mrope(rotary_dim), **extra}
 
 
+def _vision(spec: TinySpec, patch: int, **extra) -> dict:
+    """The vision tower of Qwen2.5-VL, Qwen3-VL and Qwen3.5, which name its width hidden_size and the merger's
+    output (the text model's width) out_hidden_size."""
+    return dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_embed_dim,
+        out_hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.vision_embed_dim,
+        num_heads=spec.vision_heads,
+        patch_size=patch,
+        spatial_merge_size=spec.merge_size,
+        initializer_range=spec.initializer_range,
+        **extra,
+    )
+
+
 def tiny_config(spec: TinySpec, tokenizer):
     """The family's transformers config at the spec's sizes."""
     family = get_family(spec.family)
@@ -240,34 +256,20 @@ def tiny_config(spec: TinySpec, tokenizer):
     elif family.name == "qwen2_5_vl":
         text = _text(spec, tokenizer, rope_parameters=_rope(spec), bos_token_id=ids["<|endoftext|>"],
                      eos_token_id=ids["<|im_end|>"])
-        vision = dict(
-            depth=spec.vision_depth,
-            hidden_size=spec.vision_embed_dim,  # Qwen2.5-VL names the vision width hidden_size ...
-            out_hidden_size=spec.hidden_size,  # ... and the merger's output out_hidden_size
-            intermediate_size=4 * spec.vision_embed_dim,
-            num_heads=spec.vision_heads,
-            patch_size=patch,
-            spatial_merge_size=spec.merge_size,
+        vision = _vision(
+            spec, patch,
             # Windows of 2 x 2 merged tokens (the real 112 pixels are 4 x 4), so the tiny image's 3 x 3 tokens span
             # several windows; full attention in the last block (a one-block tower has windowed attention only).
             window_size=2 * patch * spec.merge_size,
             fullatt_block_indexes=[spec.vision_depth - 1] if spec.vision_depth > 1 else [],
             tokens_per_second=2,
-            initializer_range=spec.initializer_range,
         )
     elif family.name == "qwen3_vl":
         text = _text(spec, tokenizer, head_dim=spec.head_dim, rope_parameters=_rope(spec, mrope_interleaved=True))
-        vision = dict(
-            depth=spec.vision_depth,
-            hidden_size=spec.vision_embed_dim,
-            out_hidden_size=spec.hidden_size,
-            intermediate_size=4 * spec.vision_embed_dim,
-            num_heads=spec.vision_heads,
-            patch_size=patch,
-            spatial_merge_size=spec.merge_size,
+        vision = _vision(
+            spec, patch,
             num_position_embeddings=256,  # a 16 x 16 grid, interpolated to each image's patches as in the real model
             deepstack_visual_indexes=[0],  # the first vision block's features also enter the first text layer
-            initializer_range=spec.initializer_range,
         )
     elif family.name == "qwen3_5":
         every = min(4, spec.num_layers)  # the real models: three linear-attention layers, then one full attention
@@ -279,17 +281,7 @@ def tiny_config(spec: TinySpec, tokenizer):
             linear_num_key_heads=spec.num_heads, linear_num_value_heads=2 * spec.num_heads,
             rope_parameters=_rope(spec, rotary, mrope_interleaved=True, partial_rotary_factor=0.25),
         )
-        vision = dict(
-            depth=spec.vision_depth,
-            hidden_size=spec.vision_embed_dim,
-            out_hidden_size=spec.hidden_size,
-            intermediate_size=4 * spec.vision_embed_dim,
-            num_heads=spec.vision_heads,
-            patch_size=patch,
-            spatial_merge_size=spec.merge_size,
-            num_position_embeddings=256,
-            initializer_range=spec.initializer_range,
-        )
+        vision = _vision(spec, patch, num_position_embeddings=256)
     else:  # a family added to families.py without a tiny configuration here
         raise NotImplementedError(f"no tiny configuration for {family.name}")
     return config_cls(text_config=text, vision_config=vision, **_top(spec, tokenizer))
