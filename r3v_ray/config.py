@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from r3v_ray.prompts import CAPTION_PROMPTS
 
@@ -46,6 +46,15 @@ class TinyModelConfig(_Strict):
     vocab_size: int = 768
     initializer_range: float = Field(0.2, gt=0.0)  # weight init std; see TinySpec
     seed: int = 0
+
+    @model_serializer(mode="wrap")
+    def _family_once_set(self, handler):
+        # Written out (config.yaml, the digest, the tiny model's build stamp) only when it is not qwen2_vl, the
+        # family of every tiny model before families existed: their runs resume and their directories are reused.
+        data = handler(self)
+        if data.get("family") == "qwen2_vl":
+            del data["family"]
+        return data
 
 
 class ModelConfig(_Strict):
@@ -324,10 +333,7 @@ class RunConfig(_Strict):
         for section, key in self._HASHED_ONCE_SET:
             if data[section][key] is None:
                 del data[section][key]
-        # The model family of a tiny model is hashed once it is not the Qwen2-VL every earlier tiny model was; LoRA's
-        # family default is hashed as the list it replaced (the Qwen2 families' own), so those runs resume too.
-        if data["model"]["tiny"] is not None and data["model"]["tiny"]["family"] == "qwen2_vl":
-            del data["model"]["tiny"]["family"]
+        # LoRA's family default is hashed as the list it replaced (the Qwen2 families' own): those runs resume.
         if data["training"]["lora"]["target_modules"] is None:
             data["training"]["lora"]["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
         # task.data_dir is always a location; model.path is one when the tiny model is built there or it

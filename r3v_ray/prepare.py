@@ -54,11 +54,8 @@ def ensure_model(cfg: RunConfig) -> str:
     spec = TinySpec(**cfg.model.tiny.model_dump())
     target = Path(cfg.model.path)
     if not target.exists():
-        log.info("building the tiny model %s into %s", spec.family, target)
-    settings = cfg.model.tiny.model_dump()
-    if settings["family"] == "qwen2_vl":  # stamped only when set: tiny Qwen2-VLs built before families are reused
-        del settings["family"]
-    return str(_build_atomically(target, lambda tmp: build_tiny_model(tmp, spec), settings))
+        log.info("building the tiny model into %s", target)
+    return str(_build_atomically(target, lambda tmp: build_tiny_model(tmp, spec), cfg.model.tiny.model_dump()))
 
 
 def ensure_data(cfg: RunConfig) -> str:
