@@ -10,7 +10,7 @@ import sys
 def _cmd_build_tiny_model(args) -> int:
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
 
-    spec = TinySpec(hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    spec = TinySpec(family=args.family, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
     print(build_tiny_model(args.out, spec))
     return 0
 
@@ -137,14 +137,19 @@ def _cmd_reproduce(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from r3v_ray.config import ModelFamily  # pydantic only, no torch
+
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("build-tiny-model", help="build the tiny random Qwen2-VL model (local tokenizer, no hub)")
+    p = sub.add_parser("build-tiny-model", help="build a tiny random model of a family (local tokenizer, no hub)")
     p.add_argument("--out", required=True, help="output directory (a Hugging Face model directory)")
+    p.add_argument("--family", default="qwen2_vl", choices=get_args(ModelFamily), help="model family (default qwen2_vl)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, RecordError) as exc:
+    except (ConfigError, RecordError) as exc:  # ConfigError includes a model r3v cannot use (ModelFamilyError)
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
