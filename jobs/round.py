@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--round", type=int, required=True)
-    parser.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
+    parser.add_argument("--force", action="store_true",
+                        help="redo stages recorded under a different config, or whose outputs are missing or damaged")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
