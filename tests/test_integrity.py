@@ -204,3 +204,124 @@ def test_a_node_copying_a_damaged_checkpoint_from_s3_refuses_it(s3, tmp_path, ti
     with fs.open_output_stream(path) as fh:
         fh.write(data[:50])
     assert f"{name} is 50, but r3v_published.json records" in r1.damage("train")
+
+
+# -- a disturbed two-round run -------------------------------------------------------------------------------------
+
+
+def _stages(run: Path, k: int) -> dict:
+    try:
+        return json.loads((run / f"round-{k:03d}" / "manifest.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):  # not there yet
+        return {}
+
+
+def _alive(class_prefix: str, started_after: float = 0.0) -> dict | None:
+    """An actor of this test's Ray that is alive now, by class, started after `started_after` (seconds)."""
+    from ray._private.state import actors
+
+    for actor in actors().values():
+        if (actor["ActorClassName"].startswith(class_prefix) and actor["State"] == "ALIVE"
+                and actor["StartTime"] / 1000 > started_after):
+            return actor
+    return None
+
+
+def _outputs(run: Path, k: int) -> dict:
+    """{stage: {path: sha256}} of a round's recorded outputs (a checkpoint: its content digest)."""
+    manifest = RunDir(str(run)).round(k).manifest()
+    return {s: {rel: r["sha256"] for rel, r in (manifest.outputs(s) or {}).items()} for s in manifest.stages}
+
+
+@pytest.mark.slow
+def test_a_run_whose_sampler_train_worker_and_driver_are_killed_leaves_an_undisturbed_runs_bytes(
+        ray_local, tmp_path, tiny_two_round_run, tiny_model_dir, synthetic_data_dir, capsys):
+    ref = tiny_two_round_run  # run first: it also builds DeepSpeed's shared op, which a killed build would wedge
+    config = tiny_run_config(tmp_path / "c.yaml", ref["name"], str(tmp_path / "runs"), tiny_model_dir,
+                             synthetic_data_dir, tmp_path / "cache")
+    run = tmp_path / "runs" / ref["name"]
+    env = subprocess_env()
+    env["RAY_ADDRESS"] = ray_local.get_runtime_context().gcs_address  # this test's Ray: it sees every actor
+    cmd = [PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)]
+    killed: dict[str, dict] = {}
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.time() + 900
+            while "driver" not in killed:
+                assert driver.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() < deadline, f"the run never got far enough to disturb (killed: {list(killed)})"
+                r0, r1 = _stages(run, 0), _stages(run, 1)
+                if "worker" not in killed and "build" in r0 and "train" not in r0:
+                    if actor := _alive("RayTrainWorker"):  # round 0's training: the worker group restarts
+                        os.kill(actor["Pid"], signal.SIGKILL)
+                        killed["worker"] = actor | {"at": time.time()}
+                elif "sampler" not in killed and "eval" in r0 and "sample" not in r1:
+                    if actor := _alive("MapWorker", started_after=r0["eval"]["finished_at"]):  # round 1's sampler
+                        os.kill(actor["Pid"], signal.SIGKILL)
+                        killed["sampler"] = actor
+                elif "sample" in r1 and "train" not in r1:  # round 1 sampled: the driver dies in build or train
+                    os.killpg(driver.pid, signal.SIGKILL)
+                    killed["driver"] = {"stages": sorted(r1)}
+                time.sleep(0.2)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert set(killed) == {"worker", "sampler", "driver"}, (killed, log_path.read_text()[-3000:])
+
+    from ray._private.state import actors
+
+    now = actors()
+    assert now[killed["worker"]["ActorID"]]["State"] == "DEAD"
+    assert any(a["ActorClassName"] == "RayTrainWorker" and a["StartTime"] / 1000 > killed["worker"]["at"]
+               for a in now.values()), "no new train worker group after the kill"
+    assert now[killed["sampler"]["ActorID"]]["NumRestarts"] >= 1  # restarted by Ray Data, its batch retried
+
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-4000:]
+    assert "round 0 already finished under this config, skipped" in out
+    assert "round 1] stage sample: already done" in out and "round 1] stage train: starting" in out
+
+    # The bytes of the undisturbed run: the samples, every eval.json, and every other recorded output (the
+    # rationales behind each number, the checkpoints' files).
+    for rel in ("round-001/samples.parquet", "round-000/eval.json", "round-001/eval.json"):
+        assert (run / rel).read_bytes() == (ref["run"] / rel).read_bytes(), rel
+    for k in (0, 1):
+        assert _outputs(run, k) == _outputs(ref["run"], k)
+
+    # Damaged the ways issue 16 found. A truncated samples.parquet of the finished round: named, with what to do.
+    samples = run / "round-001" / "samples.parquet"
+    good = samples.read_bytes()
+    samples.write_bytes(good[: len(good) // 2])
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1
+    assert f"{samples} is {len(good) // 2} bytes, but {len(good)} were recorded" in again.stderr
+    assert "--from-round 1 --force" in again.stderr
+    # Redone as it says: the same bytes again, so nothing made from them is redone.
+    forced = subprocess.run(cmd + ["--from-round", "1", "--force"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    out = forced.stdout + forced.stderr
+    assert forced.returncode == 0, out[-4000:]
+    assert samples.read_bytes() == good and "stage sample: its outputs are the same bytes as before" in out
+    assert all(f"round 1] stage {s}: already done" in out for s in ("build", "train", "eval"))
+
+    # A garbage manifest.json: the error names it.
+    manifest = run / "round-001" / "manifest.json"
+    kept = manifest.read_bytes()
+    manifest.write_bytes(b"{\x00 not a manifest")
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and f"{manifest} cannot be read as round 1's manifest" in again.stderr
+    manifest.write_bytes(kept)
+
+    # checkpoint/ deleted while the manifest says train is done: serving refuses the round (no older one instead),
+    # and so does the run.
+    shutil.rmtree(run / "round-001" / "checkpoint")
+    capsys.readouterr()
+    assert r3v(["serve", "--run-dir", str(run)]) == 2
+    assert f"{run / 'round-001' / 'checkpoint'} is missing: round 1's train stage" in capsys.readouterr().err
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and f"{run / 'round-001' / 'checkpoint'} is missing" in again.stderr
