@@ -51,8 +51,9 @@ def demo_round_inputs(work: Path, n_train: int, n_test: int, samples: int) -> di
         for i in range(samples):
             right = i % 2 == 0
             answer = r.answer if right else "0"
-            pool.append(dict(question_id=qid, round=1, sample_index=i, rationale=r.rationale if right else
-                             f"I count wrongly.\nAnswer: {answer}", extracted_answer=answer, correct=right, n_tokens=64))
+            rationale = r.rationale if right else f"I count wrongly.\nAnswer: {answer}"
+            pool.append(dict(question_id=qid, round=1, sample_index=i, rationale=rationale, extracted_answer=answer,
+                             correct=right, n_tokens=64))
     examples, _ = build_training_data(pool, records, task, RunConfig().reflect, round_index=1)
     sample_table = pa.Table.from_pylist(pool, schema=SAMPLE_SCHEMA)
     test = sample_table.slice(0, n_test * samples)

@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         metrics = run_round(cfg, args.round, force=args.force)
     except Exception as exc:
-        logging.getLogger("r3v.round").exception("round %s failed", args.round)
+        from r3v_ray.manifest import RunDirError
+
+        if not isinstance(exc, RunDirError):  # a damaged run directory is named in the message: no traceback
+            logging.getLogger("r3v.round").exception("round %s failed", args.round)
         print(f"round {args.round} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(f"round {args.round} finished: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()

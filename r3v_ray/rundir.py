@@ -135,7 +135,7 @@ class RoundDir:
         """The error for a damaged output of `stage`: the file, what was recorded, and what to do."""
         return DamagedRunError(
             f"{problem}. It is an output of round {self.index}'s {stage} stage, which {self.manifest_uri} records as "
-            f"done, so the round cannot be trusted as it is. Restore the file, or redo that stage and what was made "
+            f"done, so the round cannot be trusted as it is. Restore it, or redo that stage and what was made "
             f"from it: {redo_hint(self.index)}"
         )
 

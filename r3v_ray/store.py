@@ -173,13 +173,24 @@ def _compare(uri: str, found: dict, expect: dict, what: str = "recorded") -> Non
                            f"{expect['sha256'][:12]}... was {what}")
 
 
-def _hash_stream(fs: pafs.FileSystem, path: str) -> dict:
+def _stream(src_fs: pafs.FileSystem, src: str, fs: pafs.FileSystem | None = None, dst: str | None = None) -> dict:
+    """The record of the file `src`, read in chunks; with `fs` and `dst`, each chunk is also written there (a copy
+    hashed as it passes, reading the source once)."""
+    if fs is not None:
+        fs.create_dir(dst.rpartition("/")[0], recursive=True)
     h, size = hashlib.sha256(), 0
-    with fs.open_input_stream(path) as fh:
-        while chunk := fh.read(CHUNK):
+    with src_fs.open_input_stream(src) as fin, (fs.open_output_stream(dst) if fs is not None else _nowhere()) as fout:
+        while chunk := fin.read(CHUNK):
             h.update(chunk)
+            if fout is not None:
+                fout.write(chunk)
             size += len(chunk)
     return {"size": size, "sha256": h.hexdigest()}
+
+
+@contextmanager
+def _nowhere() -> Iterator[None]:
+    yield None
 
 
 # (path, size, mtime) -> sha256 verified by this process, for local files: what a process trusts once (a local
@@ -202,7 +213,7 @@ def check_file(uri: str, expect: dict, checksum: bool = True, info: pafs.FileInf
     memo = (path, info.size, info.mtime_ns) if isinstance(fs, pafs.LocalFileSystem) else None
     if memo and _verified.get(memo) == expect["sha256"]:
         return
-    _compare(uri, _hash_stream(fs, path), expect)
+    _compare(uri, _stream(fs, path), expect)
     if memo:
         _verified[memo] = expect["sha256"]
 
@@ -289,9 +300,9 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
             fs.delete_dir_contents(dst)
     fs.create_dir(target, recursive=True)
     if rename:
-        files = dict(_parallel(lambda rel: (rel, _hash_stream(fs, f"{src}/{rel}")), rels))
+        files = dict(_parallel(lambda rel: (rel, _stream(fs, f"{src}/{rel}")), rels))
     else:
-        files = dict(_parallel(lambda rel: (rel, _copy_file(src_fs, f"{src}/{rel}", fs, f"{target}/{rel}")), rels))
+        files = dict(_parallel(lambda rel: (rel, _stream(src_fs, f"{src}/{rel}", fs, f"{target}/{rel}")), rels))
     for rel in rels if expect is not None else ():
         if rel in expect:
             try:
@@ -323,18 +334,6 @@ def _parallel(fn, items: list) -> list:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-def _copy_file(src_fs: pafs.FileSystem, src: str, fs: pafs.FileSystem, dst: str) -> dict:
-    """Copy one file in chunks, hashing what passes; returns its record."""
-    fs.create_dir(dst.rpartition("/")[0], recursive=True)
-    h, size = hashlib.sha256(), 0
-    with src_fs.open_input_stream(src) as fin, fs.open_output_stream(dst) as fout:
-        while chunk := fin.read(CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": h.hexdigest()}
 
 
 def _check_copy(fs: pafs.FileSystem, path: str, files: dict, where: str) -> None:

@@ -268,7 +268,8 @@ def comparable(paths: set[str]) -> set[str]:
 
 @pytest.mark.slow
 def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3, tmp_path, tiny_model_dir,
-                                                                                 synthetic_data_dir, tiny_two_round_run):
+                                                                                 synthetic_data_dir,
+                                                                                 tiny_two_round_run):
     name = tiny_two_round_run["name"]
     s3_config = tiny_run_config(tmp_path / "s3.yaml", name, f"s3://{BUCKET}/runs", tiny_model_dir, synthetic_data_dir,
                                 tmp_path / "cache")

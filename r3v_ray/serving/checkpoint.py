@@ -64,7 +64,8 @@ def check_round(round_dir: RoundDir) -> None:
             raise CheckpointError(f"{round_dir.checkpoint}: round {k} has no model checkpoint")
         return
     if not manifest.done("train"):
-        raise CheckpointError(f"{round_dir.checkpoint}: round {k} has no model checkpoint (its train stage is not done)")
+        raise CheckpointError(f"{round_dir.checkpoint}: round {k} has no model checkpoint (its train stage is not "
+                              "done)")
     problem = round_dir.damage("train", manifest)
     if problem:
         raise CheckpointError(
