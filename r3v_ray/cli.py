@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=default, required=default is None)
         p.add_argument("--address", help="Ray dashboard address (http://HOST:8265): one job per round")
         p.add_argument("--from-round", type=int, default=0)
-        p.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
+        p.add_argument("--force", action="store_true", help="redo stages recorded under a different config, or "
+                                                            "whose outputs are missing or damaged")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         p.set_defaults(func=_cmd_run)
 
@@ -233,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from r3v_ray.config import ConfigError
+    from r3v_ray.manifest import RunDirError
     from r3v_ray.tasks.base import RecordError
 
     try:
         return args.func(args)
-    except (ConfigError, RecordError) as exc:  # ConfigError includes a model r3v cannot use (ModelFamilyError)
+    except (ConfigError, RecordError, RunDirError) as exc:  # ConfigError includes ModelFamilyError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
