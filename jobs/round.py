@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--round", type=int, required=True)
-    parser.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
+    parser.add_argument("--force", action="store_true",
+                        help="redo stages recorded under a different config, or whose outputs are missing or damaged")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("-v", "--verbose", action="store_true", help="every log line, a line per training step")
     args = parser.parse_args(argv)
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         metrics = run_round(cfg, args.round, force=args.force)
     except Exception as exc:
-        logging.getLogger("r3v.round").exception("round %s failed", args.round)
+        from r3v_ray.manifest import RunDirError
+
+        if not isinstance(exc, RunDirError):  # a damaged run directory is named in the message: no traceback
+            logging.getLogger("r3v.round").exception("round %s failed", args.round)
         print(f"round {args.round} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(f"round {args.round} finished: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()

@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_local(cfg, args.from_round, args.force)
     except Exception as exc:
-        logging.getLogger("r3v.selftrain").exception("self-training stopped")
+        from r3v_ray.manifest import RunDirError
+
+        if not isinstance(exc, RunDirError):  # a damaged run directory is named in the message: no traceback
+            logging.getLogger("r3v.selftrain").exception("self-training stopped")
         print(f"self-training stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     from r3v_ray.rundir import RunDir

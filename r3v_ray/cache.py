@@ -106,7 +106,10 @@ def localize(uri: str, storage: Any = None) -> str:
             return str(target)
         started = time.time()
         src_fs, src = store.resolve(uri)
-        store.publish_dir(src, str(target), src_fs=src_fs)
+        # The copy is checked file by file against the source's marker (sizes and checksums, taken as the bytes
+        # pass): a damaged object is refused here, before any engine loads it.
+        marker = store.published(uri)
+        store.publish_dir(src, str(target), src_fs=src_fs, expect=marker["files"] if marker else None)
         if content_key(uri) != key:  # replaced while it was copied: what we have is neither version
             shutil.rmtree(target, ignore_errors=True)
             raise store.StorageError(f"{uri} changed while it was being copied to {cache}; try again")

@@ -9,7 +9,7 @@ import sys
 def _cmd_build_tiny_model(args) -> int:
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
 
-    spec = TinySpec(hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    spec = TinySpec(family=args.family, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
     print(build_tiny_model(args.out, spec))
     return 0
 
@@ -161,6 +161,10 @@ def _cmd_reproduce(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from r3v_ray.config import ModelFamily  # pydantic only, no torch
+
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
     )
@@ -168,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every log line: the libraries' too, and a line per training step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("build-tiny-model", help="build the tiny random Qwen2-VL model (local tokenizer, no hub)")
+    p = sub.add_parser("build-tiny-model", help="build a tiny random model of a family (local tokenizer, no hub)")
     p.add_argument("--out", required=True, help="output directory (a Hugging Face model directory)")
+    p.add_argument("--family", default="qwen2_vl", choices=get_args(ModelFamily), help="model family (default qwen2_vl)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -190,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=default, required=default is None)
         p.add_argument("--address", help="Ray dashboard address (http://HOST:8265): one job per round")
         p.add_argument("--from-round", type=int, default=0)
-        p.add_argument("--force", action="store_true", help="redo stages recorded under a different config")
+        p.add_argument("--force", action="store_true", help="redo stages recorded under a different config, or "
+                                                            "whose outputs are missing or damaged")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         _verbose_flag(p)
         p.set_defaults(func=_cmd_run)
@@ -268,11 +274,12 @@ def main(argv: list[str] | None = None) -> int:
 
     console.setup(verbose=args.verbose)
     from r3v_ray.config import ConfigError
+    from r3v_ray.manifest import RunDirError
     from r3v_ray.tasks.base import RecordError
 
     try:
         return args.func(args)
-    except (ConfigError, RecordError) as exc:
+    except (ConfigError, RecordError, RunDirError) as exc:  # ConfigError includes ModelFamilyError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from r3v_ray.prompts import CAPTION_PROMPTS
 
@@ -26,10 +26,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The supported model families (r3v_ray/models/families.py, which tests/test_families.py keeps equal to this list).
+ModelFamily = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+
+
 class TinyModelConfig(_Strict):
-    """Sizes for the locally built tiny Qwen2-VL: TinySpec's defaults, repeated so that loading a config never
+    """Sizes for the locally built tiny model: TinySpec's defaults, repeated so that loading a config never
     imports torch (tests/test_config.py keeps them equal)."""
 
+    family: ModelFamily = "qwen2_vl"  # the tiny model's architecture, tokenizer and chat template
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
@@ -41,6 +46,15 @@ class TinyModelConfig(_Strict):
     vocab_size: int = 768
     initializer_range: float = Field(0.2, gt=0.0)  # weight init std; see TinySpec
     seed: int = 0
+
+    @model_serializer(mode="wrap")
+    def _family_once_set(self, handler):
+        # Written out (config.yaml, the digest, the tiny model's build stamp) only when it is not qwen2_vl, the
+        # family of every tiny model before families existed: their runs resume and their directories are reused.
+        data = handler(self)
+        if data.get("family") == "qwen2_vl":
+            del data["family"]
+        return data
 
 
 class ModelConfig(_Strict):
@@ -107,7 +121,9 @@ class LoraConfig(_Strict):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Names of the Linear layers to adapt (outside a frozen vision tower); None: the model family's own
+    # (r3v_ray/models/families.py: the attention projections, and Qwen3.5's linear-attention ones too).
+    target_modules: list[str] | None = None
 
 
 class TrainingConfig(_Strict):
@@ -334,6 +350,9 @@ class RunConfig(_Strict):
         for section, key in self._HASHED_ONCE_SET:
             if data[section][key] is None:
                 del data[section][key]
+        # LoRA's family default is hashed as the list it replaced (the Qwen2 families' own): those runs resume.
+        if data["training"]["lora"]["target_modules"] is None:
+            data["training"]["lora"]["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
         # task.data_dir is always a location; model.path is one when the tiny model is built there or it
         # exists here (otherwise it is a hub name such as Qwen/Qwen2-VL-7B-Instruct).
         local = {"data_dir": True, "path": self.model.tiny is not None or os.path.exists(self.model.path)}

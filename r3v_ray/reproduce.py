@@ -122,10 +122,13 @@ def adopt_round1_samples(src: RunConfig, dst: RunConfig) -> bool:
     manifest = dst_round.open_manifest(dst.digest())
     if manifest.done("sample"):
         return True
-    for src_uri, dst_uri in ((src_round.samples, dst_round.samples), (src_round.skipped, dst_round.skipped)):
-        if store.exists(src_uri):
-            store.write_bytes(dst_uri, store.read_bytes(src_uri))
-    manifest.record("sample", 0.0, adopted_from=src_round.uri, stats=stored.stages["sample"].get("stats", {}))
+    src_round.verify("sample", stored)  # what is adopted is trusted: as its stage recorded it
+    with store.recording() as written:
+        for src_uri, dst_uri in ((src_round.samples, dst_round.samples), (src_round.skipped, dst_round.skipped)):
+            if store.exists(src_uri):
+                store.write_bytes(dst_uri, store.read_bytes(src_uri))
+    manifest.record("sample", 0.0, adopted_from=src_round.uri, stats=stored.stages["sample"].get("stats", {}),
+                    outputs=dst_round.outputs_of("sample", written))
     return True
 
 

@@ -4,9 +4,12 @@ Round 0:  build (warm-up data) -> train (M0) -> eval (+ the base model's zero-sh
 Round k:  sample (M(k-1) on the train split) -> build (reflection data from the pool of rounds 1..k)
           -> train (from the base model, or from M(k-1)) -> eval
 
-Stages hand over through files in the run directory only, so any stage can be re-run on its own. The manifest also
-records a stage as running (who runs it) when it starts and as failed (the error) when it raises, for `r3v status`
-(r3v_ray/status.py); after every round the report and the TensorBoard rounds log are rebuilt from the manifests.
+Stages hand over through files in the run directory only, so any stage can be re-run on its own. A finished stage
+is skipped only once what it wrote is found as its manifest recorded it (sizes and checksums, r3v_ray/rundir.py);
+otherwise the run stops naming the file, or with --force redoes the stage, and the later stages and rounds that
+were made from its old outputs if the new ones differ. The manifest also records a stage as running (who runs it)
+when it starts and as failed (the error) when it raises, for `r3v status` (r3v_ray/status.py); after every round
+the report and the TensorBoard rounds log are rebuilt from the manifests.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from r3v_ray.manifest import Manifest
 from r3v_ray.prepare import ensure_data, ensure_model
 from r3v_ray.raycluster import ensure_ray
 from r3v_ray.report import round_summaries, thin_history, write_run_report
-from r3v_ray.rundir import RunDir
+from r3v_ray.rundir import RunDir, same_outputs
 from r3v_ray.status import driver_info
 from r3v_ray.tasks import get_task
 
@@ -95,16 +98,28 @@ class RoundRunner:
         self.tag = f"[run {cfg.name} round {round_index}]"
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _stage(self, manifest: Manifest, name: str, fn) -> None:
+    def _stage(self, manifest: Manifest, name: str, fn, redo: bool = False) -> bool:
+        """Run stage `name`, unless it is done and its outputs are as recorded (`redo`: an earlier stage of this
+        round was just redone differently). Returns whether it ran into outputs other than those recorded before:
+        the stages after it, and the later rounds, were then made from something else."""
+        recorded = manifest.outputs(name)
         if manifest.done(name):
-            log.info("%s stage %s: already done, skipped", self.tag, name)
-            return
+            if redo:
+                log.info("%s stage %s: redone, an earlier stage of the round changed", self.tag, name)
+            elif (problem := self.dir.damage(name, manifest)) is None:
+                log.info("%s stage %s: already done, skipped", self.tag, name)
+                return False
+            elif not self.force:
+                raise self.dir.damaged(name, problem)
+            else:
+                log.warning("%s --force: %s; the stage is redone", self.tag, problem)
         log.info("%s stage %s: starting", self.tag, name)
         driver = driver_info()
         manifest.start(name, **driver)
         start = time.time()
         try:
-            info = fn() or {}
+            with store.recording() as written:  # sizes and checksums of what the stage writes, taken as it writes
+                info = fn() or {}
         except BaseException as exc:  # Ctrl-C too: `r3v status` shows what stopped the stage
             try:
                 manifest.fail(name, f"{type(exc).__name__}: {exc}"[:2000])
@@ -112,15 +127,22 @@ class RoundRunner:
                 log.warning("%s stage %s: could not record the failure: %s", self.tag, name, record_exc)
             raise
         seconds = time.time() - start
-        manifest.record(name, seconds, **driver, **info)  # which job made it stays in the record
+        outputs = self.dir.outputs_of(name, written)
+        manifest.record(name, seconds, outputs=outputs, **driver, **info)  # which job made it stays in the record
         log.info("%s stage %s: done in %.1fs%s", self.tag, name, seconds, _brief(name, info))
+        if same_outputs(outputs, recorded):
+            log.info("%s stage %s: its outputs are the same bytes as before", self.tag, name)
+            return False
+        self.run_dir.invalidate_after(self.k, f"round {self.k}'s {name} stage was redone")
+        return True
 
     def _previous_checkpoint(self) -> str:
         prev_dir = self.run_dir.round(self.k - 1)
         prev, manifest = prev_dir.checkpoint, prev_dir.manifest()
-        if manifest is None or not manifest.done("train") or not prev_dir.checkpoint_ready():
+        if manifest is None or not manifest.done("train"):
             raise RuntimeError(f"round {self.k} needs round {self.k - 1}'s checkpoint, but {prev} is not finished; "
                                f"run round {self.k - 1} first")
+        prev_dir.verify("train", manifest)  # a DamagedRunError names the file and what to do
         if manifest.config_digest != self.cfg.digest():
             # Building on a model (and samples) made under other settings would mix two experiments.
             message = (f"round {self.k - 1} was made under config {manifest.config_digest}, not this config "
@@ -139,10 +161,10 @@ class RoundRunner:
         preflight.check_job_paths(cfg)
         log.info("%s run directory: %s", self.tag, _shown(cfg.run_dir))
         preflight.check_storage(cfg)
-        ensure_ray(job_config=job_config(self.job_name))  # honours RAY_ADDRESS, else a fresh local Ray
         store.makedirs(self.dir.uri)
-        _write_config(cfg, self.force)
+        _write_config(cfg, self.force)  # a changed config or an unreadable manifest is refused before Ray starts
         manifest = self.dir.open_manifest(cfg.digest(), self.force)
+        ensure_ray(job_config=job_config(self.job_name))  # honours RAY_ADDRESS, else a fresh local Ray
         self.base_model = ensure_model(cfg)
         self.data_dir = ensure_data(cfg)
         preflight.check_nodes(cfg, self.run_dir.config, self.base_model, self.data_dir)
@@ -151,11 +173,11 @@ class RoundRunner:
         log.info("%s %d train / %d test questions, model %s", self.tag, len(self.train_records),
                  len(self.test_records), self.base_model)
 
-        if self.k > 0:
-            self._stage(manifest, "sample", self.sample)
-        self._stage(manifest, "build", self.build)
-        self._stage(manifest, "train", self.train)
-        self._stage(manifest, "eval", self.evaluate)
+        stages = [("sample", self.sample)] if self.k > 0 else []
+        stages += [("build", self.build), ("train", self.train), ("eval", self.evaluate)]
+        redo = False  # once a stage is redone into other outputs, the later ones were made from the old ones
+        for name, fn in stages:
+            redo = self._stage(manifest, name, fn, redo) or redo
         metrics = store.read_json(self.dir.eval_json)
         self.write_run_report()
         log.info("%s finished; outputs in %s", self.tag, _shown(self.dir.uri))
@@ -182,8 +204,8 @@ class RoundRunner:
             stats = {"examples": {"warmup": len(examples)}}
         else:
             pool = []
-            for j in range(1, self.k + 1):  # samples of all earlier rounds stay in the pool
-                pool += store.read_parquet(self.run_dir.round(j).samples).to_pylist()
+            for j in range(1, self.k + 1):  # samples of all earlier rounds stay in the pool, checked as they are read
+                pool += self.run_dir.round(j).read_samples().to_pylist()
             records = {r.id: r for r in self.train_records}
             examples, stats = build_training_data(pool, records, self.task, self.cfg.reflect, self.k)
         # Skipped and counted here, not failing training.
@@ -228,10 +250,13 @@ class RoundRunner:
                           self.k, greedy_only=True)
             metrics["zero-shot"] = zs["test@1"]
         metrics["method"] = self.cfg.method
+        # eval.json holds results only: where the model was read from depends on where the run directory lives, so
+        # it is recorded in the manifest with the stage (two runs of one config leave the same eval.json bytes).
+        model = metrics.pop("model")
         store.write_json(self.dir.eval_json, metrics)
         telemetry.report("record_accuracy", self.cfg.name, self.k,
                          {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"})
-        return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}}
+        return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}, "model": model}
 
     def write_run_report(self) -> None:
         """report.md with its plots and the TensorBoard rounds log, from the run's manifests and eval.json files."""

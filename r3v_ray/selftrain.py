@@ -24,8 +24,17 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 def round_finished(cfg: RunConfig, k: int) -> bool:
-    """Round k's last stage finished under this config."""
-    return RunDir.of(cfg).round(k).done("eval", cfg.digest())
+    """Round k's last stage finished under this config, and every output of its stages is as recorded (sizes and
+    checksums): a finished round is trusted, and skipped, only then. A damaged one is a DamagedRunError naming the
+    file and what to do (with --force the loop runs the round again instead, which redoes the damaged stage)."""
+    round_dir = RunDir.of(cfg).round(k)
+    manifest = round_dir.manifest()
+    if manifest is None or not manifest.done("eval", cfg.digest()):
+        return False
+    damage = round_dir.first_damage(manifest)
+    if damage:
+        raise round_dir.damaged(*damage)
+    return True
 
 
 def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:

@@ -75,6 +75,43 @@ def synthetic_data_dir(tmp_path_factory):
     return str(out)
 
 
+def tiny_run_config(path: Path, name: str, root: str, model: str, data: str, cache: Path, rounds: int = 1) -> Path:
+    """A run small enough for 2 cores: 8 train / 4 test questions, short generations, one sampler, one worker.
+    Sampling goes in batches of 2, so that a sampler killed while it works (tests/test_integrity.py) has a batch
+    in flight."""
+    import yaml
+
+    cfg = {
+        "name": name, "rounds": rounds,
+        "model": {"path": model},
+        "task": {"name": "synthetic", "data_dir": data, "max_train": 8, "max_test": 4},
+        "sampling": {"num_samples": 2, "max_new_tokens": 16, "batch_size": 2},
+        "training": {"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384},
+        "evaluation": {"n": 2, "max_new_tokens": 16, "zero_shot": False},
+        "resources": {"num_samplers": 1, "num_train_workers": 1},
+        "storage": {"root": root, "cache_dir": str(cache)},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_two_round_run(tmp_path_factory, tiny_model_dir, synthetic_data_dir) -> dict:
+    """One undisturbed run of `tiny_run_config` (rounds 0 and 1) on a local disk, by jobs/selftrain.py in a fresh
+    local Ray, shared by the slow tests that compare other runs with it: {"name", "config", "run", "cache",
+    "seconds"}. Read it only (copy it to change it)."""
+    base = tmp_path_factory.mktemp("tiny-two-round")
+    name = "tiny2"
+    config = tiny_run_config(base / "run.yaml", name, str(base / "runs"), tiny_model_dir, synthetic_data_dir,
+                             base / "cache")
+    started = time.time()
+    done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return {"name": name, "config": config, "run": base / "runs" / name, "cache": base / "cache",
+            "seconds": round(time.time() - started, 1)}
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray per test module (num_cpus=2), torn down by the module that started it."""

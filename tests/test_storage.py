@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PY, ROOT, environ, free_port, s3_server, subprocess_env
+from conftest import PY, ROOT, environ, free_port, s3_server, subprocess_env, tiny_run_config
 
 from r3v_ray import store
 from r3v_ray.cache import LocalImages, content_key, localize
@@ -65,15 +65,22 @@ def test_publish_dir_locally_replaces_whole_and_the_marker_catches_a_damaged_cop
     src = _model_dir(tmp_path / "src")
     dst = str(tmp_path / "out" / "checkpoint")
     first = store.publish_dir(str(src), dst)
-    assert first["files"] == {"config.json": {"size": 2}, "sub/weights.bin": {"size": 1000}}
-    assert store.check_published(dst)["id"] == first["id"]
+    assert first["files"] == {"config.json": store.record_of(b"{}"), "sub/weights.bin": store.record_of(b"w" * 1000)}
+    assert store.check_published(dst, checksums=True)["id"] == first["id"]
     (src / "sub" / "weights.bin").write_bytes(b"v" * 10)
     second = store.publish_dir(str(src), dst)
     assert second["id"] != first["id"] and Path(dst, "sub", "weights.bin").read_bytes() == b"v" * 10
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint"]  # no temporaries left
+    Path(dst, "sub", "weights.bin").write_bytes(b"x" * 10)  # same size, other bytes: only a checksum sees it
+    store.check_published(dst)
+    with pytest.raises(store.StorageError, match="sub/weights.bin has changed: its sha256 is"):
+        store.check_published(dst, checksums=True)
     Path(dst, "sub", "weights.bin").write_bytes(b"v" * 3)  # truncated behind the marker's back
     with pytest.raises(store.StorageError, match="sub/weights.bin is 3, but r3v_published.json records 10 bytes"):
         store.check_published(dst)
+    # A rename (move) publishes without copying; the checksums are still taken.
+    moved = store.publish_dir(str(_model_dir(tmp_path / "to-move", b"m" * 7)), str(tmp_path / "moved"), move=True)
+    assert moved["files"]["sub/weights.bin"] == store.record_of(b"m" * 7) and not (tmp_path / "to-move").exists()
 
 
 def test_publish_dir_on_s3_writes_the_marker_last_and_readers_trust_only_published(s3, tmp_path):
@@ -113,7 +120,7 @@ def test_star_adopts_round0_on_s3(s3, tmp_path):
 
 def test_cache_fetches_once_per_content_and_stays_within_its_cap(s3, tmp_path):
     cache = tmp_path / "cache"
-    storage = {"cache_dir": str(cache), "cache_max_gb": 2500 / 1024**3}  # room for two 1000-byte entries
+    storage = {"cache_dir": str(cache), "cache_max_gb": 3000 / 1024**3}  # two 1000-byte entries and their markers
     uri = f"s3://{BUCKET}/cache/run/round-001/checkpoint"
     store.publish_dir(str(_model_dir(tmp_path / "a", b"a" * 1000)), uri)
     first = localize(uri, storage)
@@ -237,22 +244,6 @@ class strict_s3_server:
 # -- two rounds on the S3 server, then serving from it ---------------------------------------------------------
 
 
-def tiny_run_config(path: Path, name: str, root: str, model: str, data: str, cache: Path, rounds: int = 1) -> Path:
-    """A run small enough for 2 cores: 8 train / 4 test questions, short generations, one sampler, one worker."""
-    cfg = {
-        "name": name, "rounds": rounds,
-        "model": {"path": model},
-        "task": {"name": "synthetic", "data_dir": data, "max_train": 8, "max_test": 4},
-        "sampling": {"num_samples": 2, "max_new_tokens": 16, "batch_size": 8},
-        "training": {"epochs": 1, "global_batch_size": 8, "micro_batch_size": 4, "lr": 1.0e-3, "max_seq_len": 384},
-        "evaluation": {"n": 2, "max_new_tokens": 16, "zero_shot": False},
-        "resources": {"num_samplers": 1, "num_train_workers": 1},
-        "storage": {"root": root, "cache_dir": str(cache)},
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 def bucket_files(prefix: str) -> set[str]:
     fs, path = store.resolve(f"s3://{BUCKET}/{prefix}")
     return set(store.list_files(fs, path))
@@ -280,8 +271,9 @@ def comparable(paths: set[str]) -> set[str]:
 
 @pytest.mark.slow
 def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3, tmp_path, tiny_model_dir,
-                                                                                 synthetic_data_dir):
-    name = "s3run"
+                                                                                 synthetic_data_dir,
+                                                                                 tiny_two_round_run):
+    name = tiny_two_round_run["name"]
     s3_config = tiny_run_config(tmp_path / "s3.yaml", name, f"s3://{BUCKET}/runs", tiny_model_dir, synthetic_data_dir,
                                 tmp_path / "cache")
     started = time.time()
@@ -295,7 +287,7 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     assert run.rounds() == [0, 1] and all(run.round(k).done("eval") for k in (0, 1))
     assert run.round(1).checkpoint_ready() and store.published(run.round(1).checkpoint)
     ev1 = store.read_json(run.round(1).eval_json)
-    assert ev1["num_questions"] == 4 and ev1["model"] == run.round(1).checkpoint
+    assert ev1["num_questions"] == 4 and run.round(1).manifest().stages["eval"]["model"] == run.round(1).checkpoint
     # Watching it on the bucket: `r3v status`, report.md with its plots, TensorBoard's files (per step and round).
     status = subprocess.run([PY, "-m", "r3v_ray.cli", "status", run.uri], cwd=ROOT, env=subprocess_env(),
                             capture_output=True, text=True, timeout=120)
@@ -310,18 +302,18 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
     assert len(cached) == 2 and all(c.startswith("checkpoint-") for c in cached), cached
 
-    # The same run on a local disk leaves the same files at the same relative paths.
-    local_config = tiny_run_config(tmp_path / "local.yaml", name, str(tmp_path / "runs"), tiny_model_dir,
-                                   synthetic_data_dir, tmp_path / "cache-local")
-    started = time.time()
-    done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(local_config)], cwd=ROOT,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    local_seconds = time.time() - started
-    in_bucket, on_disk = bucket_files(f"runs/{name}"), local_files(tmp_path / "runs" / name)
+    # The same run on a local disk (conftest's run, shared) leaves the same files at the same relative paths, and
+    # the same bytes in every stage output (the manifests record them; a publish id differs, the content not).
+    local_seconds = tiny_two_round_run["seconds"]
+    in_bucket, on_disk = bucket_files(f"runs/{name}"), local_files(tiny_two_round_run["run"])
     assert comparable(in_bucket) == comparable(on_disk), (comparable(in_bucket) ^ comparable(on_disk))
     assert not [p for p in in_bucket if ".tmp-" in p or ".old-" in p or "access-probe" in p]
-    assert not (tmp_path / "cache-local").exists()  # a local run copies nothing
+    for k in (0, 1):
+        local = RunDir(str(tiny_two_round_run["run"])).round(k).manifest()
+        assert {s: sorted((rel, r["sha256"]) for rel, r in (run.round(k).manifest().outputs(s) or {}).items())
+                for s in local.stages} == {s: sorted((rel, r["sha256"]) for rel, r in (local.outputs(s) or {}).items())
+                                           for s in local.stages}
+    assert not tiny_two_round_run["cache"].exists()  # a local run copies nothing
 
     # Serving from the bucket: `r3v serve --run-dir s3://...` finds round 1 and answers.
     import argparse

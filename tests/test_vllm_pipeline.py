@@ -74,7 +74,7 @@ def pooled(ray_local, tiny_model_dir, rows, tmp_path_factory):
     params = params_from_config(cfg.sampling, seed=7, n=2)
     uris = {k: str(out / f"{k}.parquet") for k in ("samples", "greedy", "select")}
     stats = sample(cfg, tiny_model_dir, rows, uris["samples"], params, round_index=1, greedy_uri=uris["greedy"],
-                   select_uri=uris["select"], select_n=2)
+                   select_uris={2: uris["select"]})
     tables = {k: store.read_parquet(u).to_pylist() for k, u in uris.items()}
     return stats, tables, params
 

@@ -195,6 +195,10 @@ class VLLMEngine(Engine):
                 raise ValueError(f"{self.lora_path}: adapter rank {rank} > max_lora_rank {max_lora_rank}")
         # Our own processor counts prompt tokens (image tokens included) to skip over-long rows up front.
         self.processor = load_processor(base, min_pixels=min_pixels, max_pixels=max_pixels)
+        family = self.processor.family
+        if self.on_cpu and family.vllm_cpu_dtype and dtype != family.vllm_cpu_dtype:
+            raise ValueError(f"{base}: vLLM's CPU build runs {family.title} in {family.vllm_cpu_dtype} only, not "
+                             f"{dtype} (set model.dtype: {family.vllm_cpu_dtype})")
         self.max_prompt_tokens = max_prompt_tokens
         self.stop_token_ids = [self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
         mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}

@@ -112,7 +112,12 @@ def prepare(
     cfg = load_run_config(config, run_dir, overrides)
     if task:
         cfg.task.name = task
-    return cfg, ckpt.resolve(checkpoint, run_dir, round_)
+    served = ckpt.resolve(checkpoint, run_dir, round_)
+    if "://" not in served.checkpoint:  # refused here, not by every replica Serve would start and restart
+        from r3v_ray.models.families import family_of
+
+        family_of(served.checkpoint)
+    return cfg, served
 
 
 def app_builder(args: dict[str, str]) -> Application:

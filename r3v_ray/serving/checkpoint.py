@@ -1,7 +1,11 @@
 """Which checkpoint to serve: a directory given directly, or a run directory and round (newest by default).
 
-Run directories may live on a pyarrow filesystem (s3://, gs://); each replica brings a remote checkpoint to its
-node's local disk through the node's cache (r3v_ray/cache.py) before the engine loads it.
+A run directory's newest round is the newest whose manifest records its train stage done (or, in a run directory
+made by hand without manifests, the newest with a model checkpoint). That round's checkpoint must be as its
+train stage recorded it (r3v_ray/rundir.py): a missing or damaged one is refused, naming it, rather than an older
+round served in its place. Run directories may live on a pyarrow filesystem (s3://, gs://); each replica brings a
+remote checkpoint to its node's local disk through the node's cache (r3v_ray/cache.py, which checks every file's
+checksum as it copies) before the engine loads it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r3v_ray import store
-from r3v_ray.rundir import MODEL_FILES, RunDir, round_of_checkpoint
+from r3v_ray.manifest import ManifestError
+from r3v_ray.rundir import MODEL_FILES, RoundDir, RunDir, round_of_checkpoint
 
 
 class CheckpointError(ValueError):
@@ -35,18 +40,51 @@ def is_checkpoint(uri: str) -> bool:
     return any(store.exists(store.join(uri, name)) for name in MODEL_FILES)
 
 
-def rounds_with_checkpoints(run_dir: str) -> list[int]:
+def newest_trained_round(run_dir: str) -> int | None:
+    """The newest round whose train stage is done (by its manifest; a round without one: a model checkpoint there);
+    whether its checkpoint is intact is `check_round`'s question. Older rounds' manifests are not read."""
     run = RunDir(run_dir)
-    return [k for k in run.rounds() if run.round(k).checkpoint_ready()]
+    return next((k for k in reversed(run.rounds()) if _claims_model(run.round(k))), None)
+
+
+def _claims_model(round_dir: RoundDir) -> bool:
+    manifest = round_dir.manifest()
+    if manifest is not None:
+        return manifest.done("train")
+    return is_checkpoint(round_dir.checkpoint)
+
+
+def check_round(round_dir: RoundDir) -> None:
+    """A CheckpointError unless the round's checkpoint can be served: its train stage done and the checkpoint as
+    that stage recorded it (every file's size; on a local disk its checksum too)."""
+    k = round_dir.index
+    manifest = round_dir.manifest()
+    if manifest is None:
+        if not round_dir.checkpoint_ready():
+            raise CheckpointError(f"{round_dir.checkpoint}: round {k} has no model checkpoint")
+        return
+    if not manifest.done("train"):
+        raise CheckpointError(f"{round_dir.checkpoint}: round {k} has no model checkpoint (its train stage is not "
+                              "done)")
+    problem = round_dir.damage("train", manifest)
+    if problem:
+        raise CheckpointError(
+            f"{problem}: round {k}'s train stage is recorded done, but its checkpoint is not as it recorded, so round "
+            f"{k} is not served (nor an older round in its place). Redo its training (r3v run --config ... "
+            f"--from-round {k} --force), restore the checkpoint, or serve an earlier round by name (--round)"
+        )
 
 
 def resolve(checkpoint: str | None = None, run_dir: str | None = None, round_: int | None = None) -> ServedModel:
     """A checkpoint directory, or run_dir/round-<k>/checkpoint (newest round when `round_` is None). Storage that
-    cannot be read (no such bucket, no credentials, endpoint down) is a CheckpointError naming the URI."""
+    cannot be read (no such bucket, no credentials, endpoint down) or a manifest that cannot be read is a
+    CheckpointError naming the URI."""
     try:
         return _resolve(checkpoint, run_dir, round_)
     except (OSError, store.StorageError) as exc:
         raise CheckpointError(f"{checkpoint or run_dir}: cannot be read ({type(exc).__name__}: {exc})") from None
+    except ManifestError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _resolve(checkpoint: str | None, run_dir: str | None, round_: int | None) -> ServedModel:
@@ -61,11 +99,9 @@ def _resolve(checkpoint: str | None, run_dir: str | None, round_: int | None) ->
     if not store.exists(run_dir):
         raise CheckpointError(f"{run_dir}: no such run directory")
     if round_ is None:
-        rounds = rounds_with_checkpoints(run_dir)
-        if not rounds:
+        round_ = newest_trained_round(run_dir)
+        if round_ is None:
             raise CheckpointError(f"{run_dir}: no round-<k>/checkpoint with a model in it")
-        round_ = rounds[-1]
     target = RunDir(run_dir).round(round_)
-    if not target.checkpoint_ready():
-        raise CheckpointError(f"{target.checkpoint}: round {round_} has no model checkpoint")
+    check_round(target)
     return ServedModel(target.checkpoint, round_, run_dir)

@@ -9,33 +9,30 @@ import torch
 
 from r3v_ray.config import TrainingConfig
 from r3v_ray.models import load_model
-
-VISION_PREFIX = "visual"  # Qwen2-VL / Qwen2.5-VL keep the vision tower (and its merger) under `...visual.`
-
-
-def _is_vision(name: str) -> bool:
-    return f".{VISION_PREFIX}." in f".{name}."
+from r3v_ray.models.families import Family, family_of
 
 
-def lora_targets(model: torch.nn.Module, cfg: TrainingConfig) -> list[str]:
-    """Full names of the Linear layers LoRA adapts: the configured projection names, outside the vision tower
-    when it is frozen."""
-    wanted = set(cfg.lora.target_modules)
+def lora_targets(model: torch.nn.Module, cfg: TrainingConfig, family: Family) -> list[str]:
+    """Full names of the Linear layers LoRA adapts: the configured projection names (the family's own by default),
+    outside the vision tower when it is frozen."""
+    wanted = set(cfg.lora.target_modules or family.lora_targets)
     names = [
         name
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear)
         and name.rsplit(".", 1)[-1] in wanted
-        and not (cfg.freeze_vision and _is_vision(name))
+        and not (cfg.freeze_vision and family.is_vision(name))
     ]
     if not names:
-        raise ValueError(f"training.lora.target_modules {sorted(wanted)} match no Linear layer of the model")
+        where = "training.lora.target_modules" if cfg.lora.target_modules else f"{family.title}'s LoRA targets"
+        raise ValueError(f"{where} {sorted(wanted)} match no Linear layer of the model")
     return names
 
 
 def build_trainable_model(base_model_path: str, cfg: TrainingConfig) -> torch.nn.Module:
     """Load the base model in float32 (DeepSpeed casts for bf16) and set what trains."""
     torch.manual_seed(cfg.seed)  # LoRA's initial adapter weights
+    family = family_of(base_model_path)  # from its config.json: which modules are the vision tower, which LoRA's
     model = load_model(base_model_path, "float32")
     model.train()
     model.config.use_cache = False
@@ -46,13 +43,13 @@ def build_trainable_model(base_model_path: str, cfg: TrainingConfig) -> torch.nn
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=lora_targets(model, cfg),
+            target_modules=lora_targets(model, cfg, family),
             bias="none",
         )
         return get_peft_model(model, lora)  # everything but the adapters is frozen
     if cfg.freeze_vision:
         for name, param in model.named_parameters():
-            if _is_vision(name):
+            if family.is_vision(name):
                 param.requires_grad_(False)
     return model
 
