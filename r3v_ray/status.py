@@ -52,9 +52,9 @@ def stages_of(round_index: int) -> tuple[str, ...]:
 @dataclass
 class StageStatus:
     name: str
-    state: str  # done | running | interrupted | failed | pending
+    state: str  # done | running | interrupted | failed | stale | pending
     seconds: float | None = None  # a done stage's time; a running one's time so far
-    error: str | None = None
+    error: str | None = None  # a failed stage's error; a stale one's reason (r3v_ray/manifest.py invalidate)
     host: str | None = None
     pid: int | None = None
     ray_job: str | None = None
@@ -74,7 +74,7 @@ class RoundStatus:
             return "not started"
         if states == {"done"}:
             return "finished" if not self.other_config else "finished under another config"
-        for word in ("running", "failed", "interrupted"):
+        for word in ("running", "failed", "interrupted", "stale"):
             if word in states:
                 return word
         return "partly done"
@@ -118,8 +118,8 @@ def _round_status(run: RunDir, k: int, digest: str) -> RoundStatus:
     for name in stages_of(k):
         entry = manifest.stages.get(name) or {}
         state = entry.get("status") or "pending"
-        stage = StageStatus(name, state, entry.get("seconds"), entry.get("error"), entry.get("host"), entry.get("pid"),
-                            entry.get("ray_job"))
+        stage = StageStatus(name, state, entry.get("seconds"), entry.get("error") or entry.get("stale_because"),
+                            entry.get("host"), entry.get("pid"), entry.get("ray_job"))
         if state == "running":
             stage.seconds = time.time() - entry["started_at"] if entry.get("started_at") else None
             if _gone(entry):
@@ -159,6 +159,8 @@ def _next_step(status: RunStatus) -> str:
                 return f"a re-run retries {where}, which failed: {stage.error}"
             if stage.state == "interrupted":
                 return f"a re-run resumes {where} (its driver, pid {stage.pid}, has exited)"
+            if stage.state == "stale":
+                return f"a re-run redoes {where}, which is stale: {stage.error}"
             return f"a re-run resumes {where}"
     return (f"nothing: rounds 0..{status.rounds} are finished (a re-run prints the report; more `rounds` would "
             f"go on to round {status.rounds + 1})")
@@ -186,6 +188,8 @@ def _stage_text(s: StageStatus) -> str:
         return f"{s.name} {s.state}{since} ({who})"
     if s.state == "failed":
         return f"{s.name} failed ({s.error})"
+    if s.state == "stale":
+        return f"{s.name} stale ({s.error})"
     return f"{s.name} not started"
 
 

@@ -141,6 +141,16 @@ def test_a_stage_that_raises_is_recorded_failed_and_status_says_what_a_re_run_do
     assert "next: a re-run retries round 1 at stage train, which failed: RuntimeError" in text
 
 
+def test_status_names_stale_stages_and_what_a_re_run_redoes(tmp_path):
+    # A redone round-0 training that came out different makes round 1's finished stages stale (r3v_ray/rundir.py).
+    _, run = make_run(str(tmp_path), rounds=1)
+    run.invalidate_after(0, "round 0's train stage was redone")
+    status = run_status(run.uri)
+    assert [r.state for r in status.round_status] == ["finished", "stale"]
+    assert status.next == "a re-run redoes round 1 at stage sample, which is stale: round 0's train stage was redone"
+    assert "sample stale (round 0's train stage was redone)" in format_status(status)
+
+
 def test_status_names_rounds_made_under_another_config_and_refuses_a_place_without_a_run(tmp_path, capsys):
     cfg, run = make_run(str(tmp_path), rounds=1)
     changed = config_from_dict({**cfg.model_dump(mode="json"), "training": {"lr": 0.5}})
