@@ -9,6 +9,11 @@ Output parquet columns, sorted by (question_id, sample_index):
     correct (bool), n_tokens (int)
 A row whose image cannot be decoded or whose prompt is too long is skipped (never truncated): it is logged with its
 question id and returned in SamplingStats.skipped, for the caller to write out.
+
+No rationale passes through the driver: Ray Data's write tasks stream what the actors return to parquet parts beside
+the output, one Ray task makes the output file from them (`publish_outputs`: ordered, checked, written atomically,
+hashed as written) and the driver records that file for the stage's manifest once it is in place. The driver holds
+the questions, their ids and the counts, so its memory grows with the questions asked, not with the rationales.
 """
 
 from __future__ import annotations
