@@ -76,6 +76,18 @@ def pool_rates(cfg: RunConfig, model_dir: str, rows: list[dict], params, out: st
             "cpu": stats.cpu_seconds / stats.num_samples, "n": stats.num_samples, "seconds": stats.seconds}
 
 
+def pool_shape(stats) -> dict:
+    """How evenly one pipeline pass kept its samplers busy (SamplingStats.samplers)."""
+    windows = stats.samplers
+    window = stats.generate_seconds
+    return {
+        "start_stagger_s": round(max(w["first_start"] for w in windows), 3),
+        "tail_s": round(max(w["last_end"] for w in windows) - min(w["last_end"] for w in windows), 3),
+        "busy_fraction": round(sum(w["busy_seconds"] for w in windows) / (window * len(windows)), 3),
+        "batches": [w["batches"] for w in windows],
+    }
+
+
 def vllm_against_hf(args, cfg: RunConfig, model_dir: str, rows: list[dict], params, tmp: str) -> dict:
     """The pool of vLLM actors against the pool of hf actors, alternating, medians of the repeats."""
     vllm_cfg = cfg.model_copy(deep=True)
@@ -258,7 +270,7 @@ def main() -> None:
         task.write_split(Path(tmp) / "data", "train", args.questions, seed=0)
         rows = records_to_rows(list(task.read(Path(tmp) / "data", "train")), task)
 
-        seq, seq2, pipe, e2e, seq_cpu, pipe_cpu = [], [], [], [], [], []
+        seq, seq2, pipe, e2e, seq_cpu, pipe_cpu, pool = [], [], [], [], [], [], []
         start_local(num_cpus=2, include_dashboard=False, log_to_driver=False)
         if args.engine == "vllm":
             try:
@@ -275,6 +287,7 @@ def main() -> None:
                 pipe.append(stats.num_samples / stats.generate_seconds)
                 e2e.append(stats.num_samples / stats.seconds)
                 pipe_cpu.append(stats.cpu_seconds / stats.num_samples)
+                pool.append(pool_shape(stats))
                 if stats.num_samples != n_seq:
                     raise RuntimeError(f"pipeline wrote {stats.num_samples} rationales, sequential {n_seq}")
             if args.two_thread_baseline:  # the baseline given both cores as intra-op threads instead of one
@@ -307,6 +320,9 @@ def main() -> None:
         "runs": {"pipeline_per_s": [round(x, 2) for x in pipe], "sequential_per_s": [round(x, 2) for x in seq],
                  "pipeline_cpu_ms": [round(1000 * x, 2) for x in pipe_cpu],
                  "sequential_cpu_ms": [round(1000 * x, 2) for x in seq_cpu]},
+        # Where a pipeline window falls short of 2x: a sampler starting late (its start-up inside the window), one
+        # finishing early (the tail), or samplers idle between batches (busy_fraction below 1).
+        "pool": {key: [p[key] for p in pool] for key in ("start_stagger_s", "tail_s", "busy_fraction", "batches")},
         "included": "pipeline_per_s: first batch start to last batch end over both actors (Ray Data scheduling, "
         "image decoding, generation, labeling; not actor start-up, not the write). sequential_per_s: the batch "
         "loop (decoding, generation, labeling; not model loading). end_to_end: whole sample() call. cpu_ms: process "

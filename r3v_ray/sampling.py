@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -50,8 +51,9 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 # What an actor returns: the sample columns plus a skip reason (a skipped question is one row with
-# sample_index -1), the batch's start/end times (for throughput without actor start-up) and the sampler
-# process's CPU seconds for the batch (for efficiency on a machine shared with other work).
+# sample_index -1), the batch's start/end times (for throughput without actor start-up), the sampler
+# process's CPU seconds for the batch (for efficiency on a machine shared with other work) and which sampler ran it
+# (how evenly the pool shared the work: SamplingStats.samplers).
 _ACTOR_SCHEMA = pa.schema(
     list(SAMPLE_SCHEMA)
     + [
@@ -59,6 +61,7 @@ _ACTOR_SCHEMA = pa.schema(
         ("batch_start", pa.float64()),
         ("batch_end", pa.float64()),
         ("batch_cpu_seconds", pa.float64()),
+        ("sampler", pa.string()),  # the actor that ran the batch (its Ray actor id)
         ("kind", pa.string()),  # "sample", or the extra passes evaluation asks for: "greedy", "select@<n>"
     ]
 )
@@ -106,6 +109,9 @@ class SamplingStats:
     seconds: float = 0.0  # wall time of `sample`, actor start-up and the write included
     generate_seconds: float = 0.0  # first batch start to last batch end over all samplers (no start-up)
     cpu_seconds: float = 0.0  # CPU time the samplers spent in batches (all their threads)
+    # Per sampler actor, in order of its first batch: {"batches", "first_start", "last_end", "busy_seconds"}
+    # (seconds since the first batch of all started): how evenly the pool shared the work.
+    samplers: list[dict] = field(default_factory=list)
     passes: int = 0  # pipeline passes (more than 1 only when a pass lost questions)
     # Questions an extra pass ("greedy", "select@3") skipped although they were sampled (e.g. a self-select prompt
     # over max_prompt_tokens), by pass: {"question_id", "reason"} each.
@@ -113,6 +119,20 @@ class SamplingStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def sampler_windows(batches: list[tuple]) -> list[dict]:
+    """SamplingStats.samplers from (start, end, cpu seconds, sampler) of each batch."""
+    if not batches:
+        return []
+    origin = min(b[0] for b in batches)
+    by_sampler: dict[str, list[tuple]] = {}
+    for b in batches:
+        by_sampler.setdefault(b[3], []).append(b)
+    windows = [{"batches": len(bs), "first_start": round(min(b[0] for b in bs) - origin, 3),
+                "last_end": round(max(b[1] for b in bs) - origin, 3),
+                "busy_seconds": round(sum(b[1] - b[0] for b in bs), 3)} for bs in by_sampler.values()]
+    return sorted(windows, key=lambda w: w["first_start"])
 
 
 def seed_key(question_id: str, round_index: int) -> str:
@@ -267,6 +287,9 @@ class EngineActor:
         self.round_index = round_index
         self.greedy = SamplingParams(**greedy_params) if greedy_params else None
         self.select_ns = list(select_ns or [])  # each at most params.n (`sample` checks)
+        import ray
+
+        self.sampler = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start, cpu_start = time.time(), time.process_time()
@@ -290,6 +313,7 @@ class EngineActor:
         end, cpu = time.time(), time.process_time() - cpu_start
         for rec in records:
             rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"] = start, end, cpu
+            rec["sampler"] = self.sampler
         return pa.Table.from_pylist(records, schema=_ACTOR_SCHEMA)
 
     def _label(self, rows: list[dict], outputs: list[RequestOutput], kind: str) -> list[dict]:
@@ -397,7 +421,8 @@ def publish_outputs(parts_uri: str, outputs: dict[str, str], question_ids: list[
     out = {"written": {outputs["sample"]: store.write_parquet(outputs["sample"], table)}, "skipped": skipped,
            "pass_skipped": {}, "num_samples": table.num_rows,
            "num_correct": int(sum(table.column("correct").to_pylist())),
-           "batches": sorted({(r["batch_start"], r["batch_end"], r["batch_cpu_seconds"]) for r in records})}
+           "batches": sorted({(r["batch_start"], r["batch_end"], r["batch_cpu_seconds"], r["sampler"])
+                              for r in records})}
     for kind, uri in outputs.items():
         if kind == "sample":
             continue
@@ -514,6 +539,7 @@ def sample(
         seconds=time.time() - started,
         generate_seconds=(max(b[1] for b in batches) - min(b[0] for b in batches)) if batches else 0.0,
         cpu_seconds=sum(b[2] for b in batches),
+        samplers=sampler_windows(batches),
         passes=passes,
         pass_skipped=result["pass_skipped"],
     )

@@ -418,3 +418,7 @@ def test_the_pipeline_writes_exactly_n_rows_per_question_as_finalize_orders_them
     assert (stats.num_samples, stats.num_correct) == (table.num_rows, sum(table["correct"].to_pylist()))
     returned = json.dumps(stats.to_dict())
     assert not any(text in returned for text in table["rationale"].to_pylist() if len(text) > 3)
+    # which sampler ran how many batches, when (batches of 3 questions: at least 4 of them)
+    assert 1 <= len(stats.samplers) <= cfg.resources.num_samplers and stats.samplers[0]["first_start"] == 0.0
+    assert sum(w["batches"] for w in stats.samplers) >= 4
+    assert all(0 < w["busy_seconds"] <= w["last_end"] - w["first_start"] + 1e-3 for w in stats.samplers)
