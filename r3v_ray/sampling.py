@@ -374,7 +374,7 @@ def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: Samplin
     )
     fs, path = store.resolve(parts_uri)
     try:
-        # Written by Ray Data's own write tasks as batches finish (nothing passes through the driver). They take no
+        # Written by Ray Data's own write tasks, PART_ROWS rows a file (nothing passes through the driver). They take no
         # CPU (the samplers hold them all) and, for a local root, run on the driver's node, where the round is.
         ds.write_parquet(path, filesystem=fs, min_rows_per_file=PART_ROWS,
                          ray_remote_args=_writer_remote_args(parts_uri))
@@ -390,7 +390,8 @@ def _writer_remote_args(uri: str) -> dict:
 
     args: dict = {"num_cpus": 0}
     if store.is_local(uri):
-        args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        node = ray.get_runtime_context().get_node_id()
+        args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
     return args
 
 
@@ -505,7 +506,8 @@ def sample(
                         f"(first: {[r['question_id'] for r in pending[:5]]}); last error: {error!r}"
                     ) from error
                 passes += 1
-                error = _run_pass(cfg, model_path, pending, params, round_index, extra, store.join(parts, f"pass-{passes}"))
+                error = _run_pass(cfg, model_path, pending, params, round_index, extra,
+                                  store.join(parts, f"pass-{passes}"))
                 # Only the question ids come back to the driver (one column), to know what is left.
                 done = set(read_parts(parts, ["question_id"], drop_unreadable=error is not None)
                            .column("question_id").unique().to_pylist())
@@ -513,7 +515,8 @@ def sample(
                 if error is not None:
                     log.warning("sampling: pass %d failed (%r); %d questions left", passes, error, len(pending))
                 elif pending:  # a pass that ends cleanly must cover every question
-                    raise RuntimeError(f"sampling: pass ended without output for {[r['question_id'] for r in pending[:5]]}")
+                    first = [r["question_id"] for r in pending[:5]]
+                    raise RuntimeError(f"sampling: pass ended without output for {first}")
         finally:
             wait_for_release(before)
         task = ray.remote(publish_outputs).options(**_writer_remote_args(out_uri), max_retries=2)
