@@ -9,17 +9,24 @@ Output parquet columns, sorted by (question_id, sample_index):
     correct (bool), n_tokens (int)
 A row whose image cannot be decoded or whose prompt is too long is skipped (never truncated): it is logged with its
 question id and returned in SamplingStats.skipped, for the caller to write out.
+
+No rationale passes through the driver: Ray Data's write tasks stream what the actors return to parquet parts beside
+the output, one Ray task makes the output file from them (`publish_outputs`: ordered, checked, written atomically,
+hashed as written) and the driver records that file for the stage's manifest once it is in place. The driver holds
+the questions, their ids and the counts, so its memory grows with the questions asked, not with the rationales.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from r3v_ray import console, store
 from r3v_ray.config import DecodingConfig, RunConfig
@@ -44,8 +51,9 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 # What an actor returns: the sample columns plus a skip reason (a skipped question is one row with
-# sample_index -1), the batch's start/end times (for throughput without actor start-up) and the sampler
-# process's CPU seconds for the batch (for efficiency on a machine shared with other work).
+# sample_index -1), the batch's start/end times (for throughput without actor start-up), the sampler
+# process's CPU seconds for the batch (for efficiency on a machine shared with other work) and which sampler ran it
+# (how evenly the pool shared the work: SamplingStats.samplers).
 _ACTOR_SCHEMA = pa.schema(
     list(SAMPLE_SCHEMA)
     + [
@@ -53,10 +61,12 @@ _ACTOR_SCHEMA = pa.schema(
         ("batch_start", pa.float64()),
         ("batch_end", pa.float64()),
         ("batch_cpu_seconds", pa.float64()),
+        ("sampler", pa.string()),  # the actor that ran the batch (its Ray actor id)
         ("kind", pa.string()),  # "sample", or the extra passes evaluation asks for: "greedy", "select@<n>"
     ]
 )
 _MAX_PASSES = 3  # a pass re-runs only the questions a failed pass left without output
+PART_ROWS = 20_000  # rows per parquet part a pass writes (fewer, larger files; an object store is slow per file)
 
 
 # -- pure parts ---------------------------------------------------------------------------------------------
@@ -99,6 +109,9 @@ class SamplingStats:
     seconds: float = 0.0  # wall time of `sample`, actor start-up and the write included
     generate_seconds: float = 0.0  # first batch start to last batch end over all samplers (no start-up)
     cpu_seconds: float = 0.0  # CPU time the samplers spent in batches (all their threads)
+    # Per sampler actor, in order of its first batch: {"batches", "first_start", "last_end", "busy_seconds"}
+    # (seconds since the first batch of all started): how evenly the pool shared the work.
+    samplers: list[dict] = field(default_factory=list)
     passes: int = 0  # pipeline passes (more than 1 only when a pass lost questions)
     # Questions an extra pass ("greedy", "select@3") skipped although they were sampled (e.g. a self-select prompt
     # over max_prompt_tokens), by pass: {"question_id", "reason"} each.
@@ -106,6 +119,20 @@ class SamplingStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def sampler_windows(batches: list[tuple]) -> list[dict]:
+    """SamplingStats.samplers from (start, end, cpu seconds, sampler) of each batch."""
+    if not batches:
+        return []
+    origin = min(b[0] for b in batches)
+    by_sampler: dict[str, list[tuple]] = {}
+    for b in batches:
+        by_sampler.setdefault(b[3], []).append(b)
+    windows = [{"batches": len(bs), "first_start": round(min(b[0] for b in bs) - origin, 3),
+                "last_end": round(max(b[1] for b in bs) - origin, 3),
+                "busy_seconds": round(sum(b[1] - b[0] for b in bs), 3)} for bs in by_sampler.values()]
+    return sorted(windows, key=lambda w: w["first_start"])
 
 
 def seed_key(question_id: str, round_index: int) -> str:
@@ -260,6 +287,9 @@ class EngineActor:
         self.round_index = round_index
         self.greedy = SamplingParams(**greedy_params) if greedy_params else None
         self.select_ns = list(select_ns or [])  # each at most params.n (`sample` checks)
+        import ray
+
+        self.sampler = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         start, cpu_start = time.time(), time.process_time()
@@ -283,6 +313,7 @@ class EngineActor:
         end, cpu = time.time(), time.process_time() - cpu_start
         for rec in records:
             rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"] = start, end, cpu
+            rec["sampler"] = self.sampler
         return pa.Table.from_pylist(records, schema=_ACTOR_SCHEMA)
 
     def _label(self, rows: list[dict], outputs: list[RequestOutput], kind: str) -> list[dict]:
@@ -309,8 +340,9 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: SamplingParams, round_index: int,
-              extra: dict):
-    """One Ray Data pass; returns (records received, error or None). Records received before an error are kept."""
+              extra: dict, parts_uri: str):
+    """One Ray Data pass, its actors' output written as parquet parts below `parts_uri`; returns the error that
+    lost a sampler for good, or None. What was written before an error is kept."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -340,13 +372,68 @@ def _run_pass(cfg: RunConfig, model_path: str, rows: list[dict], params: Samplin
         # deprecated since Ray 2.60 and goes away in 2.64, so the defaults are relied on; a pass that still
         # fails is re-run by `sample` for the questions it left without output.
     )
-    records: list[dict] = []
+    fs, path = store.resolve(parts_uri)
     try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            records += batch.to_pylist()
+        # Written by Ray Data's own write tasks, PART_ROWS rows a file (nothing passes through the driver). They take no
+        # CPU (the samplers hold them all) and, for a local root, run on the driver's node, where the round is.
+        ds.write_parquet(path, filesystem=fs, min_rows_per_file=PART_ROWS,
+                         ray_remote_args=_writer_remote_args(parts_uri))
     except lost_worker as exc:  # a sampler died for good (e.g. ray.kill): another pass can help
-        return records, exc
-    return records, None  # any other error (a bug, a bad model path) is raised as is: a re-run would repeat it
+        return exc
+    return None  # any other error (a bug, a bad model path) is raised as is: a re-run would repeat it
+
+
+def _writer_remote_args(uri: str) -> dict:
+    """Ray options of tasks that write under `uri`: no CPU, and on this node when `uri` is on a local disk."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    args: dict = {"num_cpus": 0}
+    if store.is_local(uri):
+        node = ray.get_runtime_context().get_node_id()
+        args["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+    return args
+
+
+def read_parts(parts_uri: str, columns: list[str] | None = None, drop_unreadable: bool = False) -> pa.Table:
+    """What the passes wrote below `parts_uri` (empty when nothing). With `drop_unreadable`, a file a failed pass
+    left half written is deleted (its questions are then still pending) instead of failing the read."""
+    fs, path = store.resolve(parts_uri)
+    tables = []
+    for rel in sorted(store.list_files(fs, path)):
+        try:
+            tables.append(pq.read_table(f"{path}/{rel}", filesystem=fs, columns=columns, schema=_ACTOR_SCHEMA))
+        except (OSError, pa.ArrowException) as exc:
+            if not drop_unreadable:
+                raise
+            log.warning("sampling: dropping %s/%s, left unfinished by a failed pass (%s)", parts_uri, rel, exc)
+            fs.delete_file(f"{path}/{rel}")
+    schema = _ACTOR_SCHEMA if columns is None else pa.schema([_ACTOR_SCHEMA.field(c) for c in columns])
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def publish_outputs(parts_uri: str, outputs: dict[str, str], question_ids: list[str], n: int) -> dict:
+    """Write each kind's file ({kind: uri}: "sample" and evaluation's extra passes) from what the passes wrote, as
+    `finalize` orders it, checked by `_check_counts` first; returns the records of the files, the skips and the
+    counts. Runs in a Ray task: the rows are held there, never on the driver."""
+    records = read_parts(parts_uri).to_pylist()
+    table, skipped = finalize(records)
+    _check_counts(table, skipped, question_ids, n)
+    out = {"written": {outputs["sample"]: store.write_parquet(outputs["sample"], table)}, "skipped": skipped,
+           "pass_skipped": {}, "num_samples": table.num_rows,
+           "num_correct": int(sum(table.column("correct").to_pylist())),
+           "batches": sorted({(r["batch_start"], r["batch_end"], r["batch_cpu_seconds"], r["sampler"])
+                              for r in records})}
+    for kind, uri in outputs.items():
+        if kind == "sample":
+            continue
+        # A self-select prompt (image + N candidates) can be too long where the question was not: that question is
+        # skipped for this pass only (it then counts as wrong), never a failed evaluation.
+        extra_table, extra_skipped = finalize(records, kind)
+        _check_counts(extra_table, skipped + extra_skipped, question_ids, 1)
+        out["written"][uri] = store.write_parquet(uri, extra_table)
+        out["pass_skipped"][kind] = extra_skipped
+    return out
 
 
 def wait_for_release(before: dict[str, float], timeout_s: float = 60.0) -> None:
@@ -405,71 +492,68 @@ def sample(
 
     ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
     before = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
-    records: list[dict] = []
     pending = list(rows)
     passes = 0
+    outputs = {"sample": out_uri, **({"greedy": greedy_uri} if greedy_uri else {}),
+               **{f"select@{n}": uri for n, uri in sorted(select_uris.items())}}
+    parts = store.temp_sibling(out_uri, "parts")  # the passes' output, dropped once the files are published
     try:
-        while pending:
-            if passes == _MAX_PASSES:
-                raise RuntimeError(
-                    f"sampling: {len(pending)} questions still without output after {passes} passes "
-                    f"(first: {[r['question_id'] for r in pending[:5]]}); last error: {error!r}"
-                ) from error
-            passes += 1
-            got, error = _run_pass(cfg, model_path, pending, params, round_index, extra)
-            records += got
-            done = {rec["question_id"] for rec in got}
-            pending = [r for r in pending if r["question_id"] not in done]
-            if error is not None:
-                log.warning("sampling: pass %d failed (%r); %d questions left", passes, error, len(pending))
-            elif pending:  # a pass that ends cleanly must cover every question
-                raise RuntimeError(f"sampling: pass ended without output for {[r['question_id'] for r in pending[:5]]}")
+        try:
+            while pending:
+                if passes == _MAX_PASSES:
+                    raise RuntimeError(
+                        f"sampling: {len(pending)} questions still without output after {passes} passes "
+                        f"(first: {[r['question_id'] for r in pending[:5]]}); last error: {error!r}"
+                    ) from error
+                passes += 1
+                error = _run_pass(cfg, model_path, pending, params, round_index, extra,
+                                  store.join(parts, f"pass-{passes}"))
+                # Only the question ids come back to the driver (one column), to know what is left.
+                done = set(read_parts(parts, ["question_id"], drop_unreadable=error is not None)
+                           .column("question_id").unique().to_pylist())
+                pending = [r for r in pending if r["question_id"] not in done]
+                if error is not None:
+                    log.warning("sampling: pass %d failed (%r); %d questions left", passes, error, len(pending))
+                elif pending:  # a pass that ends cleanly must cover every question
+                    first = [r["question_id"] for r in pending[:5]]
+                    raise RuntimeError(f"sampling: pass ended without output for {first}")
+        finally:
+            wait_for_release(before)
+        task = ray.remote(publish_outputs).options(**_writer_remote_args(out_uri), max_retries=2)
+        result = ray.get(task.remote(parts, outputs, [r["question_id"] for r in rows], params.n))
     finally:
-        wait_for_release(before)
-
-    table, skipped = finalize(records)
-    _check_counts(table, skipped, rows, params)
+        store.delete_dir(parts)
+    for uri, record in result["written"].items():  # written by the task: recorded here, where the stage runs
+        store.check_file(uri, record, checksum=False)
+        store.note_written(uri, record)
+    skipped = result["skipped"]
     for item in skipped:
         log.warning("sampling: skipped question %s: %s", item["question_id"], item["reason"])
-    store.write_parquet(out_uri, table)
-    pass_skipped: dict[str, list[dict]] = {}
-    extra_passes = [("greedy", greedy_uri)] + [(f"select@{n}", uri) for n, uri in sorted(select_uris.items())]
-    for kind, uri in extra_passes:
-        if uri:
-            # A self-select prompt (image + N candidates) can be too long where the question was not: that
-            # question is skipped for this pass only (it then counts as wrong), never a failed evaluation.
-            extra_table, extra_skipped = finalize(records, kind)
-            for item in extra_skipped:
-                log.warning("sampling: %s pass skipped question %s: %s", kind, item["question_id"], item["reason"])
-            _check_counts(extra_table, skipped + extra_skipped, rows, replace(params, n=1, temperature=0.0))
-            store.write_parquet(uri, extra_table)
-            pass_skipped[kind] = extra_skipped
-    batches = {(rec["batch_start"], rec["batch_end"], rec["batch_cpu_seconds"]) for rec in records}
-    num_correct = int(sum(table.column("correct").to_pylist()))
+    for kind, items in result["pass_skipped"].items():
+        for item in items:
+            log.warning("sampling: %s pass skipped question %s: %s", kind, item["question_id"], item["reason"])
+    batches = result["batches"]
     return SamplingStats(
         num_rows=len(rows),
-        num_samples=table.num_rows,
-        num_correct=num_correct,
+        num_samples=result["num_samples"],
+        num_correct=result["num_correct"],
         num_skipped=len(skipped),
         skipped=skipped,
         seconds=time.time() - started,
         generate_seconds=(max(b[1] for b in batches) - min(b[0] for b in batches)) if batches else 0.0,
         cpu_seconds=sum(b[2] for b in batches),
+        samplers=sampler_windows(batches),
         passes=passes,
-        pass_skipped=pass_skipped,
+        pass_skipped=result["pass_skipped"],
     )
 
 
-def _check_counts(table: pa.Table, skipped: list[dict], rows: list[dict], params: SamplingParams) -> None:
-    """Every question is either skipped or has exactly params.n samples; anything else is a bug, loudly."""
+def _check_counts(table: pa.Table, skipped: list[dict], question_ids: list[str], n: int) -> None:
+    """Every question is either skipped or has exactly n samples; anything else is a bug, loudly."""
     counts: dict[str, int] = {}
     for qid in table.column("question_id").to_pylist():
         counts[qid] = counts.get(qid, 0) + 1
     skipped_ids = {s["question_id"] for s in skipped}
-    wrong = [
-        (r["question_id"], counts.get(r["question_id"], 0))
-        for r in rows
-        if r["question_id"] not in skipped_ids and counts.get(r["question_id"], 0) != params.n
-    ]
+    wrong = [(q, counts.get(q, 0)) for q in question_ids if q not in skipped_ids and counts.get(q, 0) != n]
     if wrong:
-        raise RuntimeError(f"sampling: questions without exactly {params.n} samples (id, count): {wrong[:5]}")
+        raise RuntimeError(f"sampling: questions without exactly {n} samples (id, count): {wrong[:5]}")

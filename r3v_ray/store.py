@@ -108,6 +108,18 @@ def _note(uri: str, record: dict) -> dict:
     return record
 
 
+def note_written(uri: str, record: dict) -> dict:
+    """Record a file another process wrote (a Ray task) in this process's `recording` blocks, after it is in place:
+    `record` is what that process hashed as it wrote."""
+    return _note(uri, record)
+
+
+def temp_sibling(uri: str, kind: str = "tmp") -> str:
+    """A fresh hidden name beside `uri`, on the same filesystem (for work that is moved or dropped afterwards)."""
+    head, _, tail = uri.rstrip("/").rpartition("/")
+    return f"{head or '.'}/.{tail}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
 def key_of(uri: str) -> str:
     """The form `recording` names a location in."""
     return _key(uri)

@@ -117,6 +117,32 @@ def test_the_config_lists_exactly_the_supported_families():
     assert set(get_args(ModelFamily)) == set(FAMILIES)
 
 
+
+def test_the_hf_engine_batches_each_questions_encoding_as_the_processor_batches_its_rows(model_dir, task):
+    """The hf engine runs the processor once per question and batches its n rows from that (hf.collate): the batch
+    is the one a processor call over the rows makes, for rows of different lengths, with and without images."""
+
+    from r3v_ray.engines.hf import collate
+
+    processor = load_processor(model_dir)
+    pad_id = processor.tokenizer.pad_token_id
+    processor.tokenizer.padding_side = "left"
+    records = list(task.generate_records("test", 3, seed=5))
+    prompts = [chat_prompt(processor, task.cot_prompt(r) + " extra" * i) for i, r in enumerate(records)]
+    texts = [chat_prompt(processor, ("How many? " * (2 * i + 1)), False) for i in range(3)]
+    rows = [0, 0, 1, 2, 2, 1]  # question of each row (n samples per question, chunks that cut across questions)
+    for prompts_, images in ((prompts, [task.render(r) for r in records]), (texts, [None] * 3)):
+        def encode(ps, ims):
+            kwargs = {"images": ims} if ims[0] is not None else {}
+            return dict(processor(text=ps, return_tensors="pt", padding=True, **kwargs))
+
+        once = [encode([prompts_[q]], [images[q]]) for q in range(3)]
+        want = encode([prompts_[q] for q in rows], [images[q] for q in rows])
+        got = collate([once[q] for q in rows], pad_id)
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
 def test_the_tiny_model_is_an_ordinary_directory_of_its_family(family, model_dir, task, tmp_path):
     files = json.loads((Path(model_dir) / "config.json").read_text())
     assert files["model_type"] == family.name and files["architectures"] == [family.architecture]

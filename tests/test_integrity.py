@@ -211,10 +211,12 @@ def test_a_node_copying_a_damaged_checkpoint_from_s3_refuses_it(s3, tmp_path, ti
 
 
 def _stages(run: Path, k: int) -> dict:
+    """The round's finished stages (a manifest also lists a running or failed one, without finished_at)."""
     try:
-        return json.loads((run / f"round-{k:03d}" / "manifest.json").read_text())["stages"]
+        stages = json.loads((run / f"round-{k:03d}" / "manifest.json").read_text())["stages"]
     except (OSError, ValueError, KeyError):  # not there yet
         return {}
+    return {name: rec for name, rec in stages.items() if rec.get("status") == "done"}
 
 
 def _alive(class_prefix: str, started_after: float = 0.0) -> dict | None:

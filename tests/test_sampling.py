@@ -17,6 +17,7 @@ from r3v_ray.engines import RequestOutput, SamplingParams
 from r3v_ray.prompts import select_prompt
 from r3v_ray.sampling import (
     SAMPLE_SCHEMA,
+    SamplingStats,
     check_rows,
     finalize,
     label_outputs,
@@ -382,3 +383,42 @@ def test_a_batch_mixing_image_paths_and_bytes_samples_every_row(first_run, tiny_
     ids = {r["question_id"] for r in mixed}
     first = store.read_parquet(str(first_run[1])).to_pylist()
     assert store.read_parquet(str(out)).to_pylist() == [r for r in first if r["question_id"] in ids]
+
+
+def test_the_pipeline_writes_exactly_n_rows_per_question_as_finalize_orders_them_and_the_driver_gets_stats_only(
+        ray_local, tiny_model_dir, rows, tmp_path):
+    """samples.parquet is written by Ray workers (Ray Data's write tasks, then one task publishing the file): the
+    rows `finalize` makes of the labeled engine outputs (what the driver used to collect and write itself), exactly
+    n per question, recorded for the stage's manifest with the size and sha256 of the file in place."""
+    import hashlib
+
+    from r3v_ray.engines import GenerationRequest, create_engine
+    from r3v_ray.tasks import load_image
+
+    cfg = _cfg(batch_size=3)
+    params = params_from_config(cfg.sampling, seed=5, n=3)
+    engine = create_engine("hf", tiny_model_dir, torch_threads=1)
+    requests = [GenerationRequest(r["prompt"], load_image(r["image"]), f"{r['question_id']}/2") for r in rows]
+    expected, skipped = finalize(label_outputs(rows, engine.generate(requests, params), TASK, 2))
+    assert skipped == []
+
+    out = tmp_path / "round" / "samples.parquet"
+    with store.recording() as written:
+        stats = sample(cfg, tiny_model_dir, rows[::-1], str(out), params, round_index=2)
+    table = store.read_parquet(str(out))
+    assert table.equals(expected) and table.schema == SAMPLE_SCHEMA
+    counts = {q: table["question_id"].to_pylist().count(q) for q in {r["question_id"] for r in rows}}
+    assert set(counts.values()) == {3} and table.num_rows == 3 * len(rows)
+
+    data = out.read_bytes()
+    assert written == {str(out): {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+    assert [p.name for p in out.parent.iterdir()] == ["samples.parquet"]  # the passes' parts are gone
+    # What comes back to the driver: counts and skips, not a rationale.
+    assert isinstance(stats, SamplingStats)
+    assert (stats.num_samples, stats.num_correct) == (table.num_rows, sum(table["correct"].to_pylist()))
+    returned = json.dumps(stats.to_dict())
+    assert not any(text in returned for text in table["rationale"].to_pylist() if len(text) > 3)
+    # which sampler ran how many batches, when (batches of 3 questions: at least 4 of them)
+    assert 1 <= len(stats.samplers) <= cfg.resources.num_samplers and stats.samplers[0]["first_start"] == 0.0
+    assert sum(w["batches"] for w in stats.samplers) >= 4
+    assert all(0 < w["busy_seconds"] <= w["last_end"] - w["first_start"] + 1e-3 for w in stats.samplers)

@@ -37,6 +37,22 @@ class _RowSampler(LogitsProcessor):
         return out
 
 
+def collate(encoded: list[dict], pad_id: int) -> dict:
+    """One batch from per-request encodings (the processor's tensors for one request each), as the processor makes
+    it for those rows in one call: the per-token tensors left-padded (input_ids with `pad_id`, the others with 0),
+    the image tensors (pixel patches, grids) concatenated in row order. tests/test_families.py checks it against
+    the processor of every family."""
+    length = max(e["input_ids"].shape[1] for e in encoded)
+    batch = {}
+    for key in encoded[0]:
+        parts = [e[key] for e in encoded]
+        if all(p.shape == e["input_ids"].shape for p, e in zip(parts, encoded)):  # one value per token
+            fill = pad_id if key == "input_ids" else 0
+            parts = [torch.nn.functional.pad(p, (length - p.shape[1], 0), value=fill) for p in parts]
+        batch[key] = torch.cat(parts, dim=0)
+    return batch
+
+
 class HFEngine(Engine):
     def __init__(
         self,
@@ -68,25 +84,30 @@ class HFEngine(Engine):
         kwargs = {"images": with_images} if with_images else {}
         return self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
 
-    def prompt_tokens(self, request: GenerationRequest) -> int:
+    def encode_request(self, request: GenerationRequest) -> dict:
+        """The processor's tensors for one request (batch of one, unpadded): what its n samples all start from."""
         text = chat_prompt(self.processor, request.prompt, request.image is not None)
-        enc = self._encode([text], [request.image])
-        return int(enc["input_ids"].shape[1])
+        return dict(self._encode([text], [request.image]))
+
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        return int(self.encode_request(request)["input_ids"].shape[1])
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[RequestOutput]:
         outputs = [RequestOutput() for _ in requests]
-        rows: list[tuple[int, int, str, object]] = []  # (request index, sample index, chat text, image)
+        # Each request's image and prompt go through the processor once (its length decides a skip); its n sample
+        # rows share those tensors, batched by `collate` as one processor call over the rows would batch them.
+        rows: list[tuple[int, int, dict]] = []  # (request index, sample index, the request's encoding)
         for i, req in enumerate(requests):
-            text = chat_prompt(self.processor, req.prompt, req.image is not None)
-            length = self.prompt_tokens(req)
+            encoded = self.encode_request(req)
+            length = int(encoded["input_ids"].shape[1])
             if length > self.max_prompt_tokens:
                 outputs[i].error = f"prompt has {length} tokens > max_prompt_tokens {self.max_prompt_tokens}"
                 continue
-            rows += [(i, s, text, req.image) for s in range(params.n)]
-        # Rows with and without an image cannot share one processor call.
+            rows += [(i, s, encoded) for s in range(params.n)]
+        # Rows with and without an image are batched apart (as the processor needs), in chunks of max_batch_rows.
         for has_image in (True, False):
-            group = [r for r in rows if (r[3] is not None) == has_image]
+            group = [r for r in rows if (requests[r[0]].image is not None) == has_image]
             for start in range(0, len(group), self.max_batch_rows):
                 self._generate_chunk(group[start : start + self.max_batch_rows], requests, params, outputs)
         return outputs
@@ -94,16 +115,16 @@ class HFEngine(Engine):
     def _generate_chunk(self, chunk, requests, params: SamplingParams, outputs: list[RequestOutput]) -> None:
         if not chunk:
             return
-        enc = self._encode([r[2] for r in chunk], [r[3] for r in chunk]).to(self.device)
+        enc = {k: v.to(self.device) for k, v in collate([r[2] for r in chunk], self.pad_id).items()}
         kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         if not params.greedy:
-            gens = [torch.Generator().manual_seed(row_seed(params.seed, requests[i].key, s)) for i, s, _, _ in chunk]
+            gens = [torch.Generator().manual_seed(row_seed(params.seed, requests[i].key, s)) for i, s, _ in chunk]
             kwargs["logits_processor"] = LogitsProcessorList([_RowSampler(gens, params)])
         # Unset the checkpoint's own sampling defaults: greedy here means greedy.
         kwargs.update(temperature=None, top_p=None, top_k=None)
         out = self.model.generate(**enc, **kwargs)
         new = out[:, enc["input_ids"].shape[1] :]
-        for (i, _s, _t, _im), ids in zip(chunk, new):
+        for (i, _s, _enc), ids in zip(chunk, new):
             ids = ids.tolist()
             n = len(ids)
             if self.eos_id in ids:
