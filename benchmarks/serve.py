@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, help="default: serve.max_batch_size")
     p.add_argument("--batch-wait", type=float, help="seconds; default: serve.batch_wait_timeout_s")
+    p.add_argument("--replicas", type=int, help="sampler replicas (default: serve.num_replicas); each takes 1 CPU")
     p.add_argument("--num-cpus", type=int, default=2)
     args = p.parse_args(argv)
     if args.quick:
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                  "max_n": max(8, args.n), "app_name": "r3v-bench"}
     if args.max_batch_size:
         serve_cfg["max_batch_size"] = args.max_batch_size
+    if args.replicas:
+        serve_cfg["num_replicas"] = args.replicas
     if args.batch_wait is not None:
         serve_cfg["batch_wait_timeout_s"] = args.batch_wait
     cfg = config_from_dict({"serve": serve_cfg})
@@ -192,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "strategy": args.strategy,
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,
+        "replicas": cfg.serve.num_replicas,
         "max_batch_size": cfg.serve.max_batch_size,
         "batch_wait_s": cfg.serve.batch_wait_timeout_s,
         "mean_engine_batch": round(mean_batch, 2),  # engine calls per load phase: requests per call
