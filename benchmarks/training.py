@@ -5,10 +5,13 @@ gradient clipping and thread count. Per-step time (collate, forward, backward, o
 the first step of each run left out as warm-up and the median step of each run taken; Ray/DeepSpeed start-up
 (worker group, model load, deepspeed.initialize, checkpoint and export) is reported separately, never counted.
 
-A single pair of runs cannot tell a real change from machine load (on a shared 2-core machine one run's median
-step moves by 10-40%), so each side runs `--repeats` times, interleaved (plain, Ray, plain, Ray, ...) on one
-local Ray cluster, and `overhead` is the median of the per-pair ratios (each Ray run over the plain run just
-before it), with their spread (min, max) beside it. The last line is one JSON object:
+Both sides run in Ray worker processes of the same local cluster (the plain loop as a Ray task with the train
+worker's CPUs): Ray starts its workers at nice 15, and a plain loop in the driver at nice 0 took a far larger share
+of a busy machine than the train worker beside it, which read as per-step overhead (1.5 and more under load, 1.03
+on a quiet machine). And a single pair of runs cannot tell a real change from machine load (on a shared 2-core
+machine one run's median step moves by 10-40%), so each side runs `--repeats` times, interleaved (plain, Ray,
+plain, Ray, ...), and `overhead` is the median of the per-pair ratios (each Ray run over the plain run just before
+it), with their spread (min, max) beside it. The last line is one JSON object:
 {"benchmark": "training", "overhead": ..., "overhead_spread": [min, max], ...}. Target: overhead <= 1.10.
 
     .venv/bin/python benchmarks/training.py [--quick] [--repeats 3]
@@ -120,9 +123,10 @@ def main() -> None:
         )
         plain_runs, ray_runs, startups, walls, results = [], [], [], [], []
         start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        plain_task = ray.remote(num_cpus=cfg.resources.cpus_per_train_worker)(plain_loop)
         try:
             for r in range(repeats):
-                plain_runs.append(plain_loop(cfg, train_uri, model_path)[1:])  # the first step is warm-up
+                plain_runs.append(ray.get(plain_task.remote(cfg, train_uri, model_path))[1:])  # first step: warm-up
                 t0 = time.perf_counter()
                 # As a round trains: rank 0 draws its progress bar and writes TensorBoard scalars every step.
                 result = train(cfg, train_uri, model_path, str(tmp / f"out-{r}"), round_index=1,
