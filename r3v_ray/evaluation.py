@@ -84,12 +84,14 @@ def _share(question_ids: list[str], is_correct) -> float:
 
 
 def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: str, round_index: int,
-             greedy_only: bool = False, greedy: bool = True) -> dict:
+             greedy_only: bool = False, greedy: bool = True, timings: dict | None = None) -> dict:
     """Evaluate one model in one sampling pass (greedy, the candidates and every self-select pass in the same actors).
 
     The rationales behind every number stay under `out_uri` (greedy.parquet, samples.parquet, select.parquet and
     select-n<n>.parquet for the curve). `greedy_only`: Test@1 alone. `greedy=False`: no greedy pass and no Test@1,
-    for scoring the candidates again at another temperature (greedy decoding does not depend on it).
+    for scoring the candidates again at another temperature (greedy decoding does not depend on it). `timings`, when
+    given, receives the sampling pass's wall time and its generating time (kept out of the metrics: eval.json holds
+    results only).
     """
     if greedy_only and not greedy:
         raise ValueError("greedy_only and greedy=False ask for nothing")
@@ -131,4 +133,6 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
     if greedy:
         metrics["test@1"] = accuracy_at_1(qids, read_parquet(greedy_uri).to_pylist())
     metrics["skipped"] = stats.skipped
+    if timings is not None:
+        timings.update(seconds=stats.seconds, generate_seconds=stats.generate_seconds)
     return metrics

@@ -244,7 +244,9 @@ class RoundRunner:
         from r3v_ray.evaluation import evaluate
 
         eval_uri = self.dir.eval_dir
-        metrics = evaluate(self.cfg, self.dir.checkpoint, self.test_records, self.task, eval_uri, self.k)
+        sampling: dict = {}  # the pass's wall and generating seconds, for the manifest (benchmarks/round.py)
+        metrics = evaluate(self.cfg, self.dir.checkpoint, self.test_records, self.task, eval_uri, self.k,
+                           timings=sampling)
         if self.k == 0 and self.cfg.evaluation.zero_shot:
             zs = evaluate(self.cfg, self.base_model, self.test_records, self.task, store.join(eval_uri, "zero-shot"),
                           self.k, greedy_only=True)
@@ -256,7 +258,8 @@ class RoundRunner:
         store.write_json(self.dir.eval_json, metrics)
         telemetry.report("record_accuracy", self.cfg.name, self.k,
                          {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"})
-        return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}, "model": model}
+        return {"metrics": {k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"}, "model": model,
+                "sampling": sampling}
 
     def write_run_report(self) -> None:
         """report.md with its plots and the TensorBoard rounds log, from the run's manifests and eval.json files."""

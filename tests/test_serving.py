@@ -234,6 +234,82 @@ def test_grouped_generation_matches_separate_calls(engine, image):
 
 
 # -- the running app ------------------------------------------------------------------------------------------
+def _queue_calls(wait_s: float):
+    """An EngineQueue over a `run` that records each batch and blocks until released (a threading.Event per call)."""
+    import asyncio
+    import threading
+
+    from r3v_ray.serving.batching import EngineQueue
+
+    calls, gates = [], []
+
+    def run(items):
+        gate = threading.Event()
+        calls.append(list(items))
+        gates.append(gate)
+        gate.wait(30)
+        if "boom" in items:
+            raise RuntimeError("this batch failed")
+        return [f"out-{i}" for i in items]
+
+    return EngineQueue(run, max_batch_size=3, wait_s=wait_s), calls, gates, asyncio, threading
+
+
+def test_engine_queue_runs_a_lone_request_at_once_and_batches_those_that_wait():
+    # A lone request never waits out wait_s (it would outlast the scenario's bound); under load, a batch waits
+    # until as many requests are queued as the last call carried.
+    queue, calls, gates, asyncio, _ = _queue_calls(wait_s=600.0)
+
+    async def scenario():
+        first = asyncio.ensure_future(queue.submit("a"))
+        while not calls:  # the engine took "a" alone, with nothing else queued
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(queue.submit(x)) for x in "bcde"]  # queue behind the busy engine
+        await asyncio.sleep(0.01)
+        assert calls == [["a"]]
+        gates[0].set()
+        assert await first == "out-a"
+        while len(calls) < 2:
+            await asyncio.sleep(0.001)
+        assert calls[1] == ["b", "c", "d"]  # max_batch_size 3
+        gates[1].set()
+        await asyncio.gather(*rest[:3])
+        await asyncio.sleep(0.01)
+        assert len(calls) == 2  # "e" waits for company: the last call carried 3
+        rest += [asyncio.ensure_future(queue.submit(x)) for x in "fg"]
+        while len(calls) < 3:
+            await asyncio.sleep(0.001)
+        assert calls[2] == ["e", "f", "g"]
+        gates[2].set()
+        return await asyncio.gather(*rest)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == [f"out-{x}" for x in "bcdefg"]
+    assert (queue.batches, queue.items) == (3, 7)
+
+
+def test_engine_queue_failure_reaches_only_its_batch_and_cancelled_requests_are_dropped():
+    queue, calls, gates, asyncio, _ = _queue_calls(wait_s=0.0)
+
+    async def scenario():
+        first = asyncio.ensure_future(queue.submit("boom"))
+        while not calls:
+            await asyncio.sleep(0.001)
+        gone = asyncio.ensure_future(queue.submit("gone"))
+        later = asyncio.ensure_future(queue.submit("z"))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # its client went away while it queued: never sent to the engine
+        gates[0].set()
+        with pytest.raises(RuntimeError, match="this batch failed"):
+            await first
+        while len(calls) < 2:
+            await asyncio.sleep(0.001)
+        gates[1].set()
+        return await later
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == "out-z"
+    assert calls == [["boom"], ["z"]]
+
+
 def test_healthz_and_models_name_checkpoint_and_round(served, run_dir):
     assert requests.get(f"{served['url']}/healthz", timeout=30).json()["status"] == "ok"  # no key needed
     (entry,) = requests.get(f"{served['url']}/v1/models", headers=AUTH, timeout=30).json()["data"]

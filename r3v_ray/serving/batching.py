@@ -1,10 +1,13 @@
-"""Dynamic batching helper for the sampler: concurrent requests with the same sampling parameters share one
-engine call. Rows are seeded by (seed, key, sample index), so batching never changes what a request gets, and
-neither does falling back to one call per request."""
+"""Dynamic batching for the sampler: requests that queue behind a busy engine share its next call (EngineQueue),
+and within a call requests with the same sampling parameters share one engine.generate (generate_grouped). Rows
+are seeded by (seed, key, sample index), so batching never changes what a request gets, and neither does falling
+back to one call per request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from r3v_ray.engines import Engine, GenerationRequest, RequestOutput, SamplingParams
 
@@ -46,3 +49,80 @@ def _generate_one(engine: Engine, request: GenerationRequest, params: SamplingPa
     except Exception as exc:  # not the input's fault: reported as a server error for this request only
         log.exception("generation failed for one request")
         return exc
+
+
+class EngineQueue:
+    """Requests to one engine, batched only when they have to wait anyway. A request that finds the engine idle,
+    with no load before it, starts at once (no batching wait); the requests that arrive while an engine call runs
+    form the next batch (up to `max_batch_size`), so under load requests still share engine calls.
+
+    Under load (the last call carried more than one request and ended less than `wait_s` ago) a new batch waits up
+    to `wait_s` for as many requests as that call carried: concurrent clients arrive spread over a few ms, and the
+    first of them would otherwise take the engine alone and leave the rest for a second call that pays the fixed
+    cost of a generation (its decoding steps) again. A lone request never waits.
+
+    `run(items) -> results` blocks (it runs in a worker thread so the event loop keeps answering, health checks
+    included) and returns one result per item, in order; an exception it raises is raised to every request of that
+    batch and no other (generate_grouped never raises: it isolates each request's failure itself).
+    """
+
+    def __init__(self, run, max_batch_size: int, wait_s: float = 0.0):
+        self.run, self.max_batch_size, self.wait_s = run, max_batch_size, wait_s
+        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.busy = False
+        self.last_size, self.last_end = 0, float("-inf")  # the last engine call: requests and when it ended
+        self.batches = self.items = 0  # engine calls so far and the requests they carried
+        self._arrived: asyncio.Event | None = None
+
+    async def submit(self, item):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((item, future))
+        if self._arrived is not None:
+            self._arrived.set()
+        if not self.busy:
+            self.busy = True
+            loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                await self._gather()
+                batch = self._take()
+                if not batch:
+                    continue
+                self.batches, self.items = self.batches + 1, self.items + len(batch)
+                try:
+                    results = await asyncio.to_thread(self.run, [item for item, _ in batch])
+                except Exception as exc:  # raised for this batch's requests alone; the queue goes on
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for (_, future), result in zip(batch, results):
+                        if not future.done():  # a request whose client went away has been cancelled
+                            future.set_result(result)
+                self.last_size, self.last_end = len(batch), time.monotonic()
+        finally:
+            self.busy = False
+
+    async def _gather(self) -> None:
+        """Under load, wait (at most wait_s) until as many requests are queued as the last call carried."""
+        if self.wait_s <= 0 or self.last_size <= 1:
+            return
+        deadline = self.last_end + self.wait_s
+        want = min(self.last_size, self.max_batch_size)
+        while len(self.pending) < want and (left := deadline - time.monotonic()) > 0:
+            self._arrived = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._arrived = None
+
+    def _take(self) -> list:
+        live = [(item, f) for item, f in self.pending if not f.done()]
+        batch, self.pending = live[: self.max_batch_size], live[self.max_batch_size:]
+        return batch

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -38,34 +39,28 @@ HEALTH_TIMEOUT_S = 5.0
 
 @serve.deployment(name="R3VSampler")
 class Sampler:
-    """One engine per replica. Concurrent calls are batched (serve.batch) and run off the event loop."""
+    """One engine per replica. A request that finds the engine idle goes straight to it; those that arrive while it
+    is busy share its next call (serving/batching.py EngineQueue), which runs off the event loop."""
 
     def __init__(self, checkpoint_uri: str, engine: str, engine_kwargs: dict[str, Any], max_batch_size: int,
                  batch_wait_timeout_s: float, storage: dict[str, Any] | None = None):
         self.checkpoint = checkpoint_uri
         # A checkpoint under a URI is read from this node's copy (r3v_ray/cache.py, storage.cache_*).
         self.engine = create_engine(engine, localize(checkpoint_uri, storage), **engine_kwargs)
-        self.generate_batch.set_max_batch_size(max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self.batches = self.items = 0  # how well concurrent requests are batched (see info())
+        self.queue = batching.EngineQueue(partial(batching.generate_grouped, self.engine), max_batch_size,
+                                          batch_wait_timeout_s)
 
     async def generate(self, request: GenerationRequest, params: SamplingParams) -> RequestOutput:
-        out = await self.generate_batch((request, params))
+        out = await self.queue.submit((request, params))
         if isinstance(out, Exception):  # this request's own failure (batching.generate_grouped); others are unharmed
             raise out
         return out
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def generate_batch(self, items: list[tuple[GenerationRequest, SamplingParams]]) -> list[RequestOutput | Exception]:
-        self.batches, self.items = self.batches + 1, self.items + len(items)
-        # The engine blocks: a worker thread keeps this replica's event loop answering health checks meanwhile.
-        return await asyncio.to_thread(batching.generate_grouped, self.engine, items)
 
     def info(self) -> dict[str, Any]:
         import ray
 
         return {"checkpoint": self.checkpoint, "pid": os.getpid(), "node_ip": ray.util.get_node_ip_address(),
-                "batches": self.batches, "items": self.items}
+                "batches": self.queue.batches, "items": self.queue.items}
 
 
 @serve.deployment(name="R3VIngress")
