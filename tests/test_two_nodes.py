@@ -49,6 +49,10 @@ def isolation_unavailable() -> str | None:
     """Why the worker node's namespaces cannot be made here, or None when they can."""
     if os.geteuid() != 0:
         return "network and mount namespaces (ip netns, unshare --mount) need root; this test runs as a normal user"
+    root = Path(__file__).resolve().parents[1]
+    if root == Path("/tmp") or Path("/tmp") in root.parents:
+        # The worker node's /tmp is a fresh tmpfs, so a checkout under /tmp hides the node's own venv (`ray` too).
+        return f"the repository is under /tmp ({root}), which the worker node's namespace hides; clone it elsewhere"
     for tool in ("ip", "unshare", "mount"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (util-linux / iproute2), so the worker node cannot be isolated"
