@@ -135,7 +135,7 @@ def scale_child(args) -> None:
     from r3v_ray.tasks import get_task as task_of
 
     task = task_of("synthetic")
-    cfg = _scale_config(args)
+    cfg = _bench_config(args)
     rows = records_to_rows(list(task.read(args.data, "train"))[: args.questions], task)
     start_local(num_cpus=2, include_dashboard=False, log_to_driver=False)
     import ray
@@ -168,7 +168,8 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _scale_config(args) -> RunConfig:
+def _bench_config(args) -> RunConfig:
+    """The sampling settings of both modes (the ratio and --scale): 2 sampler actors of 1 CPU, 1 torch thread."""
     cfg = RunConfig()
     cfg.sampling.num_samples = args.samples
     cfg.sampling.max_new_tokens = args.max_new_tokens
@@ -255,13 +256,7 @@ def main() -> None:
 
     from r3v_ray.models.tiny import build_tiny_model
 
-    cfg = RunConfig()
-    cfg.sampling.num_samples = args.samples
-    cfg.sampling.max_new_tokens = args.max_new_tokens
-    cfg.sampling.batch_size = args.batch_size
-    cfg.resources.num_samplers = 2
-    cfg.resources.cpus_per_sampler = 1.0
-    cfg.resources.torch_threads = 1
+    cfg = _bench_config(args)
     task = get_task("synthetic")
     params = params_from_config(cfg.sampling, seed=0)
 
