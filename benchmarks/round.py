@@ -5,8 +5,9 @@ Round 0 is built first (warm-up data, M0), untimed; then round 1 runs as `make d
 Ray), and its manifest.json gives each stage's wall time and the work inside it, as the stages record them:
 - sample: the Ray Data pass's generating time (first batch start to last batch end, SamplingStats.generate_seconds);
   the rest is the engine-actor pool (actor start, model load) and handing the samples over (labeling, the write).
-- train: the optimizer steps (train_seconds); the rest is the worker's set-up (setup_seconds: data, model load,
-  deepspeed.initialize), the Ray Train worker group (start, imports, process group) and the checkpoint and export.
+- train: the optimizer steps (train_seconds); the rest is the worker's set-up (imports, data, model load,
+  deepspeed.initialize), the Ray Train worker group's start (controller and helper actors, worker actors, process
+  group, the train function's imports), the final checkpoint with the export, and its publication.
 - eval: its sampling pass's generating time, as for sample; the rest is the pool and the metrics and writes.
 - build: all of it counts as hand-over (reading the samples, building and writing the training set).
 - driver: the round's wall time outside its stages (checks, manifests, the report).
@@ -50,9 +51,14 @@ def stage_split(stages: dict) -> dict:
         elif name == "train":
             m = rec.get("metrics") or {}
             work = float(m.get("train_seconds") or 0.0)
-            setup = float(m.get("setup_seconds") or 0.0)
+            setup = float(m.get("setup_seconds") or 0.0) + float(m.get("import_seconds") or 0.0)
             row["worker_setup_s"] = round(setup, 2)  # data, model load, deepspeed.initialize
-            row["worker_group_and_checkpoint_s"] = round(seconds - work - setup, 2)
+            parts = {"worker_group_start_s": m.get("worker_group_seconds"),  # Ray Train's actors, up to the loop
+                     "final_checkpoint_s": m.get("final_report_seconds"),  # save, export, Ray Train's wind-down
+                     "publish_s": m.get("publish_seconds")}  # the export published into the run directory
+            row.update({k: round(float(v), 2) for k, v in parts.items() if v is not None})
+            # what is left: the driver's side of Ray Train and the checkpoints reported along the way
+            row["other_s"] = round(seconds - work - setup - sum(float(v or 0.0) for v in parts.values()), 2)
             row["steps"] = m.get("steps")
         elif name == "eval":
             s = rec.get("sampling") or {}

@@ -31,6 +31,10 @@ SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Where Ray's state API (ray.util.state) finds the dashboard when it is given no address.
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 DEFAULT_DASHBOARD_PORT = 8265
+# Ray ends idle worker processes beyond its soft limit (by default the CPU count) after a second. A sampling pass's
+# engine actors fill that limit, so the task writing the pass's output started a new Python process every pass, 2 s
+# on 2 cores (benchmarks/round.py); a local Ray keeps this many more, and a pass reuses the last one's writer.
+SPARE_IDLE_WORKERS = 4
 
 
 def ensure_ray(address: str | None = None, **kwargs) -> None:
@@ -63,8 +67,11 @@ def start_local(**kwargs) -> None:
     """A fresh local Ray instance (never an existing cluster) with every node address on 127.0.0.1."""
     import ray
 
+    system_config = dict(kwargs.pop("_system_config", None) or {})
+    cpus = kwargs.get("num_cpus") or os.cpu_count() or 1
+    system_config.setdefault("num_workers_soft_limit", cpus + SPARE_IDLE_WORKERS)
     with _single_machine(), _dashboard_known(kwargs):
-        ray.init(address="local", **kwargs)
+        ray.init(address="local", _system_config=system_config, **kwargs)
 
 
 def _is_loopback(address: str) -> bool:

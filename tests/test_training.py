@@ -182,6 +182,7 @@ def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_lo
     assert result.checkpoint_dir == out and json.loads(json.dumps(result.to_dict()))["checkpoint_dir"] == out
     assert m["plan"] == {"world_size": 2, "micro_batch": 2, "grad_accum": 2, "global_batch": 8, "steps": 15, "warmup_steps": 0}
     assert m["resumed_from_step"] == 4  # the injected failure at step 6 restarted from the step-4 checkpoint
+    assert "worker_group_seconds" not in m  # the resumed attempt's loop did not start with this fit's worker group
     history = m["history"]
     assert [h["step"] for h in history] == list(range(1, 16))
     for term in ("sft", "refine", "select"):
@@ -225,6 +226,11 @@ def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_d
     assert m["skipped_too_long"] == len(too_long) and m["examples"] == 20 - len(too_long)
     assert {(s["question_id"], s["task"]) for s in m["skipped_examples"]} == {(e["question_id"], e["task"]) for e in too_long}
     assert m["steps"] == -(-2 * m["examples"] // 8)
+    # where the wall time outside the steps went (benchmarks/round.py): each part measured, together within it
+    parts = [m[k] for k in ("worker_group_seconds", "import_seconds", "setup_seconds", "final_report_seconds",
+                            "publish_seconds")]
+    assert all(p >= 0 for p in parts) and m["worker_group_seconds"] > 0
+    assert sum(parts) + m["train_seconds"] <= m["seconds"] + 0.5
     assert not (Path(out) / "adapter_config.json").exists()  # merged: loads like any checkpoint
     model, base_model = load_model(out), load_model(tiny_model_dir)
     assert set(n for n, _ in model.named_parameters()) == set(n for n, _ in base_model.named_parameters())

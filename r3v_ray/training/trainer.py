@@ -45,6 +45,17 @@ def _storage(out_dir: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/") + ".ray"
 
 
+def _timeline(state: dict, fit_started: float, fit_ended: float, published: float) -> dict[str, float]:
+    """Where a training's wall time outside its steps went (wall clocks of the driver and rank 0; one machine's
+    clock locally): the worker group's start up to the loop, the loop's imports and set-up, the final checkpoint
+    with the export and Ray Train's wind-down, and the export's publication (benchmarks/round.py)."""
+    entered, reported = state.get("entered_at"), state.get("report_started_at")
+    if not entered or not reported or state.get("resumed_from_step") is not None:
+        return {}  # a resumed training's loop started in another attempt: its timeline is not this one's
+    return {"worker_group_seconds": max(0.0, entered - fit_started), "import_seconds": state["import_seconds"],
+            "final_report_seconds": max(0.0, fit_ended - reported), "publish_seconds": published - fit_ended}
+
+
 def _summary(state: dict, seconds: float) -> dict[str, Any]:
     history = state["history"]
     terms = ("loss", "loss_sft", "loss_refine", "loss_select")
@@ -118,7 +129,7 @@ def train(
     storage_fs, storage_path = _storage(out_dir)
     verbose = console.verbose()
     mon = cfg.monitoring
-    started = time.perf_counter()
+    started, fit_started = time.perf_counter(), time.time()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -161,12 +172,13 @@ def train(
     checkpoint = result.checkpoint
     if checkpoint is None:
         raise TrainingError(f"training round {round_index}: no checkpoint was reported")
+    fit_ended = time.time()
     src_fs, src = checkpoint.filesystem, checkpoint.path
     state = json.loads(src_fs.open_input_stream(f"{src}/{STATE_FILE}").read().decode())
     if not state.get("final"):
         raise TrainingError(f"training round {round_index}: the last checkpoint {src} is not the final one")
     store.publish_dir(f"{src}/{HF_DIR}", out_dir, src_fs=src_fs)
-    metrics = _summary(state, time.perf_counter() - started)
+    metrics = _summary(state, time.perf_counter() - started) | _timeline(state, fit_started, fit_ended, time.time())
     log.info("round %d: trained %d steps, final loss %.4f, exported to %s", round_index, metrics["steps"],
              metrics["final_loss"], out_dir)
     return TrainResult(checkpoint_dir=out_dir, metrics=metrics, ray_checkpoint=src)

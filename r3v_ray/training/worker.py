@@ -142,6 +142,8 @@ class _Setup:
     weights: torch.Tensor
     exclude_frozen: bool
     setup_seconds: float = 0.0
+    entered_at: float = 0.0  # wall clock when the loop was entered (before its imports): the worker group's start
+    import_seconds: float = 0.0  # deepspeed and Ray Train imported in this process
 
 
 @dataclass
@@ -177,11 +179,14 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
 
 def _set_up(loop_cfg: dict) -> _Setup:
     """Data (checked against the driver's fingerprint, over-long examples skipped), the step plan and the engine."""
+    entered_at, imports_started = time.time(), time.perf_counter()
     cfg = RunConfig.model_validate(loop_cfg["cfg"])
     _setup_env(cfg)
     import deepspeed  # after _setup_env: DS_ACCELERATOR is read at import
     import ray.train
     from torch.optim.lr_scheduler import LambdaLR
+
+    import_seconds = time.perf_counter() - imports_started
 
     tcfg = cfg.training
     base_uri, round_index = loop_cfg["base_model_path"], loop_cfg["round_index"]
@@ -221,7 +226,7 @@ def _set_up(loop_cfg: dict) -> _Setup:
         steps=global_batches(len(examples), plan, tcfg.seed), engine=engine,
         weights=term_weights(tcfg.alpha, tcfg.beta),
         exclude_frozen=tcfg.finetune == "lora",  # a LoRA checkpoint holds the adapters, not the frozen base
-        setup_seconds=time.perf_counter() - started,
+        setup_seconds=time.perf_counter() - started, entered_at=entered_at, import_seconds=import_seconds,
     )
 
 
@@ -259,6 +264,7 @@ def _report(run: _Setup, progress: _Progress, step: int, final: bool) -> None:
     import ray.train
 
     history = progress.history
+    started_at = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         run.engine.save_checkpoint(str(Path(tmp) / DS_DIR), tag=DS_TAG, client_state={"step": step},
                                    exclude_frozen_parameters=run.exclude_frozen)
@@ -276,6 +282,9 @@ def _report(run: _Setup, progress: _Progress, step: int, final: bool) -> None:
                 "skipped_too_long": run.skipped,
                 "resumed_from_step": progress.resumed_from,
                 "setup_seconds": run.setup_seconds,
+                "import_seconds": run.import_seconds,
+                "entered_at": run.entered_at,
+                "report_started_at": started_at,
                 "train_seconds": sum(h["seconds"] for h in history),
             }
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
