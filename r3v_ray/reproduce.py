@@ -175,6 +175,7 @@ def _evaluate_last_model(cfg: RunConfig, eval_cfg: RunConfig, uri: str, digest: 
     records = read_split(cfg, task, cfg.task.data_dir, "test")
     last = RunDir.of(cfg).round(cfg.rounds)
     metrics = evaluate(eval_cfg, last.checkpoint, records, task, uri, cfg.rounds, greedy=False)
+    metrics.pop("model")  # results only, as a round's eval.json (r3v_ray/rounds.py): the path depends on the run's place
     metrics.update(extra, config_digest=digest)
     store.write_json(done, metrics)
     return metrics
