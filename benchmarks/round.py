@@ -52,12 +52,12 @@ def stage_split(stages: dict) -> dict:
             m = rec.get("metrics") or {}
             work = float(m.get("train_seconds") or 0.0)
             setup = float(m.get("setup_seconds") or 0.0) + float(m.get("import_seconds") or 0.0)
-            row["worker_setup_s"] = round(setup, 2)  # data, model load, deepspeed.initialize
+            row["worker_setup_s"] = round(setup, 2)  # imports, data, model load, deepspeed.initialize
             parts = {"worker_group_start_s": m.get("worker_group_seconds"),  # Ray Train's actors, up to the loop
                      "final_checkpoint_s": m.get("final_report_seconds"),  # save, export, Ray Train's wind-down
                      "publish_s": m.get("publish_seconds")}  # the export published into the run directory
             row.update({k: round(float(v), 2) for k, v in parts.items() if v is not None})
-            # what is left: the driver's side of Ray Train and the checkpoints reported along the way
+            # what is left: the driver's side (Ray, the data's fingerprint) and the checkpoints reported on the way
             row["other_s"] = round(seconds - work - setup - sum(float(v or 0.0) for v in parts.values()), 2)
             row["steps"] = m.get("steps")
         elif name == "eval":

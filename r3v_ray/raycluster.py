@@ -33,7 +33,8 @@ API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 DEFAULT_DASHBOARD_PORT = 8265
 # Ray ends idle worker processes beyond its soft limit (by default the CPU count) after a second. A sampling pass's
 # engine actors fill that limit, so the task writing the pass's output started a new Python process every pass, 2 s
-# on 2 cores (benchmarks/round.py); a local Ray keeps this many more, and a pass reuses the last one's writer.
+# on 2 cores (benchmarks/round.py); a local Ray keeps this many more (each idle one holds ~100-300 MB), and a pass
+# reuses the last one's writer.
 SPARE_IDLE_WORKERS = 4
 
 
@@ -68,8 +69,13 @@ def start_local(**kwargs) -> None:
     import ray
 
     system_config = dict(kwargs.pop("_system_config", None) or {})
-    cpus = kwargs.get("num_cpus") or os.cpu_count() or 1
-    system_config.setdefault("num_workers_soft_limit", cpus + SPARE_IDLE_WORKERS)
+    if "RAY_num_workers_soft_limit" not in os.environ:  # Ray's own variable for it stays the user's to set
+        cpus = kwargs.get("num_cpus")
+        if cpus is None:
+            from ray._private.utils import get_num_cpus  # what Ray will count (a container's CPU limit)
+
+            cpus = get_num_cpus()
+        system_config.setdefault("num_workers_soft_limit", int(cpus) + SPARE_IDLE_WORKERS)
     with _single_machine(), _dashboard_known(kwargs):
         ray.init(address="local", _system_config=system_config, **kwargs)
 

@@ -48,7 +48,9 @@ def _storage(out_dir: str) -> tuple[pafs.FileSystem, str]:
 def _timeline(state: dict, fit_started: float, fit_ended: float, published: float) -> dict[str, float]:
     """Where a training's wall time outside its steps went (wall clocks of the driver and rank 0; one machine's
     clock locally): the worker group's start up to the loop, the loop's imports and set-up, the final checkpoint
-    with the export and Ray Train's wind-down, and the export's publication (benchmarks/round.py)."""
+    with the export and Ray Train's wind-down, and the export's publication (benchmarks/round.py). After a restart
+    from a checkpoint there is none; after a restart before the first checkpoint, the worker group's start also
+    holds the failed attempt (Ray Train tells a worker nothing of earlier attempts)."""
     entered, reported = state.get("entered_at"), state.get("report_started_at")
     if not entered or not reported or state.get("resumed_from_step") is not None:
         return {}  # a resumed training's loop started in another attempt: its timeline is not this one's

@@ -143,7 +143,7 @@ class _Setup:
     exclude_frozen: bool
     setup_seconds: float = 0.0
     entered_at: float = 0.0  # wall clock when the loop was entered (before its imports): the worker group's start
-    import_seconds: float = 0.0  # deepspeed and Ray Train imported in this process
+    import_seconds: float = 0.0  # the config read and deepspeed and Ray Train imported in this process
 
 
 @dataclass
