@@ -49,10 +49,6 @@ def isolation_unavailable() -> str | None:
     """Why the worker node's namespaces cannot be made here, or None when they can."""
     if os.geteuid() != 0:
         return "network and mount namespaces (ip netns, unshare --mount) need root; this test runs as a normal user"
-    root = Path(__file__).resolve().parents[1]
-    if root == Path("/tmp") or Path("/tmp") in root.parents:
-        # The worker node's /tmp is a fresh tmpfs, so a checkout under /tmp hides the node's own venv (`ray` too).
-        return f"the repository is under /tmp ({root}), which the worker node's namespace hides; clone it elsewhere"
     for tool in ("ip", "unshare", "mount"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (util-linux / iproute2), so the worker node cannot be isolated"
@@ -107,10 +103,17 @@ def _alive_nodes(dashboard: str) -> list[dict]:
 def worker_node(ns: str, head: str, worker_ip: str, env: dict, dashboard: str, log_path: Path,
                 hide: Path) -> Iterator[str]:
     """`ray start` (2 CPUs) in namespace `ns`, under a fresh tmpfs at /tmp (and at `hide`, the tests' base temp
-    directory, where that is elsewhere); yields its node id once it has joined. Its own network namespace gives it
-    ports of its own, so Ray's defaults cannot collide with anyone's."""
+    directory, where that is elsewhere), with the repository still in place; yields its node id once it has
+    joined. Its own network namespace gives it ports of its own, so Ray's defaults cannot collide with anyone's."""
     mounts = ["/tmp"] + ([] if str(hide).startswith("/tmp/") else [str(hide)])
-    script = " && ".join(f"mount -t tmpfs -o size=8g r3v-worker-tmp {m}" for m in mounts)
+    script = [f"mount -t tmpfs -o size=8g r3v-worker-tmp {m}" for m in mounts]
+    if any(Path(m) in ROOT.parents for m in mounts):
+        # A checkout under a hidden directory (a clone in /tmp) is bound back in place over the fresh tmpfs, through
+        # a stage of the namespace's own: the node sees the repository and its venv, still none of the driver's files.
+        stage = "/mnt/r3v-repo"
+        script = (["mount -t tmpfs r3v-stage /mnt", f"mkdir {stage}", f"mount --bind {ROOT} {stage}"] + script
+                  + [f"mkdir -p {ROOT}", f"mount --bind {stage} {ROOT}"])
+    script = " && ".join(script)
     script += (f" && exec {RAY} start --address={head} "
               f"--node-ip-address={worker_ip} --num-cpus=2 --object-store-memory={OBJECT_STORE} "
               "--temp-dir=/tmp/ray --disable-usage-stats --block")
