@@ -345,6 +345,8 @@ def test_each_strategy_over_http_follows_its_rule(served, engine, image):
     assert sel["selector_answer"] == sel["answer"] == "7" and sel["chosen_index"] is None
     assert sel["text"] == sel["selector_text"] and got["first"]["selector_text"] is None
     assert all(g["timings_ms"]["total_ms"] > 0 for g in got.values())
+    # The selection ran in the sampler replica, in the one handle call the ingress waited for.
+    assert all(g["timings_ms"]["ingress_ms"] >= g["timings_ms"]["total_ms"] for g in got.values())
 
 
 def test_http_answer_equals_in_process_selection(served, engine, image):

@@ -60,13 +60,11 @@ def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
     s = cfg.serve
     sampler = Sampler.options(**sampler_options(cfg)).bind(
         served.checkpoint, s.engine, engine_kwargs(cfg), s.max_batch_size, s.batch_wait_timeout_s,
-        cfg.storage.model_dump(mode="json"),
+        cfg.storage.model_dump(mode="json"), cfg.task.name, cfg.task.params,
     )
     settings = {
         "serve": s.model_dump(mode="json"),  # leaves serve.api_keys out (exclude=True): only digests travel
         "api_key_digests": [auth.digest(k) for k in auth.load_keys(s)],
-        "task": cfg.task.name,
-        "task_params": cfg.task.params,
         "model": model_info(cfg, served),
     }
     return Ingress.options(

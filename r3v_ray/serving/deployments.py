@@ -1,8 +1,11 @@
-"""The two Ray Serve deployments, thin: `R3VSampler` holds the engine, `R3VIngress` speaks HTTP.
+"""The two Ray Serve deployments, thin: `R3VSampler` holds the engine and runs the selection, `R3VIngress` speaks
+HTTP.
 
-The ingress reads and validates a request (serving/parsing.py), runs the selection (serving/selector.py) with
-the sampler's deployment handle as its `generate`, and shapes the answer (serving/responses.py); its routes are
-built per replica from the settings (serving/routes.py). A bad request is a RequestError -> 4xx; a sampler
+The ingress reads and validates a request (serving/parsing.py), hands the query to a sampler replica in one
+deployment-handle call, and shapes the answer (serving/responses.py); its routes are built per replica from the
+settings (serving/routes.py). The replica runs the selection (serving/selector.py) against its own engine queue:
+the candidates and the self-select pass are two engine calls but one handle crossing (what a crossing costs:
+docs/design.md section 6). A bad request is a RequestError -> 4xx; a sampler
 replica that is gone is a 503 (Serve replaces it); anything else fails that request alone with a 500.
 """
 
@@ -29,7 +32,7 @@ from r3v_ray.serving.auth import KeyCheck
 from r3v_ray.serving.errors import RequestError, internal
 from r3v_ray.serving.parsing import Query
 from r3v_ray.serving.schemas import Health
-from r3v_ray.serving.selector import run_selection
+from r3v_ray.serving.selector import Selection, run_selection
 from r3v_ray.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,9 @@ class Sampler:
     is busy share its next call (serving/batching.py EngineQueue), which runs off the event loop."""
 
     def __init__(self, checkpoint_uri: str, engine: str, engine_kwargs: dict[str, Any], max_batch_size: int,
-                 batch_wait_timeout_s: float, storage: dict[str, Any] | None = None):
+                 batch_wait_timeout_s: float, storage: dict[str, Any] | None, task: str, task_params: dict[str, Any]):
         self.checkpoint = checkpoint_uri
+        self.task = get_task(task, **task_params)  # the selection runs here: prompts and answer scoring
         # A checkpoint under a URI is read from this node's copy (r3v_ray/cache.py, storage.cache_*).
         self.engine = create_engine(engine, localize(checkpoint_uri, storage), **engine_kwargs)
         self.queue = batching.EngineQueue(partial(batching.generate_grouped, self.engine), max_batch_size,
@@ -55,6 +59,14 @@ class Sampler:
         if isinstance(out, Exception):  # this request's own failure (batching.generate_grouped); others are unharmed
             raise out
         return out
+
+    async def select(self, query: Query) -> Selection | RequestError:
+        """The whole best-of-N selection for one query. The request's own fault comes back as a RequestError value
+        (not raised), so the ingress answers it as that status without unwrapping a Ray error."""
+        try:
+            return await run_selection(self.task, query, self.generate)
+        except RequestError as exc:
+            return exc
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -70,7 +82,6 @@ class Ingress:
         self.sampler = sampler
         self.cfg = ServeConfig.model_validate(settings["serve"])
         self.keys = KeyCheck(settings.get("api_key_digests", []))
-        self.task = get_task(settings["task"], **settings.get("task_params", {}))
         self.model = {**settings["model"], "created": int(time.time())}
         self.model_id = self.model["id"]
 
@@ -83,14 +94,20 @@ class Ingress:
     def parse_chat(self, body: dict) -> Query:
         return parsing.parse_chat(body, self.cfg, self.model_id)
 
-    async def _generate(self, request: GenerationRequest, params: SamplingParams) -> RequestOutput:
-        return await self.sampler.generate.remote(request, params)
+    async def _select(self, query: Query) -> Selection:
+        t0 = time.perf_counter()
+        result = await self.sampler.select.remote(query)
+        if isinstance(result, RequestError):
+            raise result
+        # The selection as the ingress waited for it, beside the replica's own timings: the difference is the hop.
+        result.timings_ms["ingress_ms"] = round(1000 * (time.perf_counter() - t0), 3)
+        return result
 
     async def answer(self, http: Request, parse, shape) -> JSONResponse:
         try:
             raw = await parsing.read_body(http.stream(), http.headers.get("content-length"), self.cfg)
             query = parse(parsing.parse_json_body(raw, self.cfg))
-            selection = await run_selection(self.task, query, self._generate)
+            selection = await self._select(query)
             return JSONResponse(shape(selection, self.model_id).model_dump(mode="json"))
         except RequestError as exc:
             return routes.error_response(exc)
