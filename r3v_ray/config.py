@@ -129,6 +129,12 @@ class LoraConfig(_Strict):
 class TrainingConfig(_Strict):
     alpha: float = Field(1.0, ge=0.0)  # weight of L_REF
     beta: float = Field(1.0, ge=0.0)  # weight of L_SEL
+    loss_reduction: Literal["mixture", "per_term"] = Field(
+        "mixture",
+        description="How the terms are averaged (r3v_ray/training/loss.py). mixture: one token mean over all "
+        "assistant tokens of the batch, each weighted by its term's alpha/beta, as the authors' code trains the "
+        "shuffled mixture (the paper's numbers). per_term: each term's own token mean, the paper's formula read "
+        "literally (a short select target then weighs ~45x a rationale token).")
     finetune: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     freeze_vision: bool = True

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r3v_ray.config import RunConfig
+from r3v_ray.config import ConfigError, RunConfig, config_from_dict
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
 from r3v_ray.models import load_model, load_model_and_processor, load_processor
 from r3v_ray.reflect import build_training_data
@@ -109,38 +109,77 @@ def test_label_mask_covers_exactly_the_assistant_tokens(processor, train_uri):
         collator([dict(rows[0], image="/nonexistent/picture.png")])
 
 
-def test_each_term_is_the_token_mean_of_its_own_examples_and_alpha_beta_zero_is_plain_sft(tiny_model_dir, processor, train_uri):
+def _hf_loss(model, batch, pick, keep_tasks):
+    """The model's own causal-LM loss (one token mean) on the labels of the examples whose task is in keep_tasks."""
+    labels = batch["labels"].clone()
+    for i, r in enumerate(pick):
+        if r["task"] not in keep_tasks:
+            labels[i] = IGNORE_INDEX
+    return model(**model_inputs(batch), labels=labels).loss
+
+
+@pytest.fixture(scope="module")
+def one_of_each(tiny_model_dir, processor, train_uri):
+    """(model, batch, rows, logits): one example of each task in one batch."""
     rows = read_examples(train_uri)
     pick = [next(r for r in rows if r["task"] == t) for t in ("warmup", "sft", "refine", "select")]
-    collator = ReflectionCollator(processor)
-    batch = collator(pick)
+    batch = ReflectionCollator(processor)(pick)
     model = load_model(tiny_model_dir)
-    logits = model(**model_inputs(batch)).logits
+    return model, batch, pick, model(**model_inputs(batch)).logits
 
-    def hf_loss(keep_tasks):  # the model's own causal-LM loss on a subset's labels
-        labels = batch["labels"].clone()
-        for i, r in enumerate(pick):
-            if r["task"] not in keep_tasks:
-                labels[i] = IGNORE_INDEX
-        return model(**model_inputs(batch), labels=labels).loss
 
-    loss, terms = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.5, beta=2.0)
-    assert terms["sft"] == pytest.approx(hf_loss({"warmup", "sft"}).item(), rel=1e-5)
-    assert terms["refine"] == pytest.approx(hf_loss({"refine"}).item(), rel=1e-5)
-    assert terms["select"] == pytest.approx(hf_loss({"select"}).item(), rel=1e-5)
+def test_each_term_reports_the_token_mean_of_its_own_examples(one_of_each):
+    model, batch, pick, logits = one_of_each
+    _, terms = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.5, beta=2.0)
+    assert terms["sft"] == pytest.approx(_hf_loss(model, batch, pick, {"warmup", "sft"}).item(), rel=1e-5)
+    assert terms["refine"] == pytest.approx(_hf_loss(model, batch, pick, {"refine"}).item(), rel=1e-5)
+    assert terms["select"] == pytest.approx(_hf_loss(model, batch, pick, {"select"}).item(), rel=1e-5)
+
+
+def test_mixture_at_alpha_beta_one_is_the_plain_token_mean_of_the_whole_batch(one_of_each):
+    model, batch, pick, logits = one_of_each
+    loss, _ = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=1.0, beta=1.0, reduction="mixture")
+    everything = _hf_loss(model, batch, pick, {"warmup", "sft", "refine", "select"})
+    assert loss.item() == pytest.approx(everything.item(), rel=1e-6)
+    grads = [torch.autograd.grad(x, model.lm_head.weight, retain_graph=True)[0] for x in (loss, everything)]
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+def test_mixture_weighs_each_token_by_its_term_over_all_tokens(one_of_each):
+    model, batch, pick, logits = one_of_each
+    loss, terms = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.5, beta=2.0, reduction="mixture")
+    tokens = {t: int(((batch["labels"][i, 1:] != IGNORE_INDEX).sum())) for i, t in enumerate(r["task"] for r in pick)}
+    sft_tokens = tokens["warmup"] + tokens["sft"]
+    expected = (terms["sft"] * sft_tokens + 0.5 * terms["refine"] * tokens["refine"]
+                + 2.0 * terms["select"] * tokens["select"]) / sum(tokens.values())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_per_term_is_the_weighted_sum_of_the_term_means_and_alpha_beta_zero_is_plain_sft(one_of_each, processor):
+    model, batch, pick, logits = one_of_each
+    loss, terms = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.5, beta=2.0, reduction="per_term")
     assert loss.item() == pytest.approx(terms["sft"] + 0.5 * terms["refine"] + 2.0 * terms["select"], rel=1e-5)
 
     # alpha = beta = 0: the same value and the same gradients as plain SFT on the SFT/warm-up examples
-    zero, _ = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.0, beta=0.0)
-    plain = hf_loss({"warmup", "sft"})
+    zero, _ = reflection_loss(logits, batch["labels"], batch["task_ids"], alpha=0.0, beta=0.0, reduction="per_term")
+    plain = _hf_loss(model, batch, pick, {"warmup", "sft"})
     grads = [torch.autograd.grad(x, model.lm_head.weight, retain_graph=True)[0] for x in (zero, plain)]
     assert zero.item() == pytest.approx(plain.item(), rel=1e-6)
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
-    # a term without tokens in the batch contributes exactly 0
-    only_sft = collator(pick[:2])
-    loss, terms = reflection_loss(model(**model_inputs(only_sft)).logits, only_sft["labels"], only_sft["task_ids"], 1.0, 1.0)
+
+@pytest.mark.parametrize("reduction", ["mixture", "per_term"])
+def test_a_term_without_tokens_contributes_nothing(one_of_each, processor, reduction):
+    model, _, pick, _ = one_of_each
+    only_sft = ReflectionCollator(processor)(pick[:2])
+    logits = model(**model_inputs(only_sft)).logits
+    loss, terms = reflection_loss(logits, only_sft["labels"], only_sft["task_ids"], 1.0, 1.0, reduction=reduction)
     assert terms["refine"] == 0.0 and terms["select"] == 0.0 and loss.item() == pytest.approx(terms["sft"])
+
+
+def test_an_unknown_loss_reduction_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="training.loss_reduction"):
+        config_from_dict({"training": {"loss_reduction": "mean"}})
 
 
 def test_step_plan_accumulates_to_the_global_batch_and_is_seeded():
@@ -239,8 +278,20 @@ def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_d
     assert not any(".visual." in f".{n}" for n in changed)
 
 
-def test_alpha_beta_zero_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, train_uri, tmp_path, processor):
-    cfg = _cfg(1, alpha=0.0, beta=0.0, global_batch_size=4, micro_batch_size=4, epochs=1.0, lr=1e-3, warmup_ratio=0.4)
+# per_term at alpha = beta = 0 is plain SFT on the SFT/warm-up labels (refine/select in the batches, weight 0); mixture at
+# alpha = beta = 1 is plain SFT on every label, one token mean over the global batch: with 2 workers x 2 micro-batches
+# of 1 it must still be the whole batch's mean, not a mean of means.
+PLAIN_LOOPS = {
+    "per_term": (dict(alpha=0.0, beta=0.0, micro_batch_size=4), 1, ("warmup", "sft")),
+    "mixture": (dict(alpha=1.0, beta=1.0, micro_batch_size=1), 2, ("warmup", "sft", "refine", "select")),
+}
+
+
+@pytest.mark.parametrize("reduction", list(PLAIN_LOOPS))
+def test_ray_train_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, train_uri, tmp_path, processor, reduction):
+    training, workers, trained_tasks = PLAIN_LOOPS[reduction]
+    cfg = _cfg(workers, loss_reduction=reduction, global_batch_size=4, epochs=1.0, lr=1e-3, warmup_ratio=0.4,
+               **training)
     out = str(tmp_path / "star")
     # image paths relative to the caller's directory reach the workers too
     rel_uri = str(tmp_path / "relative.parquet")
@@ -248,11 +299,12 @@ def test_alpha_beta_zero_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, 
     assert not os.path.isabs(read_examples(rel_uri)[0]["image"])
     history = train(cfg, rel_uri, tiny_model_dir, out, round_index=1).metrics["history"]
 
-    # Plain SFT, written out: the model's own loss on the SFT and warm-up labels, torch AdamW, clipping.
+    # Plain SFT, written out: the model's own loss on the trained labels of the whole global batch, torch AdamW,
+    # clipping.
     tcfg = cfg.training
     examples = read_examples(train_uri)
     collator = ReflectionCollator(processor)
-    plan = make_plan(len(examples), tcfg, world_size=1)
+    plan = make_plan(len(examples), tcfg.model_copy(update=dict(micro_batch_size=4)), world_size=1)
     torch.manual_seed(0)
     model = load_model(tiny_model_dir)
     model.train()
@@ -265,7 +317,7 @@ def test_alpha_beta_zero_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, 
         rows = [examples[i] for i in ids]
         batch = collator(rows)
         labels = batch["labels"].clone()
-        labels[[r["task"] not in ("warmup", "sft") for r in rows]] = IGNORE_INDEX
+        labels[[r["task"] not in trained_tasks for r in rows]] = IGNORE_INDEX
         loss = model(**model_inputs(batch), labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tcfg.gradient_clipping)
@@ -277,8 +329,9 @@ def test_alpha_beta_zero_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, 
 
     assert len(history) == len(plain_losses) == 5
     assert [h["loss"] for h in history] == pytest.approx(plain_losses, rel=1e-4)
-    assert [h["loss_sft"] for h in history] == pytest.approx(plain_losses, rel=1e-4)
-    assert any(h["loss_refine"] > 0 for h in history)  # refine/select were in the batches, with weight 0
+    if reduction == "per_term":
+        assert [h["loss_sft"] for h in history] == pytest.approx(plain_losses, rel=1e-4)
+    assert any(h["loss_refine"] > 0 for h in history)  # refine/select were in the batches
     trained = load_model(out)
     for name, param in model.named_parameters():
         assert torch.allclose(trained.get_parameter(name), param, atol=1e-5), name

@@ -1,8 +1,16 @@
 """The R3V objective: L = L_SFT + alpha * L_REF + beta * L_SEL (docs/design.md section 1 step 4, section 5).
 
-Each term is the token-mean NLL over the assistant tokens of its own examples (warm-up counts with SFT). The
-sums and token counts are kept apart so that the mean can be taken over a whole global batch, across
-micro-batches and workers, and a term with no tokens contributes exactly 0.
+Two readings of the sum, `training.loss_reduction`:
+- "mixture" (the default; what the authors' code computes, and so what the paper's numbers come from): every
+  example of every objective sits in one shuffled SFT set and the loss is ONE token mean over all assistant tokens
+  of the batch, each token weighted by its term: sum_t w_t * nll_sum_t / sum_t tokens_t. An objective weighs as
+  many tokens as its targets hold.
+- "per_term" (the paper's formula read literally): each term is the token mean over its own examples,
+  sum_t w_t * nll_sum_t / tokens_t, so a one-line select target ("Answer: 3") pulls about 45x as hard per token
+  as a rationale token (docs/reproduction.md).
+
+Warm-up examples count with SFT. The sums and token counts are kept apart so that either mean can be taken over a
+whole global batch, across micro-batches and workers, and a term with no tokens contributes exactly 0.
 """
 
 from __future__ import annotations
@@ -46,18 +54,29 @@ def term_nll_sums(logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Te
     return torch.stack([nll[terms == t].sum() for t in range(len(TERMS))])
 
 
-def combine(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_t w_t * sums_t / counts_t, with empty terms contributing 0."""
-    means = sums / counts.to(sums.device).clamp(min=1.0)
-    return (weights.to(sums.device) * means).sum()
+LOSS_REDUCTIONS = ("mixture", "per_term")
+
+
+def combine(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor, reduction: str = "mixture"
+            ) -> torch.Tensor:
+    """The weighted loss from per-term NLL sums and the (global) per-term token counts: "mixture" divides by all
+    tokens together, "per_term" each term by its own; an empty term contributes 0 under both."""
+    counts = counts.to(sums.device)
+    weighted = weights.to(sums.device) * sums
+    if reduction == "mixture":
+        return weighted.sum() / counts.sum().clamp(min=1.0)
+    if reduction == "per_term":
+        return (weighted / counts.clamp(min=1.0)).sum()
+    raise ValueError(f"training.loss_reduction: {reduction!r} is not one of {LOSS_REDUCTIONS}")
 
 
 def reflection_loss(
-    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, alpha: float, beta: float
+    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, alpha: float, beta: float,
+    reduction: str = "mixture",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, per-term token-mean NLL) for one batch on its own."""
     sums = term_nll_sums(logits, labels, task_ids)
     counts = term_token_counts(labels, task_ids)
-    loss = combine(sums, counts, term_weights(alpha, beta))
+    loss = combine(sums, counts, term_weights(alpha, beta), reduction)
     means = (sums.detach() / counts.to(sums.device).clamp(min=1.0)).tolist()
     return loss, dict(zip(TERMS, means))

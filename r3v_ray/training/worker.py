@@ -99,8 +99,9 @@ def _all_reduce_sum(tensor, device):
     return tensor
 
 
-def run_step(engine, batches: list[dict], weights, world_size: int, device) -> dict[str, Any]:
-    """One optimizer step over this worker's micro-batches; returns the global per-term token means."""
+def run_step(engine, batches: list[dict], weights, world_size: int, device, reduction: str = "mixture"
+             ) -> dict[str, Any]:
+    """One optimizer step over this worker's micro-batches; returns the loss and the global per-term token means."""
     counts = sum(term_token_counts(b["labels"], b["task_ids"]) for b in batches)
     counts = _all_reduce_sum(counts, device)
     scale = world_size * len(batches)
@@ -109,12 +110,12 @@ def run_step(engine, batches: list[dict], weights, world_size: int, device) -> d
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = engine(**model_inputs(batch)).logits
         micro_sums = term_nll_sums(logits, batch["labels"], batch["task_ids"])
-        engine.backward(combine(micro_sums, counts, weights) * scale)
+        engine.backward(combine(micro_sums, counts, weights, reduction) * scale)
         engine.step()
         sums += micro_sums.detach().float().cpu()
     sums = _all_reduce_sum(sums, device)
     means = sums / counts.clamp(min=1.0)
-    record: dict[str, Any] = {"loss": float((weights * means).sum())}
+    record: dict[str, Any] = {"loss": float(combine(sums, counts, weights, reduction))}
     for i, term in enumerate(TERMS):
         record[f"loss_{term}"] = float(means[i])
         record[f"tokens_{term}"] = int(counts[i])
@@ -253,7 +254,8 @@ def _step(run: _Setup, step: int) -> dict[str, Any]:
     mine = worker_micro_batches(run.steps[step], run.lengths, run.plan, run.rank)
     batches = [run.collator([run.examples[i] for i in ids]) for ids in mine]
     lr = run.engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside the step)
-    record = run_step(run.engine, batches, run.weights, run.world, run.engine.device)
+    record = run_step(run.engine, batches, run.weights, run.world, run.engine.device,
+                      run.cfg.training.loss_reduction)
     record.update(step=step + 1, lr=lr, seconds=time.perf_counter() - t0)
     return record
 
