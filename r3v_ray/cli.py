@@ -144,7 +144,7 @@ def _cmd_data_inspect(args) -> int:
 def _cmd_reproduce(args) -> int:
     from r3v_ray import store
     from r3v_ray.config import load_config
-    from r3v_ray.reproduce import SCALING_CANDIDATES, SCALING_NS, reproduce
+    from r3v_ray.reproduce import SCALING_CANDIDATES, SCALING_NS, VARIANTS, reproduce
 
     if args.quick and args.seeds is not None:
         print("error: --quick is one seed (seed 0); give either --quick or --seeds", file=sys.stderr)
@@ -155,7 +155,8 @@ def _cmd_reproduce(args) -> int:
     out = args.out or (store.join(cfg.storage.root, f"{cfg.name}-reproduction-quick") if args.quick else None)
     ns = SCALING_NS if args.scaling_ns is None else args.scaling_ns
     candidates = SCALING_CANDIDATES if args.scaling_candidates is None else args.scaling_candidates
-    result = reproduce(cfg, seeds, out, args.eval_temperatures, ns, candidates)
+    variants = tuple(args.variants or VARIANTS)
+    result = reproduce(cfg, seeds, out, args.eval_temperatures, ns, candidates, variants)
     print(f"done in {result['minutes']} minutes")
     return 0
 
@@ -216,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-candidates", type=int, default=None, metavar="N",
                    help="candidates drawn once per question for the curve: Majority@n and Oracle@n up to N "
                         "(default: the paper's 10)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   choices=["r3v", "star", "no-refine", "no-select", "mixed"],
+                   help="the runs per seed (default: all; r3v always runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_reproduce)
 

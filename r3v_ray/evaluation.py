@@ -53,6 +53,21 @@ def majority_at_n(records: dict[str, Record], task: Task, sampled_rows: Iterable
     return _share(list(records), correct)
 
 
+def faithfulness_at_1(records: dict[str, Record], task: Task, greedy_rows: Iterable[dict]) -> dict[str, float]:
+    """Does the answer follow the reasoning: over every test question's greedy rationale, the share whose final
+    answer is what its own stated facts and the question's operation give (faithful@1), and the share whose stated
+    facts are the image's (grounded@1). A question without a rationale counts in both denominators. {} where the
+    task cannot check rationales (Task.faithfulness returns None)."""
+    grouped = _by_question(greedy_rows)
+    verdicts = {q: task.faithfulness(r, grouped[q][0]["rationale"] if grouped.get(q) else None)
+                for q, r in records.items()}
+    if all(v is None for v in verdicts.values()):
+        return {}
+    qids = list(records)
+    return {"faithful@1": _share(qids, lambda q: verdicts[q] is not None and verdicts[q].consistent),
+            "grounded@1": _share(qids, lambda q: verdicts[q] is not None and verdicts[q].grounded)}
+
+
 def oracle_curve(question_ids: list[str], sampled_rows: Iterable[dict], max_n: int) -> dict[int, float]:
     """{n: Oracle@n} for n = 1..max_n, each on the first n candidates."""
     rows = list(sampled_rows)
@@ -131,7 +146,9 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
         if any(stats.pass_skipped.values()):  # e.g. a self-select prompt over max_prompt_tokens: scored wrong
             metrics["pass_skipped"] = {kind: len(items) for kind, items in stats.pass_skipped.items() if items}
     if greedy:
-        metrics["test@1"] = accuracy_at_1(qids, read_parquet(greedy_uri).to_pylist())
+        greedy_rows = read_parquet(greedy_uri).to_pylist()
+        metrics["test@1"] = accuracy_at_1(qids, greedy_rows)
+        metrics.update(faithfulness_at_1(by_id, task, greedy_rows))
     metrics["skipped"] = stats.skipped
     if timings is not None:
         timings.update(seconds=stats.seconds, generate_seconds=stats.generate_seconds)

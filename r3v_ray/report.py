@@ -19,7 +19,7 @@ from r3v_ray.evaluation import curve_points
 
 CURVES = [("oracle", "Oracle@n"), ("majority", "Majority@n"), ("select", "Select@n")]
 
-METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@"]
+METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@", "faithful@", "grounded@"]
 TASK_ORDER = ("warmup", "sft", "refine", "select")
 LOSS_TERMS = (("loss", "total"), ("loss_sft", "sft"), ("loss_refine", "refine"), ("loss_select", "select"))
 HISTORY_POINTS = 200  # per-step losses kept in a round's manifest for loss.png (TensorBoard has every step)

@@ -35,7 +35,10 @@ VARIANTS = {
     "star": {"method": "star"},
     "no-refine": {"reflect": {"use_refine": False}, "training": {"alpha": 0.0}},
     "no-select": {"reflect": {"use_select": False}, "training": {"beta": 0.0}},
+    # The paper's test-time scaling model: self-select sets of 2 to 6 candidates (reflect.select_variant: mixed).
+    "mixed": {"reflect": {"select_variant": "mixed"}},
 }
+CURVE_VARIANTS = ("r3v", "mixed")  # the last models whose test-time scaling curve is drawn
 
 ROWS = [  # (label, variant, round: 0 or "K", metric); the paper's rows and order, then its ablations
     ("zero-shot CoT (untrained)", "r3v", 0, "zero-shot"),
@@ -49,7 +52,17 @@ ROWS = [  # (label, variant, round: 0 or "K", metric); the paper's rows and orde
     ("R3V w/o self-refine, Select@N", "no-refine", "K", "select@{n}"),
     ("R3V w/o self-select, Test@1", "no-select", "K", "test@1"),
     ("R3V w/o self-select, Select@N", "no-select", "K", "select@{n}"),
+    ("R3V mixed select sets, Test@1", "mixed", "K", "test@1"),
+    ("R3V mixed select sets, Select@N", "mixed", "K", "select@{n}"),
+    # Does the answer follow the reasoning (r3v_ray/evaluation.py faithfulness_at_1; the built-in task only)
+    ("warm-up M0, faithful@1", "r3v", 0, "faithful@1"),
+    ("STaR, faithful@1", "star", "K", "faithful@1"),
+    ("R3V, faithful@1", "r3v", "K", "faithful@1"),
+    ("warm-up M0, grounded@1", "r3v", 0, "grounded@1"),
+    ("STaR, grounded@1", "star", "K", "grounded@1"),
+    ("R3V, grounded@1", "r3v", "K", "grounded@1"),
 ]
+ROUND_METRICS = ("test@1", "majority@{n}", "select@{n}", "oracle@{n}", "faithful@1", "grounded@1")
 
 PAPER = "Qwen2-VL-7B, GeoQA"
 # The authors' Qwen2-VL results on GeoQA: the table (zero-shot CoT, R3V, R3V + test-time selection at N = 3) and
@@ -132,13 +145,14 @@ def adopt_round1_samples(src: RunConfig, dst: RunConfig) -> bool:
     return True
 
 
-def run_seed(base: RunConfig, seed: int, temperatures: list[float] = (),
-             scaling: tuple = ()) -> tuple[dict, dict, dict]:
-    """(the main table's row values, the temperature sweep's row values, the scaling curve) for one seed.
+def run_seed(base: RunConfig, seed: int, temperatures: list[float] = (), scaling: tuple = (),
+             variants: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+    """One seed's results: "row" (the main table's values), "sweep" (the temperature sweep's), "curves" ({variant:
+    the last model's scaling curve} for CURVE_VARIANTS) and "rounds" ({variant: {round: metrics}}, every round).
 
-    `scaling`: (ns, candidates) for the last R3V model's curve, or () for none.
+    `scaling`: (ns, candidates) for the curves, or () for none. `variants`: the runs to make (R3V always).
     """
-    configs = {variant: seed_config(base, seed, variant) for variant in VARIANTS}
+    configs = {variant: seed_config(base, seed, variant) for variant in VARIANTS if variant in {"r3v", *variants}}
     r3v = configs["r3v"]
     run_local(r3v)
     for variant, cfg in configs.items():
@@ -147,16 +161,24 @@ def run_seed(base: RunConfig, seed: int, temperatures: list[float] = (),
             adopt_round1_samples(r3v, cfg)
             run_local(cfg, from_round=1)
     k, n = base.rounds, base.evaluation.n
-    evals = {v: {r: store.read_json(RunDir.of(c).round(r).eval_json) for r in (0, k)} for v, c in configs.items()}
-    row = {label: evals[variant][0 if rnd == 0 else k][metric.format(n=n)] for label, variant, rnd, metric in ROWS}
+    evals = {v: {r: store.read_json(RunDir.of(c).round(r).eval_json) for r in range(k + 1)} for v, c in configs.items()}
+    row = {}
+    for label, variant, rnd, metric in ROWS:
+        value = evals.get(variant, {}).get(0 if rnd == 0 else k, {}).get(metric.format(n=n))
+        if value is not None:
+            row[label] = value
+    rounds = {v: {r: {m.format(n=n): e[m.format(n=n)] for m in ROUND_METRICS if m.format(n=n) in e}
+                  for r, e in by_round.items()} for v, by_round in evals.items()}
     sweep = {}
     temperatures = [t for t in temperatures if t != base.evaluation.temperature]
     if temperatures:
         sweep = sweep_values(evals["r3v"][k], base.evaluation.temperature, sweep_temperatures(r3v, temperatures), n)
-    curve = scaling_curve(r3v, *scaling) if scaling else {}
-    if curve:
-        curve["test@1"] = evals["r3v"][k]["test@1"]  # the greedy reference line: no candidates involved
-    return row, sweep, curve
+    curves = {}
+    for variant in CURVE_VARIANTS:
+        if scaling and variant in configs:
+            curves[variant] = scaling_curve(configs[variant], *scaling)
+            curves[variant]["test@1"] = evals[variant][k]["test@1"]  # the greedy reference line
+    return {"row": row, "sweep": sweep, "curves": curves, "rounds": rounds}
 
 
 def _evaluate_last_model(cfg: RunConfig, eval_cfg: RunConfig, uri: str, digest: str, **extra) -> dict:
@@ -376,47 +398,75 @@ def sweep_plot_png(per_seed: dict[int, dict[str, dict]], n: int) -> bytes:
     return figure_png(fig)
 
 
+def rounds_markdown(per_seed_rounds: dict[int, dict], n: int) -> str:
+    """Every run's metrics per round, mean ± std over the seeds (the rounds every seed has)."""
+    first = next(iter(per_seed_rounds.values()))
+    metrics = [m.format(n=n) for m in ROUND_METRICS if any(m.format(n=n) in e for r in first.values() for e in r.values())]
+    lines = ["| run | round | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for variant, by_round in first.items():
+        for rnd in by_round:
+            cells = []
+            for m in metrics:
+                values = [per_seed_rounds[s][variant][rnd].get(m) for s in per_seed_rounds]
+                values = [v for v in values if v is not None]
+                cells.append(f"{statistics.fmean(values):.2f} ± {statistics.pstdev(values):.2f}"
+                             if len(values) == len(per_seed_rounds) else "")
+            lines.append(f"| {variant} | {rnd} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def reproduce(base: RunConfig, seeds: list[int], out_dir: str | None = None, temperatures: list[float] = (),
-              scaling_ns: list[int] = (), scaling_candidates: int | None = None) -> dict:
-    """Run every seed, then write the table (reproduction.md/.json/.png); with `scaling_ns`, the last R3V model's
-    test-time scaling curve (Select@n for those n, Oracle@n and Majority@n up to `scaling_candidates`, scaling.png
-    and a table); with `temperatures`, its test-time selection at those sampling temperatures (sweep.png and a
-    table)."""
+              scaling_ns: list[int] = (), scaling_candidates: int | None = None,
+              variants: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+    """Run every seed, then write the table (reproduction.md/.json/.png) and every run's metrics per round; with
+    `scaling_ns`, the test-time scaling curves of the last R3V models (CURVE_VARIANTS: Select@n for those n, Oracle@n
+    and Majority@n up to `scaling_candidates`, scaling.png and a table each); with `temperatures`, the last R3V
+    model's test-time selection at those sampling temperatures (sweep.png and a table). `variants`: the runs to make
+    per seed (VARIANTS' names; R3V always)."""
     if not (base.evaluation.zero_shot and base.evaluation.select):
         raise ValueError("the reproduction table needs evaluation.zero_shot and evaluation.select switched on")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; known: {list(VARIANTS)}")
     scaling = (list(scaling_ns), scaling_candidates) if scaling_ns else ()
     if scaling:
         scaling_config(base, *scaling)  # a bad n is refused now, not after the seeds have trained
     out = out_dir or store.join(base.storage.root, f"{base.name}-reproduction")
     start = time.time()
-    per_seed, per_seed_sweep, per_seed_curve, seed_minutes = {}, {}, {}, {}
+    per_seed, per_seed_sweep, per_seed_rounds, seed_minutes = {}, {}, {}, {}
+    per_seed_curves: dict[str, dict[int, dict]] = {}
     for seed in seeds:
         t0 = time.time()
-        per_seed[seed], sweep, curve = run_seed(base, seed, temperatures, scaling)
-        if sweep:
-            per_seed_sweep[seed] = sweep
-        if curve:
-            per_seed_curve[seed] = curve
+        seed_result = run_seed(base, seed, temperatures, scaling, tuple(variants))
+        per_seed[seed], per_seed_rounds[seed] = seed_result["row"], seed_result["rounds"]
+        if seed_result["sweep"]:
+            per_seed_sweep[seed] = seed_result["sweep"]
+        for variant, curve in seed_result["curves"].items():
+            per_seed_curves.setdefault(variant, {})[seed] = curve
         seed_minutes[seed] = round((time.time() - t0) / 60, 1)
         log.info("seed %d done in %.1f min: %s", seed, seed_minutes[seed], per_seed[seed])
     summary = summarize(per_seed)
     n = base.evaluation.n
     table = table_markdown(summary, seeds, n)
     minutes = (time.time() - start) / 60
-    result = {"seeds": seeds, "rounds": base.rounds, "n": n, "per_seed": per_seed, "summary": summary,
+    result = {"seeds": seeds, "rounds": base.rounds, "n": n, "variants": ["r3v", *[v for v in variants if v != "r3v"]],
+              "per_seed": per_seed, "summary": summary, "per_round": per_seed_rounds,
               "minutes": round(minutes, 1), "seed_minutes": seed_minutes,
               "paper": {"source": PAPER, "table": PAPER_TABLE, "select": PAPER_SELECT, "majority": PAPER_MAJORITY}}
     text = (f"# R3V in miniature\n\nOurs: the tiny model on the built-in task. The paper column: {PAPER} (the "
             "authors' Qwen2-VL results), for reference only; empty where it reports no GeoQA number.\n\n"
-            f"{table}\n\n![reproduction](reproduction.png)\n\n")
-    if per_seed_curve:
-        result["scaling"] = {"per_seed": per_seed_curve, "summary": scaling_summary(per_seed_curve)}
+            f"{table}\n\n![reproduction](reproduction.png)\n\n"
+            f"## Every run per round (mean ± std over the seeds)\n\n{rounds_markdown(per_seed_rounds, n)}\n\n")
+    for variant, per_seed_curve in per_seed_curves.items():
+        key, png, title = (("scaling", "scaling.png", "the last R3V model") if variant == "r3v" else
+                           (f"scaling_{variant}", f"scaling-{variant}.png", f"the last R3V model ({variant} select sets)"))
+        result[key] = {"per_seed": per_seed_curve, "summary": scaling_summary(per_seed_curve)}
         candidates = next(iter(per_seed_curve.values()))["candidates"]
-        text += ("## Test-time scaling of the last R3V model\n\n"
+        text += (f"## Test-time scaling of {title}\n\n"
                  f"{candidates} candidates drawn per question once; n reads the first n. The paper's numbers are "
                  f"read off its figure ({PAPER}; Select@3 from its table).\n\n"
-                 f"{scaling_markdown(per_seed_curve)}\n\n![test-time scaling](scaling.png)\n\n")
-        store.write_bytes(store.join(out, "scaling.png"), scaling_plot_png(per_seed_curve))
+                 f"{scaling_markdown(per_seed_curve)}\n\n![test-time scaling]({png})\n\n")
+        store.write_bytes(store.join(out, png), scaling_plot_png(per_seed_curve))
     if per_seed_sweep:
         result["temperature_sweep"] = per_seed_sweep
         text += ("## The last R3V model's candidates at other sampling temperatures\n\n"

@@ -141,3 +141,17 @@ def test_report_carries_every_scaling_point_and_plots_the_last_round(tmp_path):
     write_report(str(tmp_path / "plain"), plain, "t")
     without = Image.open(tmp_path / "plain" / "accuracy.png").size
     assert with_curve[0] > without[0] and "Test-time scaling" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_faithfulness_at_1_scores_every_question_and_is_absent_where_the_task_cannot_check():
+    from r3v_ray.evaluation import faithfulness_at_1
+
+    layout = ["red", "red", "blue", None, None, None, None, None, None]
+    meta = {"layout": layout, "qtype": "sum", "colors": ["red", "blue"], "grid": 3}
+    records = {q: Record(id=q, question="?", answer="3", metadata=meta) for q in ("q1", "q2", "q3", "q4")}
+    greedy = [{"question_id": "q1", "sample_index": 0, "rationale": "Red objects: 2. Blue objects: 1. 2 + 1 = 3.\nAnswer: 3"},
+              {"question_id": "q2", "sample_index": 0, "rationale": "Red objects: 2. Blue objects: 1. 2 + 1 = 4.\nAnswer: 4"},
+              {"question_id": "q3", "sample_index": 0, "rationale": "Red objects: 5. Blue objects: 1. 5 + 1 = 6.\nAnswer: 6"}]
+    # q4 has no rationale (skipped): it counts, as neither
+    assert faithfulness_at_1(records, get_task("synthetic"), greedy) == {"faithful@1": 50.0, "grounded@1": 50.0}
+    assert faithfulness_at_1(RECORDS, get_task("generic"), [row("q1", 0, "3")]) == {}

@@ -48,7 +48,10 @@ def test_table_keeps_the_paper_order_whatever_the_key_order():
     assert rows == ["zero-shot CoT (untrained)", "warm-up M0, Test@1", "STaR, Test@1", "R3V, Test@1",
                     "R3V, Majority@3", "R3V, Select@3", "R3V, Oracle@3",
                     "R3V w/o self-refine, Test@1", "R3V w/o self-refine, Select@3",
-                    "R3V w/o self-select, Test@1", "R3V w/o self-select, Select@3"]
+                    "R3V w/o self-select, Test@1", "R3V w/o self-select, Select@3",
+                    "R3V mixed select sets, Test@1", "R3V mixed select sets, Select@3",
+                    "warm-up M0, faithful@1", "STaR, faithful@1", "R3V, faithful@1",
+                    "warm-up M0, grounded@1", "STaR, grounded@1", "R3V, grounded@1"]
 
 
 def test_temperature_sweep_table_has_a_column_per_temperature_and_the_main_one():
@@ -85,14 +88,16 @@ def test_ablations_are_config_switches_of_the_same_loop_from_the_same_warm_up():
     base = config_from_dict({"name": "b", "model": {"path": "runs/m", "tiny": {}}})
     runs = {v: seed_config(base, 2, v) for v in VARIANTS}
     assert {v: c.name for v, c in runs.items()} == {
-        "r3v": "b-s2-r3v", "star": "b-s2-star", "no-refine": "b-s2-no-refine", "no-select": "b-s2-no-select"}
+        "r3v": "b-s2-r3v", "star": "b-s2-star", "no-refine": "b-s2-no-refine", "no-select": "b-s2-no-select",
+        "mixed": "b-s2-mixed"}
     no_refine, no_select = runs["no-refine"], runs["no-select"]
     assert no_refine.method == no_select.method == "r3v"
     assert (no_refine.reflect.use_refine, no_refine.reflect.use_select, no_refine.training.alpha,
             no_refine.training.beta) == (False, True, 0.0, 1.0)
     assert (no_select.reflect.use_refine, no_select.reflect.use_select, no_select.training.alpha,
             no_select.training.beta) == (True, False, 1.0, 0.0)
-    assert len({c.digest() for c in runs.values()}) == 4 and len({c.model.path for c in runs.values()}) == 1
+    assert runs["mixed"].reflect.select_variant == "mixed" and runs["r3v"].reflect.select_variant == "fixed"
+    assert len({c.digest() for c in runs.values()}) == 5 and len({c.model.path for c in runs.values()}) == 1
 
 
 def test_the_table_has_the_paper_s_geoqa_numbers_beside_ours_where_it_reports_them():
@@ -193,3 +198,16 @@ def test_scaling_summary_reads_curves_back_from_reproduction_json():
     again = json.loads(json.dumps(per_seed))
     assert scaling_summary(again) == scaling_summary(per_seed)
     assert list(scaling_summary(again)["majority"]) == [1, 2, 3, 4]
+
+
+def test_rounds_table_has_a_row_per_run_and_round_with_mean_and_std():
+    from r3v_ray.reproduce import rounds_markdown
+
+    def rounds(shift):
+        return {"r3v": {0: {"test@1": 40.0 + shift}, 1: {"test@1": 44.0 + shift, "select@3": 50.0}},
+                "star": {0: {"test@1": 40.0 + shift}, 1: {"test@1": 42.0}}}
+
+    table = rounds_markdown({0: rounds(0), 1: rounds(2)}, 3).splitlines()
+    assert table[0] == "| run | round | test@1 | select@3 |"
+    assert "| r3v | 1 | 45.00 ± 1.00 | 50.00 ± 0.00 |" in table
+    assert "| star | 1 | 42.00 ± 0.00 |  |" in table

@@ -126,3 +126,40 @@ def test_record_without_gold_answer_names_the_record(tmp_path):
         list(read_jsonl_records(path))
     with pytest.raises(RecordError, match="'q3'.*'answer'"):
         Record.from_dict({"id": "q3", "question": "x", "answer": "  "})
+
+
+# -- faithfulness: does the answer follow the reasoning ------------------------------------------------------------
+LAYOUT = ["red", "red", "blue", None, "green", None, None, None, None]  # red 2, blue 1, green 1, all 4
+COLOURS = ("red", "green", "blue")
+
+
+@pytest.mark.parametrize("qtype, c1, c2, rationale, consistent, grounded", [
+    ("sum", "red", "blue", "Red objects: 2. Blue objects: 1. 2 + 1 = 3.\nAnswer: 3", True, True),
+    # the arithmetic is wrong: the answer does not follow from the stated counts
+    ("sum", "red", "blue", "Red objects: 2. Blue objects: 1. 2 + 1 = 4.\nAnswer: 4", False, True),
+    # a miscounted colour, reasoned from faithfully: consistent, not grounded
+    ("sum", "red", "blue", "Red objects: 3. Blue objects: 1. 3 + 1 = 4.\nAnswer: 4", True, False),
+    # the complement route: all objects minus the colours not asked about
+    ("sum", "red", "blue", "All objects: 4. Green objects: 1. 4 - 1 = 3.\nAnswer: 3", True, True),
+    ("subtract", "red", None, "All objects: 4. Red objects: 2. 4 - 2 = 2.\nAnswer: 2", True, True),
+    ("compare", "red", "blue", "Red objects: 2. Blue objects: 1. 2 is more than 1.\nAnswer: A", True, True),
+    ("compare", "red", "blue", "Red objects: 2. Blue objects: 1. 2 is not more than 1.\nAnswer: B", False, True),
+    # a count the question needs is never stated: nothing to derive the answer from
+    ("sum", "red", "blue", "Red objects: 2.\nAnswer: 3", False, True),
+    ("sum", "red", "blue", "There are 3.\nAnswer: 3", False, False),
+    ("sum", "red", "blue", "Red objects: 2. Blue objects: 1. 2 + 1 = 3.", False, True),  # no answer line
+])
+def test_faithfulness_checks_the_answer_against_the_stated_counts_and_the_counts_against_the_image(
+        qtype, c1, c2, rationale, consistent, grounded):
+    task = get_task("synthetic", colors=list(COLOURS))
+    record = Record(id="q", question="?", answer="0", choices=["yes", "no"] if qtype == "compare" else None,
+                    metadata={"layout": LAYOUT, "qtype": qtype, "colors": [c1, c2], "grid": 3})
+    verdict = task.faithfulness(record, rationale)
+    assert (verdict.consistent, verdict.grounded) == (consistent, grounded)
+
+
+def test_every_teacher_rationale_is_faithful_and_grounded():
+    task = get_task("synthetic", colors=["red", "green", "blue"], paths=2)
+    for record in task.generate_records("train", 60, 0):
+        verdict = task.faithfulness(record, record.rationale)
+        assert verdict.consistent and verdict.grounded, record.rationale

@@ -203,6 +203,15 @@ def format_choices(choices: list[str]) -> str:
     return "Choices: " + " ".join(f"({letter}) {text}" for letter, text in zip(letters(len(choices)), choices))
 
 
+@dataclass(frozen=True)
+class Faithfulness:
+    """consistent: the final answer is what the rationale's own stated facts and the question's operation give.
+    grounded: the rationale states at least one fact about the image and every stated fact is the image's."""
+
+    consistent: bool
+    grounded: bool
+
+
 class Task(ABC):
     """A reasoning task: how to ask (CoT and direct forms), how to extract and check an answer."""
 
@@ -226,6 +235,11 @@ class Task(ABC):
     def caption(self, record: Record) -> str | None:
         """What the record's image shows, as a perception example for the warm-up set (None: the task has no
         captions; `reflect.warmup_captions` then adds nothing)."""
+        return None
+
+    def faithfulness(self, record: Record, rationale: str | None) -> Faithfulness | None:
+        """Whether a rationale's answer follows from its own stated facts, and whether those facts are the
+        image's; None where the task cannot check it (only the built-in task can: it knows every count)."""
         return None
 
     def format_answer(self, answer: str) -> str:

@@ -30,7 +30,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-from r3v_ray.tasks.base import Record, Task, letters
+from r3v_ray.tasks.base import Faithfulness, Record, Task, letters
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -132,6 +132,46 @@ def solve(
     return str(value), f"{stated} {arithmetic}\nAnswer: {value}"
 
 
+_STATED = re.compile(r"\b([A-Za-z]+) objects: (\d+)\.")
+
+
+def derivable_answers(stated: dict[str, int], qtype: str, c1: str, c2: str | None,
+                      colors: tuple[str, ...]) -> set[str]:
+    """The answers the question's operation gives from the counts a rationale states, by any teacher route whose
+    counts it states (route 1 is the complement: all objects minus the others, or the others added up)."""
+    def value(names: list[str], op: str) -> str | None:
+        if any(name not in stated for name in names):
+            return None
+        return str(functools.reduce(_OPERATIONS[op], [stated[name] for name in names]))
+
+    if qtype == "compare":
+        if c1 in stated and c2 in stated:
+            return {"A" if stated[c1] > stated[c2] else "B"}
+        return set()
+    if qtype == "product":
+        routes = [([c1, c2], "x")]
+    else:
+        asked = [c1, c2] if qtype == "sum" else [c1]
+        others = [c for c in colors if c not in asked]
+        if qtype == "sum":
+            routes = [(asked, "+"), (["all"] + others, "-")]
+        else:
+            routes = [(["all"] + asked, "-"), (others, "+")]
+    return {v for v in (value(names, op) for names, op in routes if names) if v is not None}
+
+
+def check_faithfulness(layout: list[str | None], qtype: str, c1: str, c2: str | None, colors: tuple[str, ...],
+                       rationale: str | None, answer: str | None) -> Faithfulness:
+    """Faithfulness of one rationale (its extracted final answer given) to its own statements and to the image."""
+    stated: dict[str, int] = {}
+    for name, n in _STATED.findall(rationale or ""):
+        stated.setdefault(name.lower(), int(n))  # the first statement of a count is the one reasoned from
+    truth = {name: _count(layout, None if name == "all" else name) for name in stated if name in COLORS or name == "all"}
+    grounded = bool(stated) and len(truth) == len(stated) and all(truth[k] == v for k, v in stated.items())
+    consistent = answer is not None and answer in derivable_answers(stated, qtype, c1, c2, colors)
+    return Faithfulness(consistent=consistent, grounded=grounded)
+
+
 def caption(layout: list[str | None], colors: tuple[str, ...]) -> str:
     """What the image shows, in the rationales' own words: the total, then every colour's count."""
     return " ".join([_stated("all", _count(layout))] + [_stated(c, _count(layout, c)) for c in colors])
@@ -204,6 +244,14 @@ class SyntheticTask(Task):
     def caption(self, record: Record) -> str | None:
         layout = record.metadata.get("layout")
         return caption(layout, self.params.colors) if layout is not None else None
+
+    def faithfulness(self, record: Record, rationale: str | None) -> Faithfulness | None:
+        meta = record.metadata
+        if meta.get("layout") is None:
+            return None
+        c1, c2 = meta["colors"]
+        return check_faithfulness(meta["layout"], meta["qtype"], c1, c2, self.params.colors, rationale,
+                                  self.extract_for(record, rationale))
 
     def render(self, record: Record) -> Image.Image:
         return render(record.metadata["layout"], self.params.grid, self.params.cell)
