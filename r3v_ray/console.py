@@ -27,6 +27,11 @@ WORKER_ENV = {
     # How often Ray Train's controller polls its workers (default 2 s); it takes in their reports as it polls, so the
     # final checkpoint reached it about 5 s after the last step (benchmarks/round.py); at 0.5 s, about 1 s.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Ray Train's preemption watcher (an actor per training that watches for draining nodes) is created with actor
+    # handles as constructor arguments and max_restarts=-1, which makes Ray's core worker print an error line for
+    # every training of a healthy run. Without it a preempted worker still fails its training, which Ray Train
+    # restarts from the last checkpoint (training.max_failures) and a re-run resumes. Set it to 1 to have it back.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 # Run at the start of every worker process of an r3v driver's job (Ray's runtime_env "worker_process_setup_hook",

@@ -335,3 +335,28 @@ def test_ray_train_reproduces_a_plain_sft_loop(ray_local, tiny_model_dir, train_
     trained = load_model(out)
     for name, param in model.named_parameters():
         assert torch.allclose(trained.get_parameter(name), param, atol=1e-5), name
+
+
+def test_last_epoch_losses_weigh_each_term_by_its_tokens_and_leave_an_untrained_term_empty():
+    from r3v_ray.training.trainer import last_epoch_losses
+
+    def step(loss, sft, refine, tokens_sft, tokens_refine):
+        return {"loss": loss, "loss_sft": sft, "loss_refine": refine, "loss_select": 0.0,
+                "tokens_sft": tokens_sft, "tokens_refine": tokens_refine, "tokens_select": 0}
+
+    # 8 examples, global batch 4: the last epoch is the last 2 steps; the very last step held no refine example
+    history = [step(9.0, 9.0, 9.0, 10, 10), step(2.0, 1.0, 3.0, 10, 30), step(1.0, 1.0, 0.0, 20, 0)]
+    out = last_epoch_losses(history, examples=8, global_batch=4)
+    assert out["last_epoch_loss"] == pytest.approx(1.5)
+    assert out["last_epoch_loss_sft"] == pytest.approx(1.0)
+    assert out["last_epoch_loss_refine"] == pytest.approx(3.0)  # not the last step's 0
+    assert out["last_epoch_loss_select"] is None
+
+
+def test_the_train_stage_line_shows_a_term_without_examples_as_a_dash():
+    from r3v_ray.rounds import _brief
+
+    metrics = {"steps": 5, "last_epoch_loss": 0.5, "last_epoch_loss_sft": 0.4, "last_epoch_loss_refine": 0.7,
+               "last_epoch_loss_select": None}
+    assert _brief("train", {"metrics": metrics}) == \
+        ": 5 steps, loss over the last epoch 0.5000 (sft 0.4000, refine 0.7000, select -)"

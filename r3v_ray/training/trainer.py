@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -58,6 +59,19 @@ def _timeline(state: dict, fit_started: float, fit_ended: float, published: floa
             "final_report_seconds": max(0.0, fit_ended - reported), "publish_seconds": published - fit_ended}
 
 
+def last_epoch_losses(history: list[dict], examples: int, global_batch: int) -> dict[str, float | None]:
+    """Each loss over the last epoch's steps: the total as a mean over steps, each term as its token-weighted mean
+    over the steps whose batch held it (None when none did). The last step alone can read 0 for a term that trained
+    all along, because its batch happened to hold none of that term's examples."""
+    last = history[-max(1, math.ceil(examples / max(1, global_batch))):]
+    out: dict[str, float | None] = {"last_epoch_loss": sum(h["loss"] for h in last) / len(last) if last else None}
+    for term in ("sft", "refine", "select"):
+        tokens = sum(h.get(f"tokens_{term}", 0) for h in last)
+        out[f"last_epoch_loss_{term}"] = (sum(h[f"loss_{term}"] * h.get(f"tokens_{term}", 0) for h in last) / tokens
+                                          if tokens else None)
+    return out
+
+
 def _summary(state: dict, seconds: float) -> dict[str, Any]:
     history = state["history"]
     terms = ("loss", "loss_sft", "loss_refine", "loss_select")
@@ -77,6 +91,7 @@ def _summary(state: dict, seconds: float) -> dict[str, Any]:
         values = [h[term] for h in history]
         metrics[f"final_{term}"] = values[-1] if values else None
         metrics[f"mean_{term}"] = sum(values) / len(values) if values else None
+    metrics.update(last_epoch_losses(history, state["examples"], state["plan"]["global_batch"]))
     done = state["plan"]["global_batch"] * len(history)
     metrics["examples_per_second"] = done / state["train_seconds"] if state["train_seconds"] else None
     return metrics
