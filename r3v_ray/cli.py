@@ -164,7 +164,7 @@ def _cmd_reproduce(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
-    from r3v_ray.config import ModelFamily  # pydantic only, no torch
+    from r3v_ray.config import ModelFamily, TinyModelConfig  # pydantic only, no torch
 
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-tiny-model", help="build a tiny random model of a family (local tokenizer, no hub)")
     p.add_argument("--out", required=True, help="output directory (a Hugging Face model directory)")
     p.add_argument("--family", default="qwen2_vl", choices=get_args(ModelFamily), help="model family (default qwen2_vl)")
-    p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--hidden-size", type=int, default=TinyModelConfig().hidden_size)
+    p.add_argument("--num-layers", type=int, default=TinyModelConfig().num_layers)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_build_tiny_model)
 

@@ -21,7 +21,7 @@ import statistics
 import time
 
 from r3v_ray import store
-from r3v_ray.config import RunConfig, config_from_dict
+from r3v_ray.config import METHOD_PRESETS, RunConfig, config_from_dict
 from r3v_ray.evaluation import curve_points
 from r3v_ray.report import figure_png
 from r3v_ray.rundir import RunDir
@@ -32,7 +32,7 @@ log = logging.getLogger("r3v.reproduce")
 # The runs of one seed: the method, and the config switches that make the ablations (the same loop and code).
 VARIANTS = {
     "r3v": {},
-    "star": {"method": "star"},
+    "star": {"method": "star", **METHOD_PRESETS["star"]},
     "no-refine": {"reflect": {"use_refine": False}, "training": {"alpha": 0.0}},
     "no-select": {"reflect": {"use_select": False}, "training": {"beta": 0.0}},
     # The paper's test-time scaling model: self-select sets of 2 to 6 candidates (reflect.select_variant: mixed).

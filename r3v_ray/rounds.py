@@ -18,7 +18,6 @@ import logging
 import os
 import time
 
-import pyarrow as pa
 import yaml
 
 from r3v_ray import preflight, store, telemetry
@@ -197,7 +196,7 @@ class RoundRunner:
     def build(self) -> dict:
         from r3v_ray.reflect import build_training_data, build_warmup_data
         from r3v_ray.cache import LocalImages
-        from r3v_ray.training.examples import drop_unreadable_images
+        from r3v_ray.training.examples import drop_unreadable_images, write_examples
 
         if self.k == 0:
             examples = build_warmup_data(self.train_records, self.task, self.cfg.reflect)
@@ -218,8 +217,7 @@ class RoundRunner:
             store.write_json(self.dir.build_skipped, unusable)
         if not examples:
             raise RuntimeError(f"{self.tag} no training examples were built (stats: {stats})")
-        table = pa.Table.from_pylist(examples)
-        store.write_parquet(self.dir.train_data, table)
+        write_examples(self.dir.train_data, examples)  # validated against the schema here, not in the train workers
         return {"stats": stats}
 
     def train(self) -> dict:

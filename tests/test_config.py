@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from r3v_ray.config import ConfigError, config_from_dict, load_config
 from r3v_ray.tasks import get_task
@@ -50,6 +51,17 @@ def test_star_is_a_config_switch():
     assert config_from_dict({}).digest() != cfg.digest()
 
 
+def test_star_refuses_a_setting_it_would_overwrite_and_accepts_an_agreeing_one():
+    with pytest.raises(ConfigError, match=r"training.alpha: 0.5 conflicts with method: star"):
+        config_from_dict({"method": "star", "training": {"alpha": 0.5}})
+    with pytest.raises(ConfigError, match=r"reflect.use_select: True conflicts with method: star"):
+        config_from_dict({"method": "star", "reflect": {"use_select": True}})
+    agreeing = config_from_dict({"method": "star", "training": {"alpha": 0.0, "lr": 1e-4}})
+    assert agreeing.training.lr == 1e-4 and agreeing.training.beta == 0.0
+    # a star run's own config.yaml (the preset's values written out) loads back unchanged
+    assert config_from_dict(yaml.safe_load(agreeing.to_yaml())).digest() == agreeing.digest()
+
+
 def test_digest_covers_what_decides_outputs_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = config_from_dict({"task": {"data_dir": "data"}})
@@ -96,8 +108,7 @@ def test_a_run_refuses_a_changed_config_and_names_the_changed_keys(tmp_path):
     _write_config(changed, force=True)
 
 
-def test_tiny_model_config_defaults_match_the_model_builders():
-    # The config repeats TinySpec's defaults so that loading a config never imports torch; this keeps them equal.
+def test_the_tiny_model_builder_takes_its_defaults_from_the_config():
     import dataclasses
 
     from r3v_ray.config import TinyModelConfig
@@ -107,3 +118,4 @@ def test_tiny_model_config_defaults_match_the_model_builders():
     cfg = TinyModelConfig().model_dump()
     assert set(cfg) <= set(spec)
     assert {k: spec[k] for k in cfg} == cfg
+    assert TinySpec().family == TinyModelConfig().family == "qwen2_vl"

@@ -21,6 +21,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from r3v_ray.config import TinyModelConfig
 from r3v_ray.models.families import DEFAULT_FAMILY, Family, get_family
 from r3v_ray.models.loading import model_class
 from r3v_ray.models.processor import PROCESSORS
@@ -99,34 +100,32 @@ CHAT_TEMPLATES = {"qwen2_vl": CHAT_TEMPLATE, "qwen2_5_vl": CHAT_TEMPLATE, "qwen3
                   "qwen3_5": QWEN3_5_CHAT_TEMPLATE}
 
 
+_DEFAULTS = TinyModelConfig()
+
+
 @dataclass
 class TinySpec:
     """Sizes of the tiny model. head_dim = hidden_size / num_heads; mrope_section must sum to half the rotary
     dimensions (head_dim, or Qwen3.5's quarter of it).
 
-    The default head size is 32 (2 heads over width 64, as many key/value heads) because vLLM's CPU attention
-    supports head sizes 32, 64, 80 and up only; at head size 16 a vLLM engine fails at its first generate.
+    The defaults of the sizes a config can set are TinyModelConfig's (r3v_ray/config.py), the one place for them.
     """
 
-    family: str = DEFAULT_FAMILY  # qwen2_vl | qwen2_5_vl | qwen3_vl | qwen3_5 (r3v_ray/models/families.py)
-    vocab_size: int = 768
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    num_kv_heads: int = 2
-    vision_depth: int = 1
-    vision_embed_dim: int = 32
-    vision_heads: int = 2
+    family: str = _DEFAULTS.family  # qwen2_vl | qwen2_5_vl | qwen3_vl | qwen3_5 (r3v_ray/models/families.py)
+    vocab_size: int = _DEFAULTS.vocab_size
+    hidden_size: int = _DEFAULTS.hidden_size
+    intermediate_size: int = _DEFAULTS.intermediate_size
+    num_layers: int = _DEFAULTS.num_layers
+    num_heads: int = _DEFAULTS.num_heads
+    num_kv_heads: int = _DEFAULTS.num_kv_heads
+    vision_depth: int = _DEFAULTS.vision_depth
+    vision_embed_dim: int = _DEFAULTS.vision_embed_dim
+    vision_heads: int = _DEFAULTS.vision_heads
     patch_size: int | None = None  # None: the family's (14 for Qwen2-VL and Qwen2.5-VL, 16 for Qwen3-VL and Qwen3.5)
     merge_size: int = 2
     max_position_embeddings: int = 2048
-    # Weight init std. Hugging Face's 0.02 suits wide models; at width 64 it starts every attention logit near
-    # zero and the text-to-image attention sits on a long plateau (the model did not learn to count in 1,000 steps).
-    # 0.1 was enough at 4 heads of 16; at 2 heads of 32 a fresh model stayed on that plateau for 100 steps of the
-    # red-object probe (tests/test_models.py) at 0.1 and left it within 20-80 steps at 0.2 for seeds 0-3.
-    initializer_range: float = 0.2
-    seed: int = 0
+    initializer_range: float = _DEFAULTS.initializer_range  # why 0.2: TinyModelConfig's description
+    seed: int = _DEFAULTS.seed
     mrope_section: list[int] = field(default_factory=list)
 
     @property
