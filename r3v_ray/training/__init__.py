@@ -2,7 +2,6 @@
 
 from r3v_ray.training.collator import IGNORE_INDEX, ReflectionCollator, model_inputs
 from r3v_ray.training.examples import TASK_IDS, TERMS, ExampleError, read_examples, write_examples
-from r3v_ray.training.loss import reflection_loss
 from r3v_ray.training.plan import StepPlan, make_plan
 from r3v_ray.training.trainer import TrainingError, TrainResult, train
 
@@ -18,7 +17,6 @@ __all__ = [
     "make_plan",
     "model_inputs",
     "read_examples",
-    "reflection_loss",
     "train",
     "write_examples",
 ]

@@ -14,7 +14,7 @@ def deepspeed_config(cfg: TrainingConfig, plan: StepPlan) -> dict:
         "gradient_clipping": cfg.gradient_clipping,
         "optimizer": {
             "type": "AdamW",
-            # torch_adam: torch.optim.AdamW instead of compiling fused_adam (+45 s on CPU, docs/design.md section 9)
+            # torch_adam: torch.optim.AdamW instead of compiling fused_adam (+45 s on CPU, docs/architecture.md, platform facts)
             "params": {"lr": cfg.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": cfg.weight_decay, "torch_adam": True},
         },
         "zero_optimization": {"stage": cfg.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},

@@ -1,4 +1,4 @@
-"""The R3V objective: L = L_SFT + alpha * L_REF + beta * L_SEL (docs/design.md section 1 step 4, section 5).
+"""The R3V objective: L = L_SFT + alpha * L_REF + beta * L_SEL (docs/method.md, the loss).
 
 Two readings of the sum, `training.loss_reduction`:
 - "mixture" (the default; what the authors' code computes, and so what the paper's numbers come from): every
@@ -68,15 +68,3 @@ def combine(sums: torch.Tensor, counts: torch.Tensor, weights: torch.Tensor, red
     if reduction == "per_term":
         return (weighted / counts.clamp(min=1.0)).sum()
     raise ValueError(f"training.loss_reduction: {reduction!r} is not one of {LOSS_REDUCTIONS}")
-
-
-def reflection_loss(
-    logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, alpha: float, beta: float,
-    reduction: str = "mixture",
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(loss, per-term token-mean NLL) for one batch on its own."""
-    sums = term_nll_sums(logits, labels, task_ids)
-    counts = term_token_counts(labels, task_ids)
-    loss = combine(sums, counts, term_weights(alpha, beta), reduction)
-    means = (sums.detach() / counts.to(sums.device).clamp(min=1.0)).tolist()
-    return loss, dict(zip(TERMS, means))

@@ -1,5 +1,5 @@
 """What the rank-0 training worker shows while it trains: a progress bar, TensorBoard scalars, the per-step loss
-metric, and log lines only when asked for (docs/design.md section 8).
+metric, and log lines only when asked for (docs/observability.md).
 
 The bar is ray.experimental.tqdm_ray's: the worker prints its state at most once a second and the driver (which
 receives worker output with log_to_driver) draws one bar with steps, loss per term, rate and time left. Each step
@@ -46,8 +46,7 @@ class StepWatch:
             return
         step = record["step"]
         if self.bar is not None:
-            self.bar.set_description(f"round {self.round} loss {record['loss']:.3f} (sft {record['loss_sft']:.3f} "
-                                     f"ref {record['loss_refine']:.3f} sel {record['loss_select']:.3f})")
+            self.bar.set_description(f"round {self.round} loss {record['loss']:.3f} ({_terms(record, 3)})")
             self.bar.update(1)
         if self.events is not None:
             self.events.add(step, {f"train/{k}": record[k] for k in ("loss", "loss_sft", "loss_refine", "loss_select",
@@ -55,9 +54,8 @@ class StepWatch:
         if self.metrics is not None:
             self.metrics.step(record)
         if self.log_every and (step % self.log_every == 0 or step == self.steps):
-            log.info("round %d step %d/%d loss %.4f (sft %.4f, refine %.4f, select %.4f) lr %.3g", self.round, step,
-                     self.steps, record["loss"], record["loss_sft"], record["loss_refine"], record["loss_select"],
-                     record["lr"])
+            log.info("round %d step %d/%d loss %.4f (%s) lr %.3g", self.round, step, self.steps, record["loss"],
+                     _terms(record, 4), record["lr"])
 
     def checkpoint(self) -> None:
         """At a checkpoint report: TensorBoard files under a URI uploaded (a local root is written as it goes)."""
@@ -79,3 +77,9 @@ def _never_fail(fn, what: str) -> None:
         fn()
     except Exception as exc:
         log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+
+
+def _terms(record: dict, digits: int) -> str:
+    """Each term's loss of a step, "-" for a term whose batch held none of its examples (not a misleading 0)."""
+    return ", ".join(f"{term} " + (f"{record[f'loss_{term}']:.{digits}f}" if record.get(f"tokens_{term}", 1) else "-")
+                     for term in ("sft", "refine", "select"))

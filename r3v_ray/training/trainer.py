@@ -19,7 +19,6 @@ import pyarrow.fs as pafs
 from r3v_ray import console, store
 from r3v_ray.config import RunConfig
 from r3v_ray.resources import scaling_config_kwargs
-from r3v_ray.training import faults
 from r3v_ray.training.examples import read_examples
 from r3v_ray.training.worker import HF_DIR, STATE_FILE, fingerprint, train_loop_per_worker
 
@@ -60,11 +59,18 @@ def _timeline(state: dict, fit_started: float, fit_ended: float, published: floa
 
 
 def last_epoch_losses(history: list[dict], examples: int, global_batch: int) -> dict[str, float | None]:
-    """Each loss over the last epoch's steps: the total as a mean over steps, each term as its token-weighted mean
-    over the steps whose batch held it (None when none did). The last step alone can read 0 for a term that trained
+    """Each loss over the last epoch's steps, weighted by the steps' tokens: the total by all of a step's tokens
+    (with one term, it equals that term's), each term by its own, over the steps whose batch held it (None when
+    none did). The last step alone can read 0 for a term that trained
     all along, because its batch happened to hold none of that term's examples."""
     last = history[-max(1, math.ceil(examples / max(1, global_batch))):]
-    out: dict[str, float | None] = {"last_epoch_loss": sum(h["loss"] for h in last) / len(last) if last else None}
+
+    def tokens(h: dict) -> int:
+        return sum(h.get(f"tokens_{t}", 0) for t in ("sft", "refine", "select"))
+
+    total_tokens = sum(tokens(h) for h in last)
+    out: dict[str, float | None] = {
+        "last_epoch_loss": sum(h["loss"] * tokens(h) for h in last) / total_tokens if total_tokens else None}
     for term in ("sft", "refine", "select"):
         tokens = sum(h.get(f"tokens_{term}", 0) for h in last)
         out[f"last_epoch_loss_{term}"] = (sum(h[f"loss_{term}"] * h.get(f"tokens_{term}", 0) for h in last) / tokens
@@ -165,8 +171,6 @@ def train(
             "progress_bar": mon.progress_bar,
             "events_uri": events_uri if mon.tensorboard else None,
             "metrics_run": metrics_run,
-            "fault": faults.from_env(storage_path if store.is_local(out_dir) else out_dir.rstrip("/") + ".ray",
-                                     digest),
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(**scaling),

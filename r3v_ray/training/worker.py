@@ -33,7 +33,6 @@ from r3v_ray.config import RunConfig
 from r3v_ray.models import load_processor
 from r3v_ray.training.collator import ReflectionCollator, model_inputs
 from r3v_ray.training.ds_config import deepspeed_config
-from r3v_ray.training import faults
 from r3v_ray.training.examples import TERMS, read_examples
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
 from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
@@ -162,11 +161,9 @@ def train_loop_per_worker(loop_cfg: dict) -> None:
     run = _set_up(loop_cfg)
     progress = _resume(run)
     watch = StepWatch(loop_cfg, run.rank, run.plan.steps, progress.start)
-    fault = loop_cfg.get("fault")  # tests only (r3v_ray/training/faults.py)
     every = run.cfg.training.checkpoint_every_steps
     try:
         for step in range(progress.start, run.plan.steps):
-            faults.maybe_fail(fault, step, run.rank, run.world)
             record = _step(run, step)
             progress.history.append(record)
             watch.step(record)
