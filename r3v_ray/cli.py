@@ -26,6 +26,14 @@ def _cmd_make_data(args) -> int:
 def _cmd_show_config(args) -> int:
     from r3v_ray.config import load_config
 
+    if args.reference:
+        from r3v_ray.config_reference import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
+    if args.config is None:
+        print("error: give a config file, or --reference", file=sys.stderr)
+        return 2
     cfg = load_config(args.config, args.set)
     print(cfg.to_yaml(), end="")
     return 0
@@ -261,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("config", help="validate a config and print it with every default filled in")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. rounds=1")
+    p.add_argument("--reference", action="store_true",
+                   help="print every key with its type, default and meaning (docs/configuration.md)")
     p.set_defaults(func=_cmd_show_config)
     return parser
 

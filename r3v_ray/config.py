@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
@@ -84,7 +84,7 @@ class TaskConfig(_Strict):
 
 
 class DecodingConfig(_Strict):
-    """How candidate rationales are drawn (docs/design.md section 1, step 1: temperature 0.9, top_p 0.95, top_k 50):
+    """How candidate rationales are drawn (docs/method.md, step 1: temperature 0.9, top_p 0.95, top_k 50):
     one set of defaults for training samples, evaluation candidates and served candidates."""
 
     temperature: float = Field(0.9, ge=0.0)
@@ -366,7 +366,7 @@ class RunConfig(_Strict):
 
     # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving, and how
     # the run reports itself.
-    _NOT_HASHED = ("name", "rounds", "resources", "serve", "storage", "monitoring")
+    NOT_HASHED: ClassVar[tuple[str, ...]] = ("name", "rounds", "resources", "serve", "storage", "monitoring")
     _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"))
 
     def digest(self) -> str:
@@ -377,7 +377,7 @@ class RunConfig(_Strict):
 
     def hashed(self) -> dict:
         """What `digest` hashes: the config less scheduling and storage, with local paths made absolute."""
-        data = self.model_dump(mode="json", exclude=set(self._NOT_HASHED))
+        data = self.model_dump(mode="json", exclude=set(self.NOT_HASHED))
         # Fields added after runs existed are hashed only once set, so those runs keep their digest and resume.
         for section, key in self._HASHED_ONCE_SET:
             if data[section][key] is None:

@@ -1,5 +1,5 @@
 """What a run prints: r3v's own lines, one progress bar per long step, and of the libraries' output only what a user
-needs (docs/design.md section 8). `--verbose` shows everything.
+needs (docs/observability.md). `--verbose` shows everything.
 
 Ray forwards every worker's output to the driver. Most of it is detail a user does not read (Ray Train's worker-group
 lines, each checkpoint report, Ray Data's execution plans, transformers' "Loading weights" bars, which become one

@@ -1,4 +1,4 @@
-"""Evaluation of a model on the test split: Test@1, Oracle@N, Majority@N and Select@N (docs/design.md section 1,
+"""Evaluation of a model on the test split: Test@1, Oracle@N, Majority@N and Select@N (docs/method.md,
 step 5), and the test-time scaling curve (the same metrics at several n, from one sampling pass).
 
 The metric functions are pure (rows in, numbers out); `evaluate` is the thin plumbing that produces the rows with

@@ -1,4 +1,4 @@
-"""The reflection prompts of R3V (docs/design.md section 1, step 3), in one place.
+"""The reflection prompts of R3V (docs/method.md, step 3), in one place.
 
 Training (self-refine, self-select), evaluation (Select@N) and serving (self_select strategy) all build their
 prompts here, so a model is always asked at test time exactly what it was trained on.

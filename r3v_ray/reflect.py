@@ -1,4 +1,4 @@
-"""Reflection training data (docs/design.md section 1, step 3): pure, seeded functions, no Ray and no torch.
+"""Reflection training data (docs/method.md, step 3): pure, seeded functions, no Ray and no torch.
 
 Input is the pool of labeled samples of all rounds so far, one dict per rationale:
     {question_id, round, sample_index, rationale, extracted_answer, correct}

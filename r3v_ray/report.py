@@ -1,4 +1,4 @@
-"""The run report, rebuilt after every round (docs/design.md section 3): report.md with the accuracy table, the
+"""The run report, rebuilt after every round (docs/run-directory.md): report.md with the accuracy table, the
 sample pool, the training data, the losses, the skipped records and the stage times of every round, and its plots
 (accuracy.png: accuracy per round; loss.png: loss per term over the steps; samples.png: share of correct samples
 per round). Everything it shows comes from the round manifests (r3v_ray/rundir.py, r3v_ray/manifest.py) and

@@ -1,4 +1,4 @@
-"""One self-training round as stages (docs/design.md sections 1 to 3), each resumable through the round manifest.
+"""One self-training round as stages (docs/method.md, docs/run-directory.md), each resumable through the round manifest.
 
 Round 0:  build (warm-up data) -> train (M0) -> eval (+ the base model's zero-shot CoT accuracy)
 Round k:  sample (M(k-1) on the train split) -> build (reflection data from the pool of rounds 1..k)

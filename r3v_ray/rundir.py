@@ -1,4 +1,4 @@
-"""The run directory's layout, in one place (docs/design.md section 3):
+"""The run directory's layout, in one place (docs/run-directory.md):
 
     <storage.root>/<name>/config.yaml, report.md, accuracy.png, loss.png, samples.png
     <storage.root>/<name>/tensorboard/{rounds/, train-round-<kkk>/}   (r3v_ray/tensorboard_log.py)

@@ -1,6 +1,6 @@
 """Distributed sampling: questions -> Ray Data map_batches over a pool of engine actors -> labeled samples (parquet).
 
-docs/design.md section 1 (steps 1-2) and section 4. The pure parts (rows from records, sampling parameters from
+docs/method.md (steps 1-2) and docs/architecture.md (sampling). The pure parts (rows from records, sampling parameters from
 config, labeling of engine outputs, the output table) are module functions; `EngineActor` and `sample` are the Ray
 plumbing around them.
 

@@ -1,5 +1,5 @@
-"""TensorBoard event files of a run, so that `tensorboard --logdir <storage.root>/<name>` shows it (docs/design.md
-section 3; r3v_ray/rundir.py names the directories):
+"""TensorBoard event files of a run, so that `tensorboard --logdir <storage.root>/<name>` shows it
+(docs/observability.md; r3v_ray/rundir.py names the directories):
 
     tensorboard/train-round-<kkk>/   rank 0's training, step = optimizer step: train/loss, train/loss_sft,
                                      train/loss_refine, train/loss_select, train/lr, train/step_seconds

@@ -119,3 +119,10 @@ def test_the_tiny_model_builder_takes_its_defaults_from_the_config():
     assert set(cfg) <= set(spec)
     assert {k: spec[k] for k in cfg} == cfg
     assert TinySpec().family == TinyModelConfig().family == "qwen2_vl"
+
+
+def test_the_configuration_page_is_generated_from_the_fields():
+    from r3v_ray.config_reference import reference_markdown
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert page == reference_markdown(), "docs/configuration.md is stale: run `make docs`"

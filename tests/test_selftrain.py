@@ -98,7 +98,7 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     assert any("round 2 loss" in line and "100%" in line for line in lines), "no finished bar for round 2"
     assert lines[-1].startswith("| t (r3v) | 2 | ") and lines[-5].startswith("| run | round |"), lines[-6:]
 
-    # Every file of the run-directory layout (docs/design.md section 3).
+    # Every file of the run-directory layout (docs/run-directory.md).
     assert (run / "config.yaml").is_file() and (run / "report.md").is_file()
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     for k in range(3):

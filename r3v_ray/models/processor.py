@@ -1,7 +1,7 @@
 """The processors of the model families (r3v_ray/models/families.py), without torchvision.
 
 transformers' Qwen2VLProcessor, Qwen2_5_VLProcessor and Qwen3VLProcessor always ask for a video processor, and the
-video processors import torchvision, which has no CPU build on our registry (docs/design.md section 9). AutoProcessor
+video processors import torchvision, which has no CPU build on our registry (docs/architecture.md, platform facts). AutoProcessor
 then silently falls back to the bare tokenizer. The subclasses here carry only the PIL image processor and the
 tokenizer; the image preprocessing is the family's own (its patch size and statistics come from the checkpoint's
 preprocessor config).

@@ -5,7 +5,7 @@ The ingress reads and validates a request (serving/parsing.py), hands the query 
 deployment-handle call, and shapes the answer (serving/responses.py); its routes are built per replica from the
 settings (serving/routes.py). The replica runs the selection (serving/selector.py) against its own engine queue:
 the candidates and the self-select pass are two engine calls but one handle crossing (what a crossing costs:
-docs/design.md section 6). A bad request is a RequestError -> 4xx; a sampler
+docs/serving.md). A bad request is a RequestError -> 4xx; a sampler
 replica that is gone is a 503 (Serve replaces it); anything else fails that request alone with a 500.
 """
 
