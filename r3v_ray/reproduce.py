@@ -36,7 +36,9 @@ VARIANTS = {
     "no-refine": {"reflect": {"use_refine": False}, "training": {"alpha": 0.0}},
     "no-select": {"reflect": {"use_select": False}, "training": {"beta": 0.0}},
     # The paper's test-time scaling model: self-select sets of 2 to 6 candidates (reflect.select_variant: mixed).
-    "mixed": {"reflect": {"select_variant": "mixed"}},
+    # A set holds only what the pool has for its question, so this run draws 6 samples per question: with the
+    # default 3 every set of round 1 would hold 2 or 3 and the model would never read 4 to 6 candidates.
+    "mixed": {"reflect": {"select_variant": "mixed"}, "sampling": {"num_samples": 6}},
 }
 CURVE_VARIANTS = ("r3v", "mixed")  # the last models whose test-time scaling curve is drawn
 

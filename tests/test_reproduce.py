@@ -97,6 +97,7 @@ def test_ablations_are_config_switches_of_the_same_loop_from_the_same_warm_up():
     assert (no_select.reflect.use_refine, no_select.reflect.use_select, no_select.training.alpha,
             no_select.training.beta) == (True, False, 1.0, 0.0)
     assert runs["mixed"].reflect.select_variant == "mixed" and runs["r3v"].reflect.select_variant == "fixed"
+    assert runs["mixed"].sampling.num_samples == 6  # enough samples per question for sets of up to 6
     assert len({c.digest() for c in runs.values()}) == 5 and len({c.model.path for c in runs.values()}) == 1
 
 
