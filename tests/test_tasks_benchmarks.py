@@ -337,13 +337,13 @@ def test_clevr_math_reads_the_release_list_and_needs_integer_answers(tmp_path):
         ("Answer: 4", "4", False),
         ("There are 3 left.", None, False),
         ("Answer: 3 objects... no wait.\nAnswer: 4", "4", False),
-        # release rationales give a unit after the integer: the leading integer is the answer
+        # release rationales give a unit after the integer: the one integer of the line is the answer
         ("Answer: 3 objects", "3", True),
         ("Answer: 3 cubes are left.", "3", True),
         ("Answer: three objects", "3", True),
         ("Answer: 3, I think", "3", True),
         ("Answer: 2.5 objects", None, False),
-        ("Answer: objects: 3", None, False),
+        ("Answer: objects: 3", "3", True),  # a short line around exactly one number
     ],
 )
 def test_clevr_math_integer_equality(text, extracted, correct, clevr_record):

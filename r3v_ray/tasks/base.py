@@ -17,18 +17,17 @@ from typing import Any, Iterator
 
 from PIL import Image
 
+from r3v_ray.tasks.answers import final_answer_text
+
 log = logging.getLogger(__name__)
 
 ANSWER_PREFIX = "Answer:"
-_ANSWER_LINE = re.compile(r"Answer\s*:\s*(.+)", re.IGNORECASE)
 
 
 def last_answer_text(text: str | None) -> str | None:
-    """The raw content of the last 'Answer:' line (an answer buried earlier in the rationale does not count)."""
-    if not text:
-        return None
-    found = _ANSWER_LINE.findall(text)
-    return found[-1].strip() if found else None
+    """The content of the final answer line, unwrapped (answers.final_answer_text; docs/data.md): an answer buried
+    earlier in the rationale does not count, and an empty or cut-off final line is no answer."""
+    return final_answer_text(text)
 
 
 class RecordError(ValueError):
@@ -235,7 +234,7 @@ class Task(ABC):
     # Labeling, evaluation and serving all score through `score_record` (the record-aware extractor, then the
     # checker); `extract_answer` and `score` are its record-free parts, for an answer without its question.
     def extract_answer(self, text: str | None) -> str | None:
-        """The content of the last 'Answer:' line, normalised; None when there is none."""
+        """The content of the final answer line, normalised; None when there is none."""
         raw = last_answer_text(text)
         if raw is None:
             return None
