@@ -4,6 +4,8 @@ ChartQA's relaxed accuracy. No I/O, no task state: each function maps strings to
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 from decimal import Decimal
 from fractions import Fraction
@@ -26,6 +28,8 @@ _ALTERNATIVES = re.compile(rf"\s*{_CONNECTOR}\s*")
 _LETTER_BEFORE_CONNECTOR = re.compile(rf"(?<![\w'’])\(?([A-Z])\)?(?=\s*{_CONNECTOR})")
 _LETTER_AFTER_CONNECTOR = re.compile(rf"{_CONNECTOR}\s*\(?([A-Z])\)?(?![\w'’])")
 _BRACKETED_LETTER = re.compile(r"\(([A-Za-z])\)")
+# A capital letter standing alone, as an option letter does: not the pronoun 'I', not the article in 'A dog'.
+_LETTER_WORD = re.compile(r"(?<![\w'’.])(?!I\b)([A-Z])(?![\w'’]|\.\w)(?<!A(?=\s+[a-z]))")
 MAX_SENTENCE_WORDS = 16  # an answer line longer than this is reasoning, not "a short sentence around an answer"
 
 
@@ -89,9 +93,48 @@ def strip_lead_in(text: str) -> str:
     return _LEAD_IN.sub("", text.strip(), count=1).strip()
 
 
-def equation_result(text: str) -> str:
-    """An equation takes its result: '6 - 2 = 4' -> '4' (a cut-off '6 - 2 =' leaves '')."""
-    return text.rsplit("=", 1)[1].strip() if "=" in text else text
+_ARITHMETIC = re.compile(r"[\d\s.+\-*/x×÷()]+")
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def arithmetic_value(text: str) -> Fraction | None:
+    """The exact value of plain arithmetic ('6 - 2', '2 x 3', '(1 + 2) / 4'); None for anything else."""
+    t = text.strip().replace("×", "*").replace("÷", "/").replace("x", "*")
+    if not t or len(t) > 200 or not _ARITHMETIC.fullmatch(t):
+        return None
+    try:
+        tree = ast.parse(t, mode="eval").body
+    except (SyntaxError, ValueError):
+        return None
+
+    def value(node) -> Fraction:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not arithmetic")
+
+    try:
+        return value(tree)
+    except (ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def equation_result(text: str) -> str | None:
+    """An equation takes its result: '6 - 2 = 4' -> '4', 'red + blue = 4' -> '4'; a false one ('0 = 2', '6 - 2 =
+    5': plain arithmetic that does not give the result) or a cut-off one ('6 - 2 =') is None."""
+    if "=" not in text:
+        return text
+    left, result = (part.strip() for part in text.rsplit("=", 1))
+    if not result:
+        return None
+    stated, got = arithmetic_value(left.rsplit("=", 1)[-1]), arithmetic_value(result)
+    if stated is not None and got is not None and stated != got:
+        return None
+    return result
 
 
 def is_short(text: str) -> bool:
@@ -230,12 +273,13 @@ def numbers_in(text: str, words: bool = False) -> list[str]:
 
 def number_answer(content: str | None, words: bool = False, value=None) -> str | None:
     """The one value an answer line states, as written ('There are 4 objects left.' -> '4', '6 - 2 = 4' -> '4');
-    None when it states none, or two or more different values ('4 or 5', '4-5'), or is no short sentence.
+    None when it states none, or two or more different values ('4 or 5', '4-5'), or an option letter beside the
+    number ('2. B'), or is no short sentence.
     `value` maps a number's text to what 'different' compares (default: exact value)."""
     if not content:
         return None
-    t = strip_lead_in(equation_result(content))
-    if not t or not is_short(t):
+    t = equation_result(strip_lead_in(content))
+    if not t or not is_short(t) or _LETTER_WORD.search(t):
         return None
     value = value or (lambda s: parse_integer(s) if s.lower() in NUMBER_WORDS else parse_number(s.rstrip("%")))
     found = numbers_in(t, words)
