@@ -39,7 +39,8 @@ def read_split(cfg: RunConfig, task, data_dir: str, split: str):
     """The split's records (capped by task.max_train / max_test). Data under a remote URI is read from this node's
     copy, and its image paths are given back as URIs, so that each node resolves them against its own copy."""
     local = localize(data_dir, cfg.storage) if store.is_uri(data_dir) else data_dir
-    records = list(task.read(local, split))
+    records = list(task.read(local, split, allow_external_images=cfg.task.allow_external_images,
+                             max_image_pixels=cfg.task.max_image_pixels))
     cap = cfg.task.max_train if split == "train" else cfg.task.max_test
     records = records[:cap] if cap else records
     if not store.is_local(data_dir):
