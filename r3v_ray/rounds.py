@@ -31,6 +31,7 @@ from r3v_ray.report import round_summaries, thin_history, write_run_report
 from r3v_ray.rundir import RunDir, same_outputs
 from r3v_ray.status import driver_info
 from r3v_ray.tasks import get_task
+from r3v_ray.tasks.base import printable
 
 log = logging.getLogger("r3v.round")
 
@@ -214,8 +215,8 @@ class RoundRunner:
         if unusable:
             stats["skipped_unreadable_image"] = len(unusable)
             for item in unusable[:10]:
-                log.warning("%s build: skipped question %s: %s: %s", self.tag, item["question_id"], item["field"],
-                            item["reason"])
+                log.warning("%s build: skipped question %s: %s: %s", self.tag, printable(item["question_id"]),
+                            item["field"], printable(item["reason"]))
             store.write_json(self.dir.build_skipped, unusable)
         if not examples:
             raise RuntimeError(f"{self.tag} no training examples were built (stats: {stats})")
