@@ -50,7 +50,8 @@ SYNTHETIC = [
     Case("Answer: There are 5 objects.", "5", True, "a short sentence around one number"),
     Case("There are 5 objects.", "5", False, "no answer line: never a guess"),
     Case("Answer: (A) 5", "5", False, "a letter and a number: two answers"),
-    Case("Red objects: 2. Blue objects: 0.\nAnswer: 2. B", "2", False, "a number beside an option letter (demo output)"),
+    Case("Red objects: 2. Blue objects: 0.\nAnswer: 2. B", "2", False,
+         "a number beside an option letter (demo output)"),
     Case("All objects: 1. Blue objects: 1.\nAnswer: 0 = 2", "2", False, "a false equation is no answer (demo output)"),
 ]
 
@@ -255,6 +256,7 @@ def test_generic_option_answer_grammar(case):
 
 
 def test_every_table_has_at_least_15_cases():
-    tables = {"synthetic": SYNTHETIC, "geoqa": GEOQA, "m3cot": M3COT, "tabmwp": TABMWP_CHOICE + TABMWP_FREE + TABMWP_TEXT,
-              "chartqa": CHARTQA, "clevr_math": CLEVR, "generic": GENERIC + GENERIC_OPTIONS}
+    tables = {"synthetic": SYNTHETIC, "geoqa": GEOQA, "m3cot": M3COT,
+              "tabmwp": TABMWP_CHOICE + TABMWP_FREE + TABMWP_TEXT, "chartqa": CHARTQA, "clevr_math": CLEVR,
+              "generic": GENERIC + GENERIC_OPTIONS}
     assert {name: len(t) >= 15 for name, t in tables.items()} == {name: True for name in tables}

@@ -368,7 +368,8 @@ def read_jsonl_records(path: str | Path, report: ReadReport | None = None) -> It
             if isinstance(row, BadLine):
                 raise RecordError(row.where, "<json>", row.problem)
             if not isinstance(row, dict):
-                raise RecordError(f"{path.name}:{lineno}", "<row>", f"expected a JSON object, found {type(row).__name__}")
+                found = type(row).__name__
+                raise RecordError(f"{path.name}:{lineno}", "<row>", f"expected a JSON object, found {found}")
             yield Record.from_dict(row, base_dir=path.parent)
         except RecordError as exc:
             if report is None:

@@ -20,7 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from r3v_ray.tasks.answers import fold_text, format_number, letter_index, number_answer, option_answer, parse_number, strip_lead_in
+from r3v_ray.tasks.answers import (
+    fold_text,
+    format_number,
+    letter_index,
+    number_answer,
+    option_answer,
+    parse_number,
+    strip_lead_in,
+)
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, last_answer_text
 from r3v_ray.tasks.jsonstream import first_char, iter_json_document, iter_json_rows
 from r3v_ray.tasks.multiple_choice import gold_letter
@@ -46,8 +54,6 @@ def _is_keyed_document(path: Path) -> bool:
     pairs = iter_json_document(path)
     try:
         first = next(pairs, None)
-    except RecordError:
-        return False
     finally:
         pairs.close()
     return first is not None and isinstance(first[1], dict)
