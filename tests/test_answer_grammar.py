@@ -68,6 +68,7 @@ GEOQA = [
     Case("So the angle is 45°.\nAnswer: (B)", "B", True, "a bracketed letter"),
     Case("Answer: B: 45°", "B", True, "a letter with its option text"),
     Case("Answer: (B) 45°", "B", True, "a bracketed letter with its option text"),
+    Case("Answer: B (45°)", "B", True, "a letter with its option text in brackets"),
     Case("Answer: 45°", "B", True, "the option's text names its letter"),
     Case("Answer: (B) or (C)", "B", False, "a hedge over two options"),
     Case("Answer: B/C", "B", False, "a hedge written with a slash"),
@@ -91,11 +92,13 @@ def test_geoqa_answer_grammar(case):
 
 
 # -- M3CoT -----------------------------------------------------------------------------------------------------
-M3COT_CHOICES = ["a cat", "a dog", "salt and pepper", "neither"]
+LONG_OPTION = "the mass of the object stays the same while its weight changes with the strength of gravity around it"
+M3COT_CHOICES = ["a cat", "a dog", "salt and pepper", LONG_OPTION]
 M3COT = [
     Case("The animal barks and wags its tail.\nAnswer: B", "B", True, "release style: a bare letter"),
     Case("It barks.\nAnswer: a dog", "B", True, "the option's text names its letter"),
     Case("Answer: salt and pepper", "C", True, "option text holding 'and' is one option"),
+    Case(f"Answer: {LONG_OPTION}.", "D", True, "an option's text longer than a short sentence"),
     Case("Answer: (B) and (C)", "B", False, "a hedge over two options"),
     Case("Answer: B, C", "B", False, "a list of two options"),
     Case("Answer: a cat or a dog", "B", False, "a hedge over two option texts"),

@@ -155,7 +155,7 @@ def option_answer(
         return None
     key = key or fold_text
     t = strip_lead_in(content)
-    if not t or not is_short(t):
+    if not t:
         return None
     n = max_letters or (len(choices) if choices else 26)
 
@@ -167,8 +167,10 @@ def option_answer(
         return chr(ord("A") + found[0]) if len(found) == 1 else None
 
     whole = by_text(t)
-    if whole is not None:  # option text that itself holds 'and' or '/'
+    if whole is not None:  # option text, however long, even one that itself holds 'and' or '/'
         return whole
+    if not is_short(t):
+        return None
     named = {m.upper() for m in _BRACKETED_LETTER.findall(t)}
     named |= {m.upper() for m in _LETTER_BEFORE_CONNECTOR.findall(t) + _LETTER_AFTER_CONNECTOR.findall(t)}
     lead = option_letter(t)
@@ -189,15 +191,15 @@ def option_answer(
 _OPTION_WORD = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:option|choice)\s*(?:is\s*)?:?\s*", re.IGNORECASE)
 _BARE_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:]?")
 _PAREN_LETTER = re.compile(r"\(([A-Za-z])\)")
-_LETTER_THEN_TEXT = re.compile(r"([A-Za-z])[.:)]\s")
+_LETTER_THEN_TEXT = re.compile(r"([A-Za-z])(?:[.:)]\s|\s+\()")
 
 
 def option_letter(text: str) -> str | None:
     """The option letter an answer names, upper-case, or None.
 
-    'B', '(b)', 'B.', 'B)', 'B: 30°', '(B) 30°', 'Option B', 'The correct option is (C)' name a letter;
-    'A triangle' or 'A.M.' do not (a letter must stand alone, be bracketed, or be followed by '.', ':' or ')'
-    and a space).
+    'B', '(b)', 'B.', 'B)', 'B: 30°', '(B) 30°', 'B (30°)', 'Option B', 'The correct option is (C)' name a
+    letter; 'A triangle' or 'A.M.' do not (a letter must stand alone, be bracketed, or be followed by '.', ':'
+    or ')' and a space, or by a bracket).
     """
     t = _OPTION_WORD.sub("", text.strip())
     m = _BARE_LETTER.fullmatch(t) or _PAREN_LETTER.match(t) or _LETTER_THEN_TEXT.match(t)
