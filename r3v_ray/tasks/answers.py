@@ -31,6 +31,7 @@ _BRACKETED_LETTER = re.compile(r"\(([A-Za-z])\)")
 # A capital letter standing alone, as an option letter does: not the pronoun 'I', not the article in 'A dog'.
 _LETTER_WORD = re.compile(r"(?<![\w'’.])(?!I\b)([A-Z])(?![\w'’]|\.\w)(?<!A(?=\s+[a-z]))")
 MAX_SENTENCE_WORDS = 16  # an answer line longer than this is reasoning, not "a short sentence around an answer"
+MAX_ANSWER_CHARS = 2000  # longer than any option text; bounds the work (and a number's digits) an answer can cost
 
 
 def halfwidth(text: str) -> str:
@@ -54,7 +55,7 @@ def final_answer_text(text: str | None) -> str | None:
     if not first.strip():
         rest = [line for line in after.splitlines() if line.strip()]
         first = rest[0] if len(rest) == 1 else ""
-    return unwrap(first)
+    return unwrap(first) if len(first) <= MAX_ANSWER_CHARS else None
 
 
 def _strip_wrappers(text: str) -> str | None:
