@@ -121,6 +121,7 @@ def _cmd_plan(args) -> int:
 def _cmd_data_inspect(args) -> int:
     import yaml
 
+    from r3v_ray.config import TaskConfig
     from r3v_ray.tasks import get_task
     from r3v_ray.tasks.base import printable
     from r3v_ray.tasks.summary import format_summary, summarize
@@ -135,7 +136,8 @@ def _cmd_data_inspect(args) -> int:
     try:
         task = get_task(args.task, **params)
         summary = summarize(task, args.path, args.split, limit=args.limit,
-                            allow_external_images=args.allow_external_images, max_image_pixels=args.max_image_pixels)
+                            allow_external_images=args.allow_external_images,
+                            max_image_pixels=args.max_image_pixels or TaskConfig().max_image_pixels)
     except (OSError, ValueError, TypeError) as exc:  # no data file, unknown task or task parameter
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
@@ -168,7 +170,7 @@ def _cmd_reproduce(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
-    from r3v_ray.config import ModelFamily, TaskConfig  # pydantic only, no torch
+    from r3v_ray.config import ModelFamily  # pydantic only, no torch
 
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -254,9 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="answers to list")
     p.add_argument("--allow-external-images", action="store_true",
                    help="read images outside the data directory (task.allow_external_images)")
-    p.add_argument("--max-image-pixels", type=int, default=TaskConfig.model_fields["max_image_pixels"].default,
-                   help="skip images with more pixels than this, from their header (task.max_image_pixels; "
-                        "default %(default)s)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="skip images with more pixels than this, from their header (default: task.max_image_pixels')")
     p.set_defaults(func=_cmd_data_inspect)
 
     p = sub.add_parser("plan", help="print the resources each stage of a config asks for (starts nothing)")

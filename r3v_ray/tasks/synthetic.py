@@ -23,6 +23,7 @@ import functools
 import json
 import operator
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,7 +31,7 @@ from typing import Iterator
 from PIL import Image, ImageDraw
 
 from r3v_ray.tasks.answers import number_answer, option_answer, parse_integer
-from r3v_ray.tasks.base import Record, Task
+from r3v_ray.tasks.base import Record, Task, letters
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
