@@ -1,5 +1,6 @@
-"""Pure answer parsing shared by the benchmark tasks: option letters, exact numbers, TabMWP's normal form and
-ChartQA's relaxed accuracy. No I/O, no task state: each function maps strings to strings, numbers or booleans.
+"""Pure answer parsing shared by every task: the answer grammar (the final answer line, unwrapped; exactly one
+option or value, else no answer: docs/data.md), option letters, exact numbers, TabMWP's normal form and ChartQA's
+relaxed accuracy. No I/O, no task state: each function maps strings to strings, numbers or booleans.
 """
 
 from __future__ import annotations
