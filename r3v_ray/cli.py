@@ -129,7 +129,9 @@ def _cmd_plan(args) -> int:
 def _cmd_data_inspect(args) -> int:
     import yaml
 
+    from r3v_ray.config import TaskConfig
     from r3v_ray.tasks import get_task
+    from r3v_ray.tasks.base import printable
     from r3v_ray.tasks.summary import format_summary, summarize
 
     params = {}
@@ -141,11 +143,16 @@ def _cmd_data_inspect(args) -> int:
         params[key.strip()] = yaml.safe_load(raw)
     try:
         task = get_task(args.task, **params)
-        summary = summarize(task, args.path, args.split, limit=args.limit)
-    except (FileNotFoundError, ValueError, TypeError) as exc:  # no data file, unknown task or task parameter
-        print(f"error: {exc}", file=sys.stderr)
+        summary = summarize(task, args.path, args.split, limit=args.limit,
+                            allow_external_images=args.allow_external_images,
+                            max_image_pixels=args.max_image_pixels or TaskConfig().max_image_pixels)
+    except (OSError, ValueError, TypeError) as exc:  # no data file, unknown task or task parameter
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     print(format_summary(summary, top=args.top))
+    if summary.report.read == 0:  # skips alone are listed above and are no failure; nothing at all is
+        print(f"error: nothing could be read from {printable(summary.report.source)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -259,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (YAML value)")
     p.add_argument("--limit", type=int, default=None, help="read at most this many records")
     p.add_argument("--top", type=int, default=10, help="answers to list")
+    p.add_argument("--allow-external-images", action="store_true",
+                   help="read images outside the data directory (task.allow_external_images)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="skip images with more pixels than this, from their header (default: task.max_image_pixels')")
     p.set_defaults(func=_cmd_data_inspect)
 
     p = sub.add_parser("plan", help="print the resources each stage of a config asks for (starts nothing)")

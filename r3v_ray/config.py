@@ -81,6 +81,13 @@ class TaskConfig(_Strict):
     data_seed: int = 0
     max_train: int | None = Field(None, ge=1)  # cap on questions read (any task)
     max_test: int | None = Field(None, ge=1)
+    allow_external_images: bool = Field(
+        False, description="read record images that resolve (after symlinks) outside data_dir and the task's own "
+        "image_dir / image_cache_dir; off, such a record is skipped by name (docs/data.md)")
+    max_image_pixels: int | None = Field(
+        4096 * 4096, ge=1, description="skip a record whose image header says more pixels than this, before "
+        "anything decodes it (default: serve.max_image_pixels' default, above Qwen2-VL's processor max_pixels of "
+        "12,845,056, to which larger images are resized anyway); null: no limit (docs/data.md)")
 
 
 class DecodingConfig(_Strict):
@@ -368,6 +375,7 @@ class RunConfig(_Strict):
     # the run reports itself.
     NOT_HASHED: ClassVar[tuple[str, ...]] = ("name", "rounds", "resources", "serve", "storage", "monitoring")
     _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"))
+    _HASHED_UNLESS_DEFAULT = (("task", "allow_external_images"), ("task", "max_image_pixels"))
 
     def digest(self) -> str:
         """A stable hash of what decides a round's outputs (manifests record it to refuse resuming under a
@@ -381,6 +389,9 @@ class RunConfig(_Strict):
         # Fields added after runs existed are hashed only once set, so those runs keep their digest and resume.
         for section, key in self._HASHED_ONCE_SET:
             if data[section][key] is None:
+                del data[section][key]
+        for section, key in self._HASHED_UNLESS_DEFAULT:
+            if data[section][key] == type(getattr(self, section)).model_fields[key].default:
                 del data[section][key]
         # LoRA's family default is hashed as the list it replaced (the Qwen2 families' own): those runs resume.
         if data["training"]["lora"]["target_modules"] is None:

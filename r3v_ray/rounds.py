@@ -30,6 +30,7 @@ from r3v_ray.report import round_summaries, thin_history, write_run_report
 from r3v_ray.rundir import RunDir, same_outputs
 from r3v_ray.status import driver_info
 from r3v_ray.tasks import get_task
+from r3v_ray.tasks.base import printable
 
 log = logging.getLogger("r3v.round")
 
@@ -38,7 +39,8 @@ def read_split(cfg: RunConfig, task, data_dir: str, split: str):
     """The split's records (capped by task.max_train / max_test). Data under a remote URI is read from this node's
     copy, and its image paths are given back as URIs, so that each node resolves them against its own copy."""
     local = localize(data_dir, cfg.storage) if store.is_uri(data_dir) else data_dir
-    records = list(task.read(local, split))
+    records = list(task.read(local, split, allow_external_images=cfg.task.allow_external_images,
+                             max_image_pixels=cfg.task.max_image_pixels))
     cap = cfg.task.max_train if split == "train" else cfg.task.max_test
     records = records[:cap] if cap else records
     if not store.is_local(data_dir):
@@ -212,8 +214,8 @@ class RoundRunner:
         if unusable:
             stats["skipped_unreadable_image"] = len(unusable)
             for item in unusable[:10]:
-                log.warning("%s build: skipped question %s: %s: %s", self.tag, item["question_id"], item["field"],
-                            item["reason"])
+                log.warning("%s build: skipped question %s: %s: %s", self.tag, printable(item["question_id"]),
+                            item["field"], printable(item["reason"]))
             store.write_json(self.dir.build_skipped, unusable)
         if not examples:
             raise RuntimeError(f"{self.tag} no training examples were built (stats: {stats})")

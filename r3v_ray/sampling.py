@@ -35,7 +35,7 @@ from r3v_ray.engines.settings import engine_kwargs as settings_for
 from r3v_ray.prompts import select_prompt
 from r3v_ray.resources import sampler_remote_args
 from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
-from r3v_ray.tasks.base import path_in_bytes
+from r3v_ray.tasks.base import path_in_bytes, printable
 
 log = logging.getLogger(__name__)
 
@@ -528,10 +528,11 @@ def sample(
         store.note_written(uri, record)
     skipped = result["skipped"]
     for item in skipped:
-        log.warning("sampling: skipped question %s: %s", item["question_id"], item["reason"])
+        log.warning("sampling: skipped question %s: %s", printable(item["question_id"]), printable(item["reason"]))
     for kind, items in result["pass_skipped"].items():
         for item in items:
-            log.warning("sampling: %s pass skipped question %s: %s", kind, item["question_id"], item["reason"])
+            log.warning("sampling: %s pass skipped question %s: %s", kind, printable(item["question_id"]),
+                        printable(item["reason"]))
     batches = result["batches"]
     return SamplingStats(
         num_rows=len(rows),

@@ -7,9 +7,9 @@ One extractor serves labeling and evaluation alike; an answer that cannot be ext
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
+import warnings
 from abc import ABC
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,18 +17,30 @@ from typing import Any, Iterator
 
 from PIL import Image
 
+from r3v_ray.tasks.answers import final_answer_text
+from r3v_ray.tasks.jsonstream import BadLine, iter_json_lines
+
 log = logging.getLogger(__name__)
 
 ANSWER_PREFIX = "Answer:"
-_ANSWER_LINE = re.compile(r"Answer\s*:\s*(.+)", re.IGNORECASE)
 
 
 def last_answer_text(text: str | None) -> str | None:
-    """The raw content of the last 'Answer:' line (an answer buried earlier in the rationale does not count)."""
-    if not text:
-        return None
-    found = _ANSWER_LINE.findall(text)
-    return found[-1].strip() if found else None
+    """The content of the final answer line, unwrapped (answers.final_answer_text; docs/data.md): an answer buried
+    earlier in the rationale does not count, and an empty or cut-off final line is no answer."""
+    return final_answer_text(text)
+
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\udc80-\udcff]")
+
+
+def printable(text: object, newlines: bool = False) -> str:
+    """Text from a data file made safe to print: control characters (an id holding ESC[2J would clear the user's
+    screen), bidirectional overrides and undecodable bytes as escapes; newlines and tabs kept with `newlines`."""
+    t = str(text)
+    if not newlines:
+        t = t.replace("\n", "\\n").replace("\t", "\\t")
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), t)
 
 
 class RecordError(ValueError):
@@ -86,10 +98,18 @@ class ReadReport:
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def summary(self) -> str:
-        text = f"{self.source or 'read'}: {self.read} read, {len(self.skipped)} skipped"
+        text = f"{printable(self.source or 'read')}: {self.read} read, {len(self.skipped)} skipped"
         if self.skipped:
-            text += " (" + ", ".join(f"{k}: {v}" for k, v in self.skipped_by_field().items()) + ")"
+            text += " (" + ", ".join(f"{printable(k)}: {v}" for k, v in self.skipped_by_field().items()) + ")"
         return text
+
+    def skip_lines(self, show: int = 10) -> list[str]:
+        """One printable line per skipped record (the first `show`), then how many more."""
+        lines = [f"skipped {printable(s.record_id)}: {printable(s.field)}: {printable(s.reason)}"
+                 for s in self.skipped[:show]]
+        if len(self.skipped) > show:
+            lines.append(f"... and {len(self.skipped) - show} more skipped records")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,10 +125,8 @@ class ReadReport:
             logger.info(self.summary())
             return
         logger.warning(self.summary())
-        for s in self.skipped[:show]:
-            logger.warning("  skipped %s: %s: %s", s.record_id, s.field, s.reason)
-        if len(self.skipped) > show:
-            logger.warning("  ... and %d more skipped records", len(self.skipped) - show)
+        for line in self.skip_lines(show):
+            logger.warning("  %s", line)
 
 
 @dataclass
@@ -195,6 +213,38 @@ def load_image(source: str | bytes | Image.Image, record_id: str = "?") -> Image
         raise RecordError(record_id, "image", f"unreadable image ({type(exc).__name__}: {exc})") from exc
 
 
+# -- image checks before decoding (docs/data.md); decoding itself is load_image's ----------------------------------
+def image_outside(image: str, roots: list[Path]) -> str | None:
+    """Why a record's image is not inside one of `roots` after symlinks are resolved (None when it is): a data file
+    from elsewhere must not make training read any image file the job can read."""
+    if "://" in image:
+        return f"{image} is not a file under the data directory (task.allow_external_images: true reads it)"
+    real = Path(image).resolve()
+    if any(real.is_relative_to(root.resolve()) for root in roots):
+        return None
+    return (f"{image} resolves to {real}, outside the data directory {roots[0]} "
+            "(task.allow_external_images: true reads it)")
+
+
+def image_too_large(image: str, max_pixels: int | None) -> str | None:
+    """Why an image file has too many pixels to decode, from its header alone (None when it has not, when there is
+    no limit, or when the header does not read: load_image names that where the image is decoded)."""
+    if max_pixels is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(image) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        return f"{image}: too many pixels to decode ({exc})"
+    except Exception:  # PIL raises several unrelated types
+        return None
+    if width * height > max_pixels:
+        return f"{image}: {width}x{height} = {width * height} pixels, over task.max_image_pixels ({max_pixels})"
+    return None
+
+
 def letters(n: int) -> list[str]:
     return [chr(ord("A") + i) for i in range(n)]
 
@@ -249,7 +299,7 @@ class Task(ABC):
     # Labeling, evaluation and serving all score through `score_record` (the record-aware extractor, then the
     # checker); `extract_answer` and `score` are its record-free parts, for an answer without its question.
     def extract_answer(self, text: str | None) -> str | None:
-        """The content of the last 'Answer:' line, normalised; None when there is none."""
+        """The content of the final answer line, normalised; None when there is none."""
         raw = last_answer_text(text)
         if raw is None:
             return None
@@ -280,30 +330,62 @@ class Task(ABC):
         return predicted, (predicted is not None and bool(record.answer) and self.check(predicted, record.answer))
 
     # -- data ------------------------------------------------------------------------------------
-    def read(self, path: str | Path, split: str = "train", report: ReadReport | None = None) -> Iterator[Record]:
-        """Records of one split, streamed. `report` (made and logged here when None) counts read and skipped."""
+    def read(
+        self, path: str | Path, split: str = "train", report: ReadReport | None = None, *,
+        allow_external_images: bool = False, max_image_pixels: int | None = None,
+    ) -> Iterator[Record]:
+        """Records of one split, streamed. `report` (made and logged here when None) counts read and skipped.
+
+        Beyond the task's own reader: a record whose image resolves outside the data (`image_roots`) is skipped
+        unless `allow_external_images`; one whose image header says more than `max_image_pixels` pixels is
+        skipped before anything decodes it; a record whose id an earlier record has is skipped (the first kept).
+        """
         own = report is None
         if report is None:
             report = ReadReport(source=f"{self.name} {split} ({path})")
+        roots = self.image_roots(Path(path))
+        seen: set[str] = set()
         for record in self.iter_records(Path(path), split, report):
+            if record.id in seen:
+                report.skip(record.id, "id", "duplicate id: an earlier record has it (the first is kept)")
+                continue
+            problem = record.image and (
+                (None if allow_external_images else image_outside(record.image, roots))
+                or image_too_large(record.image, max_image_pixels)
+            )
+            if problem:
+                report.skip(record.id, "image", problem)
+                continue
+            seen.add(record.id)
             report.read += 1
             yield record
         if own:
             report.log()
 
+    def image_roots(self, path: Path) -> list[Path]:
+        """Where records' images may be: the data directory (a data file's own directory) and the directories the
+        task's parameters name (image_dir, image_cache_dir), which the user chose."""
+        named = [getattr(self, name, None) for name in ("image_dir", "image_cache_dir")]
+        return [path if path.is_dir() else path.parent] + [Path(d) for d in named if d]
+
     def iter_records(self, path: Path, split: str, report: ReadReport) -> Iterator[Record]:
         """The task's reader; skipped records go to `report`. The default reads `<path>/<split>.jsonl`."""
-        yield from read_jsonl_records(path / f"{split}.jsonl")
+        yield from read_jsonl_records(path / f"{split}.jsonl", report)
 
 
-def read_jsonl_records(path: str | Path) -> Iterator[Record]:
+def read_jsonl_records(path: str | Path, report: ReadReport | None = None) -> Iterator[Record]:
+    """Common-record JSON lines. With a `report` a line or record that cannot be used is skipped there, by name;
+    without one the first such raises RecordError."""
     path = Path(path)
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{path.name}:{lineno}", "<json>", f"malformed JSON: {exc}") from exc
+    for lineno, row in iter_json_lines(path):
+        try:
+            if isinstance(row, BadLine):
+                raise RecordError(row.where, "<json>", row.problem)
+            if not isinstance(row, dict):
+                found = type(row).__name__
+                raise RecordError(f"{path.name}:{lineno}", "<row>", f"expected a JSON object, found {found}")
             yield Record.from_dict(row, base_dir=path.parent)
+        except RecordError as exc:
+            if report is None:
+                raise
+            report.skip_error(exc)

@@ -5,7 +5,8 @@ each a JSON array of {"imgname", "query", "label"}, images in `<path>/<split>/pn
 'dev'/'validation'. Records are numbered per source file ('test-human-00012'); metadata['source'] says which.
 
 Scoring is the benchmark's relaxed accuracy: a numeric answer within 5% of a numeric gold (relative, inclusive),
-anything else a case-insensitive exact match (see answers.relaxed_match).
+anything else a case-insensitive exact match (see answers.relaxed_match). A numeric gold is compared with the one
+number the answer line states (docs/data.md says where this departs from the benchmark's scorer).
 """
 
 from __future__ import annotations
@@ -13,8 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from r3v_ray.tasks.answers import fold_text, format_number, parse_number, relaxed_match
-from r3v_ray.tasks.base import ReadReport, Record, Task
+from r3v_ray.tasks.answers import (
+    chart_number,
+    fold_text,
+    format_number,
+    number_answer,
+    parse_number,
+    relaxed_match,
+    strip_lead_in,
+)
+from r3v_ray.tasks.base import ReadReport, Record, Task, last_answer_text
 from r3v_ray.tasks.jsonstream import iter_json_document
 from r3v_ray.tasks.sources import build_records, find_split_file, require_image, text_field
 
@@ -38,12 +47,20 @@ class ChartQATask(Task):
     def normalize(self, answer: str) -> str | None:
         """Numbers in one spelling ('1,000' and '1000.0' -> '1000', '45.0%' -> '45%'), text case-folded: equal
         answers vote together in Majority@N. Checking is relaxed_match, never string equality alone."""
-        text = answer.strip().strip("\"'").strip()
+        text = strip_lead_in(answer).strip("\"'").strip()
         percent = text.endswith("%")
         number = parse_number(text[:-1] if percent else text.rstrip("."))
         if number is not None:
             return format_number(number) + ("%" if percent else "")
         return fold_text(text) or None
+
+    def extract_for(self, record: Record, text: str | None) -> str | None:
+        """Against a numeric gold, the one number the answer line states ('The value is 45%.' -> '45%'; '4 or 5'
+        -> None); otherwise the whole answer."""
+        content = last_answer_text(text)
+        if content is not None and record.answer and chart_number(record.answer) is not None:
+            content = number_answer(content)
+        return None if content is None else self.normalize(content)
 
     def check(self, predicted: str | None, gold: str) -> bool:
         return predicted is not None and relaxed_match(predicted, gold)

@@ -4,8 +4,8 @@ Files: the R3V release's `<path>/clevr_<split>.json` (or `<path>/<split>.json` /
 {"filename", "question", "answer"} with images in `<path>/clevr_math_imgs/` (or `<path>/images/`); or, when there
 is no such file, the Hugging Face release ({"id", "question", "label", "image"}) read from the local directory
 through `datasets`, embedded images written once under `image_cache_dir`. Rows without an id are numbered
-('clevr-test-000012'). Scored by integer equality on the answer's leading integer ('Answer: 7 objects' is 7); a gold answer that is not
-an integer is skipped.
+('clevr-test-000012'). Scored by integer equality on the one integer the answer line states ('Answer: 7 objects'
+and 'Answer: 9 - 2 = 7' are 7, 'Answer: 7 or 8' is none); a gold answer that is not an integer is skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from r3v_ray.tasks.answers import leading_integer, parse_integer
+from r3v_ray.tasks.answers import number_answer, parse_integer
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task
 from r3v_ray.tasks.sources import (
     build_records,
@@ -37,9 +37,10 @@ class ClevrMathTask(Task):
         self.image_cache_dir = image_cache_dir
 
     def normalize(self, answer: str) -> str | None:
-        # The leading integer: release rationales sometimes give a unit ('Answer: 7 objects'). '2.5' or 'many' is
-        # no integer: never credited.
-        value = leading_integer(answer)
+        # The one integer of the answer line: release rationales sometimes give a unit or a sentence ('Answer: 7
+        # objects', 'There are 7 objects left.'); '2.5', 'many' or '4 or 5' is no integer: never credited.
+        number = number_answer(answer, words=True)
+        value = None if number is None else parse_integer(number)
         return None if value is None else str(value)
 
     def check(self, predicted: str | None, gold: str) -> bool:

@@ -10,9 +10,9 @@ source's column names (e.g. {"question": "query", "answer": "label", "image": "i
 (absolute, or relative to the data file's directory, `image_dir` or `<dir>/images`) or embedded bytes (as parquet and
 `datasets` store them), written once under `image_cache_dir` (default `<dir>/.r3v-image-cache/generic/<split>`).
 
-Scoring: with choices, by option letter (the gold may be given as a letter, a 0-based index or the option's
-text); otherwise exact match after normalisation: numbers by value ('1,000' = '1000', '3/4' = '0.75'), text
-case-insensitively.
+Scoring (docs/data.md): with choices, by the one option letter the answer names (the gold may be given as a
+letter, a 0-based index or the option's text); otherwise exact match after normalisation: a numeric gold against
+the one number the answer line states, by value ('1,000' = '1000', '3/4' = '0.75'), text case-insensitively.
 """
 
 from __future__ import annotations
@@ -20,10 +20,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from r3v_ray.tasks.answers import fold_text, format_number, letter_index, parse_number
+from r3v_ray.tasks.answers import (
+    fold_text,
+    format_number,
+    letter_index,
+    number_answer,
+    option_answer,
+    parse_number,
+    strip_lead_in,
+)
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, last_answer_text
 from r3v_ray.tasks.jsonstream import first_char, iter_json_document, iter_json_rows
-from r3v_ray.tasks.multiple_choice import gold_letter, letter_for
+from r3v_ray.tasks.multiple_choice import gold_letter
 from r3v_ray.tasks.sources import (
     build_records,
     find_split_file_or_none,
@@ -46,8 +54,6 @@ def _is_keyed_document(path: Path) -> bool:
     pairs = iter_json_document(path)
     try:
         first = next(pairs, None)
-    except RecordError:
-        return False
     finally:
         pairs.close()
     return first is not None and isinstance(first[1], dict)
@@ -79,7 +85,7 @@ class GenericTask(Task):
 
     # -- scoring ---------------------------------------------------------------------------------
     def normalize(self, answer: str) -> str | None:
-        text = answer.strip()
+        text = strip_lead_in(answer)
         stripped = text.strip("().: ")
         if len(stripped) == 1 and stripped.isalpha():  # an option letter: 'B', '(b)', 'B.'
             return stripped.upper()
@@ -89,10 +95,13 @@ class GenericTask(Task):
         return fold_text(text) or None
 
     def extract_for(self, record: Record, text: str | None) -> str | None:
-        raw = last_answer_text(text)
-        if raw is None:
-            return None
-        return letter_for(raw, record.choices) if record.choices else self.normalize(raw)
+        content = last_answer_text(text)
+        if content is None or record.choices:
+            return option_answer(content, record.choices)
+        if record.answer and parse_number(record.answer) is not None:  # a number: the one the answer line states
+            number = number_answer(content)
+            return None if number is None else self.normalize(number)
+        return self.normalize(content)
 
     # -- data ------------------------------------------------------------------------------------
     def _rows(self, path: Path, split: str) -> tuple[Iterator[tuple[str, Any]], Path]:

@@ -1,11 +1,12 @@
 """Multiple-choice scoring shared by GeoQA, M3CoT (and TabMWP's option questions): the gold answer is an option
 letter, a prediction counts when it names the same letter. With the record at hand, an answer given as the
-option's text is mapped to its letter; an answer naming no option is never credited.
+option's text is mapped to its letter; an answer naming no option, or two or more, is never credited
+(answers.option_answer; docs/data.md).
 """
 
 from __future__ import annotations
 
-from r3v_ray.tasks.answers import fold_text, letter_index, option_letter
+from r3v_ray.tasks.answers import fold_text, letter_index, option_answer, option_letter
 from r3v_ray.tasks.base import Record, RecordError, Task, last_answer_text, letters
 
 
@@ -32,17 +33,6 @@ def gold_letter(answer: object, choices: list[str], record_id: str, field_name: 
     raise RecordError(record_id, field_name, f"{text!r} is neither an option letter nor one of the options")
 
 
-def letter_for(text: str, choices: list[str] | None) -> str | None:
-    """The letter an answer names, given the options: a valid letter, or text equal to exactly one option."""
-    letter = option_letter(text)
-    if choices is None:
-        return letter
-    if letter is not None:
-        return letter if letter_index(letter) < len(choices) else None
-    matches = [i for i, c in enumerate(choices) if fold_text(c) == fold_text(text)]
-    return letters(len(choices))[matches[0]] if len(matches) == 1 else None
-
-
 class MultipleChoiceTask(Task):
     """A task whose every question has options and whose gold answer is a letter."""
 
@@ -52,9 +42,8 @@ class MultipleChoiceTask(Task):
     direct_instruction = "Answer with the letter of the correct option only, as 'Answer: <letter>'."
 
     def normalize(self, answer: str) -> str | None:
-        return option_letter(answer)
+        return option_answer(answer)
 
     def extract_for(self, record: Record, text: str | None) -> str | None:
-        raw = last_answer_text(text)
-        return None if raw is None else letter_for(raw, record.choices)
+        return option_answer(last_answer_text(text), record.choices)
 

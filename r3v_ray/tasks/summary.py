@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, load_image
+from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, load_image, printable
 
 
 @dataclass
@@ -24,12 +24,13 @@ class DataSummary:
     direct_target: str | None = None
 
 
-def summarize(task: Task, path: str | Path, split: str, limit: int | None = None) -> DataSummary:
+def summarize(task: Task, path: str | Path, split: str, limit: int | None = None, **checks) -> DataSummary:
     """Read up to `limit` records of one split (all when None) and summarise them. Every image is decoded, as
-    sampling and training decode it: a record whose image does not decode is reported skipped."""
+    sampling and training decode it: a record whose image does not decode is reported skipped. `checks` are
+    Task.read's image checks (allow_external_images, max_image_pixels)."""
     report = ReadReport(source=f"{task.name} {split} ({path})")
     summary = DataSummary(task=task.name, split=split, report=report)
-    for record in islice(task.read(path, split, report), limit):
+    for record in islice(task.read(path, split, report, **checks), limit):
         if record.image:
             try:
                 load_image(record.image, record.id)
@@ -46,20 +47,18 @@ def summarize(task: Task, path: str | Path, split: str, limit: int | None = None
 
 
 def _indent(text: str, prefix: str = "    ") -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
+    return "\n".join(prefix + line for line in printable(text, newlines=True).splitlines())
 
 
 def format_summary(summary: DataSummary, top: int = 10, show_skips: int = 10) -> str:
     report = summary.report
-    lines = [f"task {summary.task}, split {summary.split}", f"  {report.summary()}"]
-    for skip in report.skipped[:show_skips]:
-        lines.append(f"    skipped {skip.record_id}: {skip.field}: {skip.reason}")
-    if len(report.skipped) > show_skips:
-        lines.append(f"    ... and {len(report.skipped) - show_skips} more")
+    # Everything from the data is printed through `printable`: an id may hold terminal escapes.
+    lines = [f"task {summary.task}, split {printable(summary.split)}", f"  {report.summary()}"]
+    lines += [f"    {line}" for line in report.skip_lines(show_skips)]
     if summary.example is not None:
         ex = summary.example
         lines += [
-            f"example {ex.id} (image: {ex.image}; gold: {ex.answer})",
+            f"example {printable(ex.id)} (image: {printable(ex.image)}; gold: {printable(ex.answer)})",
             "  CoT prompt:",
             _indent(summary.cot_prompt or ""),
             "  warm-up direct prompt -> target:",
@@ -71,7 +70,7 @@ def format_summary(summary: DataSummary, top: int = 10, show_skips: int = 10) ->
     total = sum(summary.answers.values())
     lines.append(f"answers: {len(summary.answers)} distinct over {total} records")
     for answer, count in summary.answers.most_common(top):
-        lines.append(f"  {count:>7}  {100 * count / total:5.1f}%  {answer}")
+        lines.append(f"  {count:>7}  {100 * count / total:5.1f}%  {printable(answer)}")
     if len(summary.answers) > top:
         rest = total - sum(c for _, c in summary.answers.most_common(top))
         lines.append(f"  {rest:>7}  {100 * rest / total:5.1f}%  ({len(summary.answers) - top} other answers)")

@@ -30,6 +30,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
+from r3v_ray.tasks.answers import number_answer, option_answer, parse_integer
 from r3v_ray.tasks.base import Faithfulness, Record, Task, letters
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -279,17 +280,14 @@ class SyntheticTask(Task):
 
     # -- scoring ---------------------------------------------------------------------------------
     def normalize(self, answer: str) -> str | None:
-        answer = answer.strip().rstrip(".").strip()
-        m = re.fullmatch(r"\(?([A-Za-z])\)?", answer)
-        if m:
-            return m.group(1).upper()
-        m = re.fullmatch(r"[-+]?\d+", answer)
-        if m:
-            return str(int(answer))
-        lowered = answer.lower()
-        if lowered in YES_NO:  # option text instead of its letter
-            return letters(len(YES_NO))[YES_NO.index(lowered)]
-        return None  # anything else is unparseable, hence never correct
+        """An option letter ('B', '(b)', or the option text 'no') or an integer in digits, by the benchmark tasks'
+        grammar (docs/data.md); anything else, or an answer naming both or two values, is never correct."""
+        letter = option_answer(answer, YES_NO, max_letters=26)
+        number = number_answer(answer)
+        value = None if number is None else parse_integer(number)
+        if (letter is None) == (value is None):
+            return None
+        return letter if letter is not None else str(value)
 
     def check(self, predicted: str | None, gold: str) -> bool:
         return predicted is not None and predicted == self.normalize(gold)

@@ -7,7 +7,8 @@ Files: `<path>/problems_<split>.json` (train, dev, test, dev1k, test1k), one JSO
 
 Scoring follows the benchmark's evaluation script: answers are compared in its normal form (units, commas and '$'
 stripped, numbers to 3 decimals, fractions as decimals, text case-insensitively); a multiple-choice question is
-right when the prediction names the gold option, by letter or by the option's text. The gold of a
+right when the prediction names the gold option, by letter or by the option's text, and no other option (the
+official scorer's most-similar option is not used: docs/data.md says why). The gold of a
 multiple-choice question is stored as its letter (the option text is in metadata['answer_text']).
 """
 
@@ -16,7 +17,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from r3v_ray.tasks.answers import letter_index, option_letter, tabmwp_normalize, tabmwp_number, with_answer_line
+from r3v_ray.tasks.answers import (
+    number_answer,
+    option_answer,
+    option_letter,
+    strip_lead_in,
+    tabmwp_normalize,
+    tabmwp_number,
+    with_answer_line,
+)
 from r3v_ray.tasks.base import ReadReport, Record, RecordError, Task, format_choices, last_answer_text, letters
 from r3v_ray.tasks.jsonstream import iter_json_document
 from r3v_ray.tasks.sources import build_records, choices_field, find_split_file, require_image, text_field
@@ -35,17 +44,6 @@ FREE_COT = (
 )
 MC_DIRECT = "Answer with the letter of the correct option only, as 'Answer: <letter>'."
 FREE_DIRECT = "Answer with a number, or a word or phrase, only, as 'Answer: <answer>'."
-
-
-def option_for(text: str, choices: list[str]) -> str | None:
-    """The letter of the option a text names: a valid letter, or text equal to exactly one option in the
-    benchmark's normal form ('$5.00' names the option '5')."""
-    letter = option_letter(text)
-    if letter is not None:
-        return letter if letter_index(letter) < len(choices) else None
-    target = tabmwp_normalize(text)
-    matches = [i for i, c in enumerate(choices) if tabmwp_normalize(c) == target]
-    return letters(len(choices))[matches[0]] if len(matches) == 1 else None
 
 
 class TabMWPTask(Task):
@@ -69,7 +67,7 @@ class TabMWPTask(Task):
 
     # -- scoring ---------------------------------------------------------------------------------
     def normalize(self, answer: str) -> str | None:
-        text = answer.strip()
+        text = strip_lead_in(answer)
         if not text:
             return None
         stripped = text.strip("().: ")
@@ -81,12 +79,17 @@ class TabMWPTask(Task):
         return tabmwp_normalize(text) or None
 
     def extract_for(self, record: Record, text: str | None) -> str | None:
-        raw = last_answer_text(text)
-        if raw is None:
-            return None
-        if record.choices:
-            return option_for(raw, record.choices)
-        return tabmwp_normalize(raw, record.metadata.get("unit")) or None
+        content = last_answer_text(text)
+        if content is None or record.choices:
+            # An option by its letter or by its text in the benchmark's normal form ('$5.00' names the option '5').
+            return option_answer(content, record.choices, key=tabmwp_normalize)
+        numeric = record.metadata.get("ans_type") in NUMERIC_TYPES or (
+            bool(record.answer) and tabmwp_number(record.answer.strip()) is not None
+        )
+        if numeric:  # the one number the answer line states ('5.50 cm', 'There are 12 stamps.')
+            content = number_answer(content)
+            return None if content is None else tabmwp_normalize(content) or None
+        return tabmwp_normalize(strip_lead_in(content), record.metadata.get("unit")) or None
 
     # -- data ------------------------------------------------------------------------------------
     def iter_records(self, path: Path, split: str, report: ReadReport) -> Iterator[Record]:
