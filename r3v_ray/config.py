@@ -35,22 +35,22 @@ class TinyModelConfig(_Strict):
     loading a config never imports torch and the defaults live in one place)."""
 
     family: ModelFamily = Field("qwen2_vl", description="the tiny model's architecture, tokenizer and chat template")
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
+    hidden_size: int = Field(64, ge=1, description="width of the language model")
+    intermediate_size: int = Field(128, ge=1, description="width of the MLP")
+    num_layers: int = Field(2, ge=1, description="language-model layers")
     num_heads: int = Field(2, description="attention heads; head size hidden_size / num_heads = 32 is the smallest "
                            "vLLM's CPU attention supports (at 16 a vLLM engine fails at its first generate)")
-    num_kv_heads: int = 2
-    vision_depth: int = 1
-    vision_embed_dim: int = 32
-    vision_heads: int = 2
-    vocab_size: int = 768
+    num_kv_heads: int = Field(2, ge=1, description="key/value heads")
+    vision_depth: int = Field(1, ge=1, description="vision-tower layers")
+    vision_embed_dim: int = Field(32, ge=1, description="vision-tower width")
+    vision_heads: int = Field(2, ge=1, description="vision-tower attention heads")
+    vocab_size: int = Field(768, ge=1, description="size of the locally trained tokenizer's vocabulary")
     initializer_range: float = Field(
         0.2, gt=0.0, description="weight init std. Hugging Face's 0.02 suits wide models; at width 64 it starts every "
         "attention logit near zero and the text-to-image attention sits on a long plateau (the model did not learn "
         "to count in 1,000 steps). At 2 heads of 32 a fresh model left that plateau of the red-object probe "
         "(tests/test_models.py) within 20-80 steps at 0.2 for seeds 0-3, and stayed on it for 100 steps at 0.1.")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the random initialisation")
 
     @model_serializer(mode="wrap")
     def _family_once_set(self, handler):
@@ -63,24 +63,31 @@ class TinyModelConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    # A local directory or a hub name. With `tiny` set, the tiny model is built into this directory if missing.
-    path: str = "runs/tiny-model"
-    tiny: TinyModelConfig | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    """The base model every round trains from (docs/models.md)."""
+
+    path: str = Field("runs/tiny-model", description="a local directory, a storage URI or a hub name; with `tiny` "
+                      "set, the tiny model is built into this directory if it is missing")
+    tiny: TinyModelConfig | None = Field(None, description="build a tiny random model here (tests, the demo)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' dtype when loaded")
+    min_pixels: int | None = Field(None, ge=1, description="the image processor's lower pixel budget (None: the "
+                                   "checkpoint's own)")
+    max_pixels: int | None = Field(None, ge=1, description="the image processor's upper pixel budget (None: the "
+                                   "checkpoint's own)")
 
 
 class TaskConfig(_Strict):
-    name: str = "synthetic"
-    # Where the task's files are. For `synthetic` they are generated there if missing.
-    data_dir: str = "runs/synthetic-data"
-    params: dict[str, Any] = Field(default_factory=dict)  # task-specific options
-    num_train: int = Field(200, ge=1)  # synthetic only: how many questions to generate
-    num_test: int = Field(100, ge=1)
-    data_seed: int = 0
-    max_train: int | None = Field(None, ge=1)  # cap on questions read (any task)
-    max_test: int | None = Field(None, ge=1)
+    """The benchmark and where its files are (docs/data.md)."""
+
+    name: str = Field("synthetic", description="geoqa, tabmwp, chartqa, clevr_math, m3cot, generic or synthetic")
+    data_dir: str = Field("runs/synthetic-data", description="where the task's files are (a path or a storage URI); "
+                          "for `synthetic` they are generated there if missing")
+    params: dict[str, Any] = Field(default_factory=dict, description="task-specific options (the built-in task: "
+                                   "colors, grid, min_objects, max_objects, question_types, paths)")
+    num_train: int = Field(200, ge=1, description="synthetic only: training questions to generate")
+    num_test: int = Field(100, ge=1, description="synthetic only: test questions to generate")
+    data_seed: int = Field(0, description="synthetic only: the seed the questions and images are drawn from")
+    max_train: int | None = Field(None, ge=1, description="cap on training questions read (any task)")
+    max_test: int | None = Field(None, ge=1, description="cap on test questions read (any task)")
     allow_external_images: bool = Field(
         False, description="read record images that resolve (after symlinks) outside data_dir and the task's own "
         "image_dir / image_cache_dir; off, such a record is skipped by name (docs/data.md)")
@@ -94,91 +101,116 @@ class DecodingConfig(_Strict):
     """How candidate rationales are drawn (docs/method.md, step 1: temperature 0.9, top_p 0.95, top_k 50):
     one set of defaults for training samples, evaluation candidates and served candidates."""
 
-    temperature: float = Field(0.9, ge=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(50, ge=0)
-    max_new_tokens: int = Field(384, ge=1)
+    temperature: float = Field(0.9, ge=0.0, description="sampling temperature of a candidate rationale")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="nucleus sampling mass")
+    top_k: int = Field(50, ge=0, description="top-k sampling (0: off)")
+    max_new_tokens: int = Field(384, ge=1, description="token budget of one rationale")
 
 
 class SamplingConfig(DecodingConfig):
-    engine: Literal["hf", "vllm"] = "hf"
-    num_samples: int = Field(3, ge=1)  # S rationales per training question per round
-    batch_size: int = Field(8, ge=1)  # questions per engine call
-    max_prompt_tokens: int = Field(2048, ge=16)  # longer prompts are skipped and counted, never truncated
-    tensor_parallel_size: int = Field(1, ge=1)  # vllm only
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vllm only
-    # vllm only: the engine's context (prompt + answer), None for the model's own. A prompt that leaves no room
-    # to answer in it is skipped and counted, like one over max_prompt_tokens.
-    max_model_len: int | None = Field(None, ge=16)
-    enforce_eager: bool | None = None  # vllm only: None = eager on CPU (faster start-up), compiled on GPU
-    cpu_kv_cache_gib: float = Field(1.0, gt=0.0)  # vllm on CPU only: each engine's KV cache
+    """Drawing the training questions' rationales each round (Ray Data over a pool of engine actors)."""
+
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers' generate; vllm: vLLM (GPU, or its "
+                                          "CPU build)")
+    num_samples: int = Field(3, ge=1, description="S: rationales per training question per round")
+    batch_size: int = Field(8, ge=1, description="questions per engine call")
+    max_prompt_tokens: int = Field(2048, ge=16, description="longer prompts are skipped and counted, never "
+                                   "truncated")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs per engine")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: share of a GPU's memory")
+    max_model_len: int | None = Field(None, ge=16, description="vllm only: the engine's context (prompt + answer), "
+                                      "None for the model's own; a prompt that leaves no room to answer is skipped "
+                                      "and counted")
+    enforce_eager: bool | None = Field(None, description="vllm only: None = eager on CPU (faster start-up), "
+                                       "compiled on GPU")
+    cpu_kv_cache_gib: float = Field(1.0, gt=0.0, description="vllm on CPU only: each engine's KV cache (GiB)")
 
 
 class ReflectConfig(_Strict):
-    use_refine: bool = True
-    use_select: bool = True
-    select_variant: Literal["fixed", "mixed"] = "fixed"
-    select_n: int = Field(3, ge=2)  # the fixed variant's candidate count
-    mixed_min_n: int = Field(2, ge=2)
-    mixed_max_n: int = Field(6, ge=2)
-    min_rationale_chars: int = Field(20, ge=0)  # shorter positives are not used: too short to hold reasoning
-    warmup_cot: int | None = Field(None, ge=0)  # teacher rationales in the warm-up set (None: all that exist)
-    # Perception examples per training image in the warm-up set: the task's caption under this many of the caption
-    # prompts. They stand in for a pretrained VLM's perception, which a randomly initialised tiny model lacks.
-    warmup_captions: int = Field(0, ge=0, le=len(CAPTION_PROMPTS))
-    seed: int = 0
+    """Building a round's training set from the sample pool (r3v_ray/reflect.py, docs/method.md step 3)."""
+
+    use_refine: bool = Field(True, description="build self-refine examples (x, y- -> y+)")
+    use_select: bool = Field(True, description="build self-select examples (x, candidates -> the gold answer)")
+    select_variant: Literal["fixed", "mixed"] = Field(
+        "fixed", description="fixed: select_n candidates per set; mixed: 2 to 6 (mixed_min_n..mixed_max_n), as "
+        "the paper's test-time scaling model. A set holds only what the pool has for its question")
+    select_n: int = Field(3, ge=2, description="the fixed variant's candidate count")
+    mixed_min_n: int = Field(2, ge=2, description="the mixed variant's smallest set")
+    mixed_max_n: int = Field(6, ge=2, description="the mixed variant's largest set")
+    min_rationale_chars: int = Field(20, ge=0, description="shorter positives are not used: too short to hold "
+                                     "reasoning")
+    warmup_cot: int | None = Field(None, ge=0, description="teacher rationales in the warm-up set (None: all that "
+                                   "exist)")
+    warmup_captions: int = Field(
+        0, ge=0, le=len(CAPTION_PROMPTS), description="perception examples per training image in the warm-up set: "
+        "the task's caption under this many caption prompts; they stand in for a pretrained VLM's perception, which "
+        "a randomly initialised tiny model lacks")
+    seed: int = Field(0, description="seed of the candidate sets' draws and shuffles")
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    # Names of the Linear layers to adapt (outside a frozen vision tower); None: the model family's own
-    # (r3v_ray/models/families.py: the attention projections, and Qwen3.5's linear-attention ones too).
-    target_modules: list[str] | None = None
+    """LoRA adapters (training.finetune: lora); the export merges them into the weights."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="adapter scaling numerator (scale alpha / r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapters' input")
+    target_modules: list[str] | None = Field(
+        None, description="names of the Linear layers to adapt (outside a frozen vision tower); None: the model "
+        "family's own (r3v_ray/models/families.py: the attention projections, and Qwen3.5's linear-attention ones)")
 
 
 class TrainingConfig(_Strict):
-    alpha: float = Field(1.0, ge=0.0)  # weight of L_REF
-    beta: float = Field(1.0, ge=0.0)  # weight of L_SEL
+    """Fine-tuning each round (Ray Train + DeepSpeed; docs/method.md, the loss)."""
+
+    alpha: float = Field(1.0, ge=0.0, description="weight of L_REF, the self-refine term")
+    beta: float = Field(1.0, ge=0.0, description="weight of L_SEL, the self-select term")
     loss_reduction: Literal["mixture", "per_term"] = Field(
         "mixture",
         description="How the terms are averaged (r3v_ray/training/loss.py). mixture: one token mean over all "
         "assistant tokens of the batch, each weighted by its term's alpha/beta, as the authors' code trains the "
         "shuffled mixture (the paper's numbers). per_term: each term's own token mean, the paper's formula read "
         "literally (a short select target then weighs ~45x a rationale token).")
-    finetune: Literal["full", "lora"] = "full"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    freeze_vision: bool = True
-    init_from: Literal["base", "previous"] = "base"  # paper default: every round starts from the base model
-    epochs: float = Field(3.0, gt=0.0)
-    lr: float = Field(3e-5, gt=0.0)
-    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    global_batch_size: int = Field(64, ge=1)
-    micro_batch_size: int = Field(4, ge=1)
-    max_seq_len: int = Field(2048, ge=16)
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    bf16: bool = False
-    gradient_clipping: float = Field(1.0, ge=0.0)
-    max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: restarts from the last checkpoint
-    checkpoint_every_steps: int = Field(50, ge=0)  # resumable checkpoints reported to Ray Train (0: final only)
-    checkpoints_to_keep: int = Field(2, ge=1)
-    seed: int = 0
+    finetune: Literal["full", "lora"] = Field("full", description="full: every weight outside a frozen vision "
+                                              "tower; lora: adapters (training.lora)")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings")
+    freeze_vision: bool = Field(True, description="leave the vision tower (every parameter under `visual.`) as "
+                                "it is")
+    init_from: Literal["base", "previous"] = Field("base", description="base: every round starts from the base "
+                                                   "model (the paper); previous: from M(k-1)")
+    epochs: float = Field(3.0, gt=0.0, description="passes over the round's training set")
+    lr: float = Field(3e-5, gt=0.0, description="peak learning rate (AdamW, constant after warm-up)")
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0, description="share of the steps with a linear warm-up")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    global_batch_size: int = Field(64, ge=1, description="examples per optimizer step, over all workers")
+    micro_batch_size: int = Field(4, ge=1, description="examples per forward pass per worker; gradients accumulate "
+                                  "to the global batch")
+    max_seq_len: int = Field(2048, ge=16, description="longer examples are skipped and counted, never truncated")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    bf16: bool = Field(False, description="train in bfloat16 (GPUs)")
+    gradient_clipping: float = Field(1.0, ge=0.0, description="global gradient-norm clip")
+    max_failures: int = Field(1, ge=0, description="Ray Train FailureConfig: restarts from the last checkpoint")
+    checkpoint_every_steps: int = Field(50, ge=0, description="resumable checkpoints reported to Ray Train (0: the "
+                                        "final one only)")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept")
+    seed: int = Field(0, description="seed of the data order")
 
 
 class EvalConfig(DecodingConfig):
-    n: int = Field(3, ge=1)  # the headline N of Oracle@N, Majority@N, Select@N
+    """Evaluating every round's model on the test split (r3v_ray/evaluation.py, docs/method.md step 5)."""
+
+    n: int = Field(3, ge=1, description="the headline N of Oracle@N, Majority@N and Select@N")
     # Redefined only to refuse 0 (N greedy candidates would be one candidate N times); keep the default in step.
-    temperature: float = Field(0.9, gt=0.0)
-    select: bool = True  # compute Select@N
-    zero_shot: bool = True  # round 0 also records the base model's zero-shot CoT accuracy
-    seed: int = 1234
-    # The test-time scaling curve (r3v_ray/evaluation.py): one sampling pass draws `num_candidates` per question;
-    # Oracle@n and Majority@n are scored for every n up to it on the first n candidates, Select@n (a self-select
-    # pass each) for every n listed here. Unset (the default): only the headline N, at today's cost.
-    scaling_ns: list[int] | None = None
-    num_candidates: int | None = Field(None, ge=1)  # candidates drawn per question (unset: max of n and scaling_ns)
+    temperature: float = Field(0.9, gt=0.0, description="sampling temperature of the N candidates (Test@1 is "
+                               "greedy)")
+    select: bool = Field(True, description="compute Select@N")
+    zero_shot: bool = Field(True, description="round 0 also records the base model's zero-shot CoT accuracy")
+    seed: int = Field(1234, description="seed of the candidates")
+    scaling_ns: list[int] | None = Field(
+        None, description="the test-time scaling curve: one pass draws num_candidates per question; Oracle@n and "
+        "Majority@n are scored for every n up to it on the first n, Select@n (a self-select pass each) for every n "
+        "listed here. Unset: only the headline N")
+    num_candidates: int | None = Field(None, ge=1, description="candidates drawn per question (unset: the largest "
+                                       "of n and scaling_ns)")
 
     @model_validator(mode="after")
     def _scaling_within_the_candidates(self) -> "EvalConfig":
@@ -213,19 +245,23 @@ class EvalConfig(DecodingConfig):
 
 
 class ResourcesConfig(_Strict):
-    num_samplers: int = Field(2, ge=1)  # engine actors in the Ray Data pool
-    cpus_per_sampler: float = Field(1.0, ge=0.0)
-    gpus_per_sampler: float = Field(0.0, ge=0.0)
-    num_train_workers: int = Field(2, ge=1)
-    cpus_per_train_worker: float = Field(1.0, ge=0.0)
-    gpus_per_train_worker: float = Field(0.0, ge=0.0)
-    torch_threads: int = Field(1, ge=1)  # per actor/worker: 1 on small CPU machines avoids oversubscription
-    # Cluster placement (cluster.yaml): extra Ray resources and a GPU model (Ray's accelerator_type, e.g. "A10G")
-    # per sampler actor / train worker, so the autoscaler starts the right node type. Empty: no constraint.
-    sampler_resources: dict[str, float] = Field(default_factory=dict)
-    sampler_accelerator_type: str | None = None
-    train_worker_resources: dict[str, float] = Field(default_factory=dict)
-    train_accelerator_type: str | None = None
+    """What each stage asks Ray for (what `r3v plan` prints); changes no round's outputs."""
+
+    num_samplers: int = Field(2, ge=1, description="engine actors in the Ray Data pool (sampling and evaluation)")
+    cpus_per_sampler: float = Field(1.0, ge=0.0, description="CPUs per engine actor")
+    gpus_per_sampler: float = Field(0.0, ge=0.0, description="GPUs per engine actor (> 0: a GPU engine)")
+    num_train_workers: int = Field(2, ge=1, description="Ray Train workers (one DeepSpeed rank each)")
+    cpus_per_train_worker: float = Field(1.0, ge=0.0, description="CPUs per train worker")
+    gpus_per_train_worker: float = Field(0.0, ge=0.0, description="GPUs per train worker")
+    torch_threads: int = Field(1, ge=1, description="torch threads per actor or worker: 1 on small CPU machines "
+                               "avoids oversubscription")
+    sampler_resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources per engine "
+                                                "actor, so the autoscaler starts the right node type")
+    sampler_accelerator_type: str | None = Field(None, description="GPU model per engine actor (Ray's "
+                                                 "accelerator_type, e.g. A10G)")
+    train_worker_resources: dict[str, float] = Field(default_factory=dict, description="extra Ray resources per "
+                                                     "train worker")
+    train_accelerator_type: str | None = Field(None, description="GPU model per train worker")
 
     @model_validator(mode="after")
     def _custom_resources_only(self) -> "ResourcesConfig":
@@ -300,22 +336,25 @@ class ServeConfig(DecodingConfig):
 
 
 class StorageConfig(_Strict):
-    # Local path or a pyarrow filesystem URI (s3://bucket/prefix, gs://...). On a cluster every node must reach it;
-    # inside a submitted Ray job a relative path is refused (it would land in Ray's copy of the working directory).
-    root: str = "runs"
-    # Each node's copies of checkpoints, models and task data that live under a URI (r3v_ray/cache.py): fetched once
-    # per content, least recently used removed beyond the cap. `~` is the home directory of the node's Ray worker.
-    cache_dir: str = "~/.cache/r3v-ray/storage"
-    cache_max_gb: float = Field(100.0, gt=0.0)
+    """Where runs live (docs/run-directory.md, docs/cluster.md)."""
+
+    root: str = Field("runs", description="a local path or a pyarrow filesystem URI (s3://bucket/prefix, gs://...); "
+                      "on a cluster every node must reach it")
+    cache_dir: str = Field("~/.cache/r3v-ray/storage", description="each node's copies of checkpoints, models and "
+                           "task data under a URI (r3v_ray/cache.py), fetched once per content; `~` is the home "
+                           "directory of the node's Ray worker")
+    cache_max_gb: float = Field(100.0, gt=0.0, description="the cache's cap; least recently used entries go first")
 
 
 class MonitoringConfig(_Strict):
     """How a run shows itself while it runs (r3v_ray/console.py, r3v_ray/training/progress.py); changes no round's
     outputs, so it is not part of the config digest."""
 
-    progress_bar: bool = True  # one bar per training on rank 0: steps, loss per term, rate, time left
-    log_every_steps: int = Field(0, ge=0)  # also a line of the losses every N steps (0: none; --verbose: every step)
-    tensorboard: bool = True  # event files under <run>/tensorboard (r3v_ray/tensorboard_log.py)
+    progress_bar: bool = Field(True, description="one bar per training on rank 0: steps, loss per term, rate, "
+                               "time left")
+    log_every_steps: int = Field(0, ge=0, description="also a line of the losses every N steps (0: none; --verbose: "
+                                 "every step)")
+    tensorboard: bool = Field(True, description="event files under <run>/tensorboard (r3v_ray/tensorboard_log.py)")
 
 
 # What a `method` other than r3v sets: STaR (Zelikman et al.) is R3V's loop on positives only.
@@ -325,10 +364,11 @@ METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 class RunConfig(_Strict):
-    name: str = "demo"
-    method: Literal["r3v", "star"] = "r3v"  # star: positives only (alpha = beta = 0, no refine/select data)
-    rounds: int = Field(3, ge=0)
-    seed: int = 0
+    name: str = Field("demo", description="the run's directory under storage.root")
+    method: Literal["r3v", "star"] = Field("r3v", description="star: positives only (alpha = beta = 0, no "
+                                           "refine/select data); a preset that refuses a conflicting setting")
+    rounds: int = Field(3, ge=0, description="K: self-training rounds after the warm-up round 0")
+    seed: int = Field(0, description="the run's seed (sampling)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
