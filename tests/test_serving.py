@@ -621,6 +621,37 @@ def test_key_check_compares_every_digest():
         load_keys(ServeConfig(), {KEYS_FILE_ENV: "/no/such/keys-file"})
 
 
+@pytest.mark.parametrize("name,keys,file_bytes,env,needle", [
+    ("variable set but empty", [], None, "", "set but empty"),
+    ("variable set to blanks", [], None, "  ", "set but empty"),
+    ("empty key in the config", [""], None, None, "serve.api_keys[0]: an empty or blank key"),
+    ("blank key in the config", ["sk-a", "  "], None, None, "serve.api_keys[1]: an empty or blank key"),
+    ("keys file not UTF-8", [], b"sk-caf\xe9\n", "FILE", "not UTF-8 text (byte 6)"),
+    ("keys file of comments only", [], b"# none yet\n\n", "FILE", "holds no key"),
+    ("keys file missing", [], None, "/no/such/keys-file", "cannot read the API keys file"),
+])
+def test_keys_never_fail_open(tmp_path, tiny_model_dir, capsys, name, keys, file_bytes, env, needle):
+    """Each way of meaning to set keys and getting none refuses `r3v serve` with one line naming the source,
+    before Ray starts."""
+    import ray
+
+    from r3v_ray.cli import main
+    from r3v_ray.serving.auth import KEYS_FILE_ENV
+
+    if env == "FILE":
+        env = str(tmp_path / "keys.txt")
+        (tmp_path / "keys.txt").write_bytes(file_bytes)
+    argv = ["serve", "--checkpoint", tiny_model_dir, "--set", f"serve.api_keys={json.dumps(keys)}"]
+    with pytest.MonkeyPatch.context() as mp:
+        if env is not None:
+            mp.setenv(KEYS_FILE_ENV, env)
+        assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert (KEYS_FILE_ENV in err) == (not keys)  # names its source: the variable, or the config field
+    assert not ray.is_initialized()
+
+
 def test_docs_can_be_switched_off():
     from fastapi.testclient import TestClient
 
