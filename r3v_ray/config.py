@@ -246,6 +246,17 @@ class ServeConfig(DecodingConfig):
     max_choice_chars: int = Field(1000, ge=1)  # each answer choice
     max_prompt_chars: int = Field(16000, ge=1)  # the question and all its choices together
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    image_pixel_budget: int | None = Field(
+        None, ge=1,
+        description="Pixels a larger image is reduced to while it is decoded, in the ingress, before it reaches a "
+        "replica (at least this many are kept; the model's processor does the final resize). Unset: the model's "
+        "own budget, model.max_pixels or else the checkpoint's image processor (read where the app is built; a "
+        "checkpoint under a URI is not read, and its images are kept as sent).")
+    max_concurrent_decodes: int = Field(
+        2, ge=1,
+        description="Request bodies parsed and images decoded at once per ingress replica, off its event loop; "
+        "others wait their turn. Bounds the ingress's memory: each decode holds at most one image of "
+        "max_image_pixels at full size.")
     max_choices: int = Field(26, ge=1)
     max_json_depth: int = Field(32, ge=2)  # nesting of arrays and objects in a request body
     # Access: with keys set, every route but /healthz needs `Authorization: Bearer <key>` (401 otherwise). Keys also

@@ -39,10 +39,11 @@ RATIONALES = ["There are 3 red objects.\nAnswer: 3", "There are 5 red objects.\n
 SELECTOR_TARGET = "Answer: 7"
 MAX_NEW = 24
 MAX_NEW_LIMIT = 32  # bounds what a fuzzed request can ask the engine for
-MAX_IMAGE_BYTES = 50_000
+MAX_IMAGE_BYTES = 64_000  # holds a PNG of one colour at the pixel limit (4096 x 4096: 58,637 bytes)
 MAX_CHOICE = 200
 MAX_PROMPT = 2000
 TASK = get_task("synthetic")
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"  # Pillow would hand it to Ghostscript
 
 
 def _png_b64(img: Image.Image) -> str:
@@ -184,6 +185,24 @@ def test_parse_select_applies_defaults_and_limits(image):
     with pytest.raises(RequestError, match="answer_choices"):
         parse_chat({"model": "m", "messages": [{"role": "user", "content": "Q"}], "answer_choices": []}, cfg, "m")
     assert build_query(cfg, "Q", None, None, 1, "first", temperature=0.0).params.greedy
+
+
+def test_parse_reduces_a_large_image_to_the_pixel_budget_before_it_leaves_the_ingress():
+    cfg = ServeConfig(image_pixel_budget=50_176)
+    big = _png_b64(Image.new("RGB", (4096, 4096), (30, 60, 90)))
+    query = parse_select({"question": "Q", "image": big}, cfg)
+    assert 50_176 <= query.image.width * query.image.height < 4 * 50_176 and query.image.getpixel((0, 0)) == (30, 60, 90)
+    assert parse_select({"question": "Q", "image": big}, ServeConfig()).image.size == (4096, 4096)  # no budget
+
+
+def test_the_pixel_budget_is_the_models_unless_serve_sets_one(run_dir):
+    from r3v_ray.config import RunConfig
+    from r3v_ray.serving.app import image_budget
+
+    served = ckpt.resolve(run_dir=run_dir)
+    assert image_budget(RunConfig(), served) == 50_176  # the tiny model's processor: 64 visual tokens of 28 x 28
+    assert image_budget(RunConfig.model_validate({"model": {"max_pixels": 1000}}), served) == 1000
+    assert image_budget(RunConfig.model_validate({"serve": {"image_pixel_budget": 7}}), served) == 7
 
 
 def test_checkpoint_resolution(run_dir, tmp_path):
@@ -427,6 +446,9 @@ def test_selection_scores_answers_as_evaluation_does():
 # -- bad requests: a 4xx naming the problem, never a 500 ---------------------------------------------------------
 def _bad_cases() -> list:
     png = _png_b64(Image.new("RGB", (8, 8)))
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="ICO")
+    ico = base64.b64encode(buf.getvalue()).decode()
     big = base64.b64encode(random.Random(0).randbytes(MAX_IMAGE_BYTES + 1000)).decode()
     user = lambda content: {"model": "servetest-round-1", "messages": [{"role": "user", "content": content}]}  # noqa: E731
     img_part = lambda url: {"type": "image_url", "image_url": {"url": url}}  # noqa: E731
@@ -437,6 +459,8 @@ def _bad_cases() -> list:
         ("image not base64", S, {"question": "Q", "image": "@@@ not base64 @@@"}, 400, "image", "not valid base64"),
         ("bytes not an image", S, {"question": "Q", "image": base64.b64encode(b"plain text").decode()}, 400, "image", "not a readable image"),
         ("image over the size limit", S, {"question": "Q", "image": big}, 413, "image", "over the limit"),
+        ("image in a refused format (EPS)", S, {"question": "Q", "image": base64.b64encode(EPS).decode()}, 400, "image", "image format EPS is not accepted"),
+        ("chat: image in a refused format (ICO)", C, user([{"type": "text", "text": "Q"}, img_part(f"data:image/x-icon;base64,{ico}")]), 400, "image_url.url", "image format ICO is not accepted"),
         ("image too elongated", S, {"question": "Q", "image": _png_b64(Image.new("RGB", (2, 600)))}, 400, "image", "aspect ratio"),
         ("n zero", S, {"question": "Q", "n": 0}, 400, "n", "between 1 and 4"),
         ("n too large", S, {"question": "Q", "n": 5}, 400, "n", "between 1 and 4"),
@@ -505,6 +529,66 @@ def test_one_bad_request_among_concurrent_ones_fails_alone(served, image):
     assert [r.status_code for r in got] == [200] * 3 + [400] + [200] * 4, [r.text[:200] for r in got]
     assert got[3].json()["error"]["param"] == "question"
     assert len({json.dumps(r.json()["candidates"]) for i, r in enumerate(got) if i != 3}) == 1  # same seed, same answer
+
+
+def _replica_pids() -> dict[str, int]:
+    """The processes of this module's ingress and sampler replica, by deployment (Ray titles them by it)."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        for name in ("R3VIngress", "R3VSampler"):
+            if f"ServeReplica:r3v-test:{name}" in line:
+                found[name] = proc.pid
+    return found
+
+
+# What a decode may hold in the ingress: max_concurrent_decodes (2) images at full size (3 bytes a pixel at the
+# 4096 x 4096 limit: 48 MiB each) and their copies, with room for the allocator; the sampler gets reduced images.
+INGRESS_GROWTH_MIB, SAMPLER_GROWTH_MIB = 400, 200
+
+
+def test_maximal_images_from_16_clients_keep_memory_bounded_and_healthz_quick(served):
+    """16 clients x 2 requests, each with a 4096 x 4096 PNG (the pixel limit): the ingress decodes at most two at
+    a time, off its event loop, and reduces each to the model's budget before it reaches the replica; /healthz,
+    probed throughout, answers within 1 s; every request gets its answer."""
+    import psutil
+
+    body = json.dumps({"question": QUESTION, "image": _png_b64(Image.new("RGB", (4096, 4096), (30, 60, 90))),
+                       "n": 1, "strategy": "first", "sampling": {"seed": 1, "max_new_tokens": 4}}).encode()
+    assert len(body) < 4 * MAX_IMAGE_BYTES // 3 + 1000
+    pids = _replica_pids()
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    base = {name: p.memory_info().rss for name, p in procs.items()}
+    peak, probes, done = dict(base), [], []
+
+    def post(_):
+        return requests.post(f"{served['url']}/v1/select", data=body, timeout=120,
+                             headers={"content-type": "application/json", **AUTH}).status_code
+
+    def watch():
+        while not done:
+            for name, p in procs.items():
+                peak[name] = max(peak[name], p.memory_info().rss)
+            t0 = time.perf_counter()
+            ok = requests.get(f"{served['url']}/healthz", timeout=30).status_code
+            probes.append((ok, time.perf_counter() - t0))
+            time.sleep(0.1)
+
+    with ThreadPoolExecutor(17) as pool:
+        watcher = pool.submit(watch)
+        try:
+            statuses = list(pool.map(post, range(32)))
+        finally:
+            done.append(True)
+        watcher.result()
+    growth = {name: (peak[name] - base[name]) / 2**20 for name in procs}
+    print(f"\nRSS growth MiB {growth}; /healthz probes {len(probes)}, slowest {max(t for _, t in probes):.3f} s")
+    assert statuses == [200] * 32
+    assert len(probes) >= 5 and all(ok == 200 for ok, _ in probes)
+    assert max(t for _, t in probes) < 1.0, probes
+    assert growth["R3VIngress"] < INGRESS_GROWTH_MIB and growth["R3VSampler"] < SAMPLER_GROWTH_MIB, growth
 
 
 def _raw_post(url: str, head: str, chunks, pause_s: float = 0.0, stop_after_s: float = 120.0) -> tuple[int | None, int]:

@@ -84,6 +84,7 @@ class Ingress:
         self.keys = KeyCheck(settings.get("api_key_digests", []))
         self.model = {**settings["model"], "created": int(time.time())}
         self.model_id = self.model["id"]
+        self.decodes = asyncio.Semaphore(self.cfg.max_concurrent_decodes)
 
     def __serve_build_asgi_app__(self):
         return routes.create_app(self, docs=self.cfg.docs, check=self.keys)
@@ -93,6 +94,12 @@ class Ingress:
 
     def parse_chat(self, body: dict) -> Query:
         return parsing.parse_chat(body, self.cfg, self.model_id)
+
+    async def _parse(self, parse, raw: bytes) -> Query:
+        """The body as a query, its image decoded (and reduced) here, once: at most serve.max_concurrent_decodes
+        at a time, each in a worker thread so the event loop keeps answering (/healthz among others)."""
+        async with self.decodes:
+            return await asyncio.to_thread(lambda: parse(parsing.parse_json_body(raw, self.cfg)))
 
     async def _select(self, query: Query) -> Selection:
         t0 = time.perf_counter()
@@ -106,7 +113,7 @@ class Ingress:
     async def answer(self, http: Request, parse, shape) -> JSONResponse:
         try:
             raw = await parsing.read_body(http.stream(), http.headers.get("content-length"), self.cfg)
-            query = parse(parsing.parse_json_body(raw, self.cfg))
+            query = await self._parse(parse, raw)
             selection = await self._select(query)
             return JSONResponse(shape(selection, self.model_id).model_dump(mode="json"))
         except RequestError as exc:

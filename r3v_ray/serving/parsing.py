@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import re
 import secrets
-import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, AsyncIterator, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from r3v_ray import imaging
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import SamplingParams
 from r3v_ray.serving.errors import RequestError
@@ -169,7 +169,8 @@ def validate(model: type[M], body: dict) -> M:
 
 # -- images --------------------------------------------------------------------------------------------
 def decode_image(value: str, param: str, cfg: ServeConfig, require_data_uri: bool = False) -> Image.Image:
-    """A base64 string (or a data: URI) -> RGB image, within the byte and pixel limits of the config."""
+    """A base64 string (or a data: URI) -> RGB image (r3v_ray/imaging.py: allowed formats only, reduced to the
+    pixel budget while decoding), within the byte and pixel limits of the config."""
     match = _DATA_URI.match(value)
     if match:
         if match.group("mime") and not match.group("mime").startswith("image/"):
@@ -192,22 +193,21 @@ def decode_image(value: str, param: str, cfg: ServeConfig, require_data_uri: boo
     except (binascii.Error, ValueError) as exc:
         raise RequestError(param, f"image is not valid base64 ({exc})", code="bad_base64") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
-                raise RequestError(param, f"image of {width}x{height} pixels has an aspect ratio over {MAX_ASPECT_RATIO}")
-            if width * height > cfg.max_image_pixels:
-                raise RequestError(param, f"image of {width}x{height} pixels is over the limit of {cfg.max_image_pixels} pixels", 413, "image_too_large")
-            img.load()
-            return img.convert("RGB")
-    except RequestError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RequestError(param, f"image is too large to decode ({exc})", 413, "image_too_large") from None
-    except Exception as exc:  # PIL raises many unrelated types for bytes that are not an image
-        raise RequestError(param, f"the decoded bytes are not a readable image ({type(exc).__name__}: {exc})", code="bad_image") from None
+        return imaging.decode_image(data, partial(_check_size, cfg, param), cfg.image_pixel_budget)
+    except imaging.ImageError as exc:
+        if exc.kind == "format":
+            raise RequestError(param, str(exc), code="unsupported_image_format") from None
+        if exc.kind == "too_large":
+            raise RequestError(param, f"image is {exc}", 413, "image_too_large") from None
+        raise RequestError(param, f"the decoded bytes are not a readable image ({exc})", code="bad_image") from None
+
+
+def _check_size(cfg: ServeConfig, param: str, width: int, height: int) -> None:
+    """The size the image's header declares, refused before its pixels are decoded."""
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise RequestError(param, f"image of {width}x{height} pixels has an aspect ratio over {MAX_ASPECT_RATIO}")
+    if width * height > cfg.max_image_pixels:
+        raise RequestError(param, f"image of {width}x{height} pixels is over the limit of {cfg.max_image_pixels} pixels", 413, "image_too_large")
 
 
 # -- the common query ----------------------------------------------------------------------------------
