@@ -263,7 +263,11 @@ class ServeConfig(DecodingConfig):
     # come from the file named by the environment variable R3V_SERVE_API_KEYS_FILE (one a line; r3v_ray/serving/
     # auth.py). Never written out: not into a run's config.yaml, nor into the Serve application's settings.
     api_keys: list[str] = Field(default_factory=list, exclude=True, repr=False)
-    docs: bool = True  # serve /docs and /openapi.json (behind the keys, when there are keys)
+    docs: bool = Field(
+        False,
+        description="Serve the /docs page (Swagger UI, behind the keys when there are keys). Off by default: its "
+        "scripts and styles come from a public CDN, so on a network without internet the page is blank. "
+        "/openapi.json, the schema it shows, is served either way.")
     # Sampler deployment: engine, dynamic batching across concurrent requests, health checks.
     engine: Literal["hf", "vllm"] = "hf"
     torch_threads: int = Field(1, ge=1)

@@ -126,7 +126,7 @@ def served(run_dir, tmp_path_factory):
     from r3v_ray.serving.auth import KEYS_FILE_ENV
     from r3v_ray.serving.launch import add_serve_args, start
 
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text(f"# one key a line\n\n{FILE_KEY}\n")
     port = _free_port()
@@ -205,6 +205,16 @@ def test_the_pixel_budget_is_the_models_unless_serve_sets_one(run_dir):
     assert image_budget(RunConfig.model_validate({"serve": {"image_pixel_budget": 7}}), served) == 7
 
 
+def test_chat_fields_that_ask_for_nothing_are_accepted():
+    """An OpenAI field the server cannot honour passes when its value asks for nothing (null, the off value)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "Q"}], "stream": False, "stop": None,
+            "logprobs": False, "presence_penalty": 0.0, "frequency_penalty": 0, "tools": [], "tool_choice": "none",
+            "response_format": {"type": "text"}, "user": "end-user-7"}
+    assert parse_chat(body, ServeConfig(), "m").question == "Q"
+    with pytest.raises(RequestError, match="^top_logprobs: not supported"):
+        parse_chat({**body, "top_logprobs": False}, ServeConfig(), "m")  # false is not the number 0
+
+
 def test_checkpoint_resolution(run_dir, tmp_path):
     served = ckpt.resolve(run_dir=run_dir)
     assert (served.round, served.model_id()) == (1, "servetest-round-1")
@@ -272,6 +282,33 @@ def _queue_calls(wait_s: float):
         return [f"out-{i}" for i in items]
 
     return EngineQueue(run, max_batch_size=3, wait_s=wait_s), calls, gates, asyncio, threading
+
+
+def test_an_overflowing_select_prompt_is_refused_before_candidates_are_drawn(engine, image):
+    """N candidates at their token limit would not fit the select prompt: refused naming n, no engine call made;
+    a query that fits runs both passes."""
+    import asyncio
+
+    from r3v_ray.serving.selector import run_selection
+
+    calls = []
+
+    async def generate(request, params):
+        calls.append(params.n)
+        return engine.generate([request], params)[0]
+
+    async def measure(request):
+        return engine.prompt_tokens(request)
+
+    cfg = ServeConfig(max_n=8)
+    over = build_query(cfg, QUESTION, image, None, 8, "self_select", max_new_tokens=300, seed=1)
+    with pytest.raises(RequestError, match=r"^n: the select prompt could reach \d+ tokens .* over the model's "
+                                           r"max_prompt_tokens 2048; at most n = \d fits") as caught:
+        asyncio.run(run_selection(TASK, over, generate, measure, engine.max_prompt_tokens))
+    assert caught.value.status == 400 and calls == []
+    fits = build_query(cfg, QUESTION, image, None, 2, "self_select", max_new_tokens=8, seed=1)
+    assert asyncio.run(run_selection(TASK, fits, generate, measure, engine.max_prompt_tokens)).selector_text is not None
+    assert calls == [2, 1]
 
 
 def test_engine_queue_runs_a_lone_request_at_once_and_batches_those_that_wait():
@@ -481,6 +518,12 @@ def _bad_cases() -> list:
         ("chat: not an image URI", C, user([{"type": "text", "text": "Q"}, img_part("data:text/plain;base64,aGk=")]), 400, "image_url.url", "not an image"),
         ("chat: unknown strategy", C, {**user("Q"), "strategy": "vote"}, 400, "strategy", "unknown strategy"),
         ("chat: stream", C, {**user("Q"), "stream": True}, 400, "stream", "not supported"),
+        ("chat: stop", C, {**user("Q"), "stop": ["Answer"]}, 400, "stop", "stop sequences are not applied"),
+        ("chat: logprobs", C, {**user("Q"), "logprobs": True}, 400, "logprobs", "not supported"),
+        ("chat: response_format", C, {**user("Q"), "response_format": {"type": "json_object"}}, 400, "response_format", "not supported"),
+        ("chat: functions", C, {**user("Q"), "functions": [{"name": "f"}]}, 400, "functions", "tools are not supported"),
+        ("chat: tool_choice", C, {**user("Q"), "tool_choice": "auto"}, 400, "tool_choice", "tools are not supported"),
+        ("chat: a field neither OpenAI's nor ours", C, {**user("Q"), "best_of": 3}, 400, "best_of", "unknown field"),
         ("chat: max_tokens over limit", C, {**user("Q"), "max_tokens": 10**6}, 400, "max_tokens", "between 1 and"),
         # sizes, each refused before anything is tokenized
         ("choice over its length limit", S, {"question": "Q", "choices": ["a", "b" * (MAX_CHOICE + 1)]}, 400, "choices[1]", f"over the limit of {MAX_CHOICE}"),
@@ -726,6 +769,7 @@ def test_keys_never_fail_open(tmp_path, tiny_model_dir, capsys, name, keys, file
         env = str(tmp_path / "keys.txt")
         (tmp_path / "keys.txt").write_bytes(file_bytes)
     argv = ["serve", "--checkpoint", tiny_model_dir, "--set", f"serve.api_keys={json.dumps(keys)}"]
+    ray_before = ray.is_initialized()  # the module's app may be up; this start must not have started a Ray
     with pytest.MonkeyPatch.context() as mp:
         if env is not None:
             mp.setenv(KEYS_FILE_ENV, env)
@@ -733,10 +777,11 @@ def test_keys_never_fail_open(tmp_path, tiny_model_dir, capsys, name, keys, file
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert (KEYS_FILE_ENV in err) == (not keys)  # names its source: the variable, or the config field
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_before
 
 
-def test_docs_can_be_switched_off():
+def test_docs_page_is_off_unless_asked_for_and_the_schema_is_always_served():
+    """/docs pulls Swagger UI from a CDN (blank without internet), so it is opt-in; /openapi.json is always there."""
     from fastapi.testclient import TestClient
 
     from r3v_ray.serving.auth import KeyCheck
@@ -745,10 +790,13 @@ def test_docs_can_be_switched_off():
     class NotCalled:  # the routes below never reach the ingress
         model: dict = {}
 
+    assert ServeConfig().docs is False
     on = TestClient(create_app(NotCalled(), docs=True, check=KeyCheck([])))
     off = TestClient(create_app(NotCalled(), docs=False, check=KeyCheck([])))
-    assert on.get("/docs").status_code == 200 and "/v1/select" in on.get("/openapi.json").json()["paths"]
-    assert off.get("/docs").status_code == 404 and off.get("/openapi.json").status_code == 404
+    assert on.get("/docs").status_code == 200 and "swagger-ui" in on.get("/docs").text
+    assert off.get("/docs").status_code == 404
+    for client in (on, off):
+        assert "/v1/select" in client.get("/openapi.json").json()["paths"]
 
 
 def test_r3v_serve_starts_ray_on_loopback(served):

@@ -60,11 +60,17 @@ class Sampler:
             raise out
         return out
 
+    async def prompt_tokens(self, request: GenerationRequest) -> int:
+        # In a worker thread: the processor runs over the image. It encodes as the engine's own calls do (same
+        # padding settings), so it leaves the tokenizer's state alone while an engine call runs beside it.
+        return await asyncio.to_thread(self.engine.prompt_tokens, request)
+
     async def select(self, query: Query) -> Selection | RequestError:
         """The whole best-of-N selection for one query. The request's own fault comes back as a RequestError value
         (not raised), so the ingress answers it as that status without unwrapping a Ray error."""
         try:
-            return await run_selection(self.task, query, self.generate)
+            return await run_selection(self.task, query, self.generate, self.prompt_tokens,
+                                       getattr(self.engine, "max_prompt_tokens", None))
         except RequestError as exc:
             return exc
 

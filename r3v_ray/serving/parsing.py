@@ -320,16 +320,55 @@ def chat_question(messages: list[ChatMessage] | None) -> tuple[str, str | None, 
     return "\n".join(t for t in texts if t.strip()), image, image_field
 
 
+_NO_TOOLS = "tools are not supported: the model answers in text only"
+# OpenAI chat fields this server cannot honour: (why, the values that ask for nothing and are accepted as absent).
+UNHONOURED: dict[str, tuple[str, list[Any]]] = {
+    "stream": ("streaming is not supported: the answer is chosen after all candidates are drawn", [False]),
+    "stream_options": ("streaming is not supported", []),
+    "stop": ("stop sequences are not applied: each candidate is read to its final answer line", [[], ""]),
+    "logprobs": ("log probabilities are not returned", [False]),
+    "top_logprobs": ("log probabilities are not returned", [0]),
+    "logit_bias": ("logit bias is not applied", [{}]),
+    "presence_penalty": ("penalties are not applied", [0]),
+    "frequency_penalty": ("penalties are not applied", [0]),
+    "response_format": ("response formats are not enforced: the answer is the model's text",
+                        [{"type": "text"}]),
+    "tools": (_NO_TOOLS, [[]]),
+    "tool_choice": (_NO_TOOLS, ["none"]),
+    "parallel_tool_calls": (_NO_TOOLS, [True, False]),
+    "functions": (_NO_TOOLS, [[]]),
+    "function_call": (_NO_TOOLS, ["none"]),
+    "modalities": ("only text output", [["text"]]),
+    "audio": ("only text output", []),
+    "prediction": ("predicted outputs are not used", []),
+    "reasoning_effort": ("reasoning effort is not adjustable", []),
+    "web_search_options": ("web search is not available", []),
+    "store": ("completions are not stored", [False]),
+    "metadata": ("completions are not stored", [{}]),
+    "service_tier": ("service tiers are not offered", ["auto", "default"]),
+}
+
+
+def _refuse_unhonoured(body: dict[str, Any]) -> dict[str, Any]:
+    """The body less the OpenAI fields that ask for nothing; one that asks for what we cannot do is refused."""
+    kept = {}
+    for name, value in body.items():
+        if name in UNHONOURED:
+            why, no_op = UNHONOURED[name]
+            # a bool is no number here: `False == 0` would let `logprobs: 0` pass, `top_logprobs: false` too
+            if value is not None and not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+                raise RequestError(name, f"not supported by this server ({why}); omit it or send null")
+            continue
+        kept[name] = value
+    return kept
+
+
 def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str) -> Query:
-    req = validate(ChatCompletionRequest, body)
+    req = validate(ChatCompletionRequest, _refuse_unhonoured(body))
     if not req.model:
         raise RequestError("model", f"missing; this server serves {model_id!r}")
     if req.model != model_id:
         raise RequestError("model", f"model {req.model!r} is not served here; this server serves {model_id!r}", 404, "model_not_found")
-    if req.stream:
-        raise RequestError("stream", "streaming is not supported: the answer is chosen after all candidates are drawn")
-    if req.tools:
-        raise RequestError("tools", "tools are not supported")
     if req.max_tokens is not None and req.max_completion_tokens is not None and req.max_tokens != req.max_completion_tokens:
         raise RequestError("max_tokens", "max_tokens and max_completion_tokens disagree; send one")
     question, image_url, image_field = chat_question(req.messages)

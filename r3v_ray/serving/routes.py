@@ -1,8 +1,8 @@
 """The ingress's HTTP surface: a FastAPI app built per replica from the deployment's settings.
 
 Built at replica start (Ray Serve calls the ingress's `__serve_build_asgi_app__`), so the settings decide what
-it has: the API-key gate (serving/auth.py) in front of every route but /healthz, /docs and /openapi.json only
-when `serve.docs` is on, every error (404 and 405 included) in the OpenAI error shape. The routes read the body
+it has: the API-key gate (serving/auth.py) in front of every route but /healthz, the /docs page only when
+`serve.docs` is on (its assets come from a CDN), every error (404 and 405 included) in the OpenAI error shape. The routes read the body
 themselves (serving/parsing.py reads it incrementally, against the size limits), so the request bodies are
 added to the OpenAPI schema from their models rather than from the route signatures.
 """
@@ -72,8 +72,8 @@ def _route_path(scope) -> str:
 
 
 def create_app(ingress: "Ingress", docs: bool, check: KeyCheck) -> FastAPI:
-    app = FastAPI(title=TITLE, docs_url="/docs" if docs else None, redoc_url=None,
-                  openapi_url="/openapi.json" if docs else None)
+    # /docs loads Swagger UI from a CDN (FastAPI's default), so it is opt-in; the schema itself is always here.
+    app = FastAPI(title=TITLE, docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(KeyGate, check=check)
 
     @app.exception_handler(StarletteHTTPException)
