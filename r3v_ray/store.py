@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -126,14 +127,43 @@ def key_of(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> dict:
-    """Write `data` atomically; returns its record."""
+    """Write `data` atomically; returns its record. A write that fails (a full disk) leaves no temporary file and
+    raises a StorageError naming the file and the bytes it needed."""
     fs, path = resolve(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(path)
-    with fs.open_output_stream(tmp) as fh:
-        fh.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as fh:
+            fh.write(data)
+        fs.move(tmp, path)
+    except OSError as exc:
+        _discard(fs, tmp)
+        raise write_failed(uri, memoryview(data).nbytes, exc) from None
     return _note(uri, record_of(data))
+
+
+def write_failed(uri: str, size: int, exc: OSError) -> StorageError:
+    """One line for a write that failed: where, how many bytes it needed, and (on a local disk) how many are free."""
+    free = ""
+    if is_local(uri):
+        try:
+            free = f"; {shutil.disk_usage(os.path.dirname(resolve(uri)[1])).free} bytes free there"
+        except OSError:
+            pass
+    reason = exc.strerror or str(exc).splitlines()[0]
+    return StorageError(f"cannot write {uri} ({size} bytes needed{free}): {reason}")
+
+
+def _discard(fs: pafs.FileSystem, path: str) -> None:
+    """Remove a temporary file or directory of a write that failed; best effort (the disk may be what failed)."""
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type != pafs.FileType.NotFound:
+            fs.delete_file(path)
+    except OSError:
+        pass
 
 
 def write_text(uri: str, text: str) -> dict:
@@ -295,7 +325,8 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
     """
     src_fs = src_fs or pafs.LocalFileSystem()
     src = src.rstrip("/")
-    rels = sorted(rel for rel in list_files(src_fs, src) if rel != PUBLISHED)
+    infos = {rel: info for rel, info in list_files(src_fs, src).items() if rel != PUBLISHED}
+    rels = sorted(infos)
     fs, dst = resolve(dst_uri)
     dst = dst.rstrip("/")
     local = isinstance(fs, pafs.LocalFileSystem)
@@ -303,6 +334,12 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
         fs.create_dir(dst.rpartition("/")[0], recursive=True)
         rename = move and isinstance(src_fs, pafs.LocalFileSystem)
         target = src if rename else _tmp_name(dst)
+        try:
+            return _publish(src, src_fs, rels, fs, dst, dst_uri, expect, local, rename, target)
+        except OSError as exc:  # a full disk: the half-made copy goes, the one line names the place and the size
+            if not rename:
+                _discard(fs, target)
+            raise write_failed(dst_uri, sum(i.size for i in infos.values()), exc) from None
     else:
         rename, target = False, dst
         # Object store: withdraw the old marker first (readers stop trusting the old files), upload, marker last.
@@ -310,6 +347,10 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
             fs.delete_file(f"{dst}/{PUBLISHED}")
         if fs.get_file_info(dst).type != pafs.FileType.NotFound:
             fs.delete_dir_contents(dst)
+    return _publish(src, src_fs, rels, fs, dst, dst_uri, expect, local, rename, target)
+
+
+def _publish(src, src_fs, rels, fs, dst, dst_uri, expect, local, rename, target) -> dict:
     fs.create_dir(target, recursive=True)
     if rename:
         files = dict(_parallel(lambda rel: (rel, _stream(fs, f"{src}/{rel}")), rels))
