@@ -8,9 +8,11 @@ self_select give different answers and each strategy's rule can be checked on re
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import itertools
 import json
+import logging
 import os
 import random
 import shutil
@@ -108,6 +110,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+BODY_TIMEOUT_S = 3.0
 KEY, FILE_KEY = "sk-test-config-key", "sk-test-file-key"  # one key from the config, one from the keys file
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -126,7 +129,7 @@ def served(run_dir, tmp_path_factory):
     from r3v_ray.serving.auth import KEYS_FILE_ENV
     from r3v_ray.serving.launch import add_serve_args, start
 
-    assert ray.is_initialized() == ray_before
+    assert not ray.is_initialized()
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text(f"# one key a line\n\n{FILE_KEY}\n")
     port = _free_port()
@@ -140,6 +143,7 @@ def served(run_dir, tmp_path_factory):
         "serve.health_check_period_s=1",
         f"serve.max_prompt_chars={MAX_PROMPT}",
         "serve.app_name=r3v-test",
+        f"serve.body_timeout_s={BODY_TIMEOUT_S}",
         f"serve.api_keys=[{KEY}]",
     ]
     argv = ["--run-dir", run_dir, "--port", str(port)] + [a for o in overrides for a in ("--set", o)]
@@ -681,6 +685,88 @@ def test_body_limit_is_enforced_while_reading(served):
     assert (status, sent) == (413, 0)
 
 
+def _slow_uploaders(url: str, sources: list[str], seconds: float, during=None) -> tuple[list, object]:
+    """One connection from each of `sources` (loopback addresses) that declares a body within the limit and
+    sends 64 bytes of it every 0.2 s for at most `seconds`; `during()` runs once all are connected. Returns each
+    connection's HTTP status (None: closed without one; "open": no answer by the end) and what `during` gave."""
+    import select
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    head = (f"POST /v1/select HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
+    socks = [socket.create_connection((u.hostname, u.port), timeout=10, source_address=(src, 0)) for src in sources]
+    status: dict[int, object] = {}
+    try:
+        for sock in socks:
+            sock.sendall(head + b'{"question": "')
+        result = during() if during else None
+        deadline = time.monotonic() + seconds
+        while len(status) < len(socks) and time.monotonic() < deadline:
+            open_ = [s for i, s in enumerate(socks) if i not in status]
+            for sock in select.select(open_, [], [], 0.2)[0]:
+                data = sock.recv(65536).decode("latin-1")
+                status[socks.index(sock)] = int(data.split()[1]) if data.startswith("HTTP/") else None
+            for i, sock in enumerate(socks):
+                if i not in status:
+                    try:
+                        sock.send(b"x" * 64)
+                    except OSError:
+                        status[i] = None
+    finally:
+        for sock in socks:
+            sock.close()
+    return [status.get(i, "open") for i in range(len(socks))], result
+
+
+def test_slow_uploaders_do_not_stall_healthz_or_answers(served, image):
+    """130 connections trickling bodies (the issue's count, more than the ingress's slots were; from 13 loopback
+    addresses, 10 each: within both caps) are received until the body deadline and then answered 408; meanwhile
+    /healthz and a valid request from another address answer within a second."""
+    body = {"question": QUESTION, "image": _png_b64(image), "n": 1, "strategy": "first",
+            "sampling": {"seed": 2, "max_new_tokens": 4}}
+    _select(served["url"], **body)  # warm: the timing below is the request's, not a first call's
+
+    def probe():
+        times = {}
+        for name, call in (("healthz", lambda: requests.get(f"{served['url']}/healthz", timeout=30)),
+                           ("select", lambda: _select(served["url"], **body))):
+            t0 = time.perf_counter()
+            assert call().status_code == 200
+            times[name] = time.perf_counter() - t0
+        return times
+
+    sources = [f"127.0.0.{2 + i // 10}" for i in range(130)]
+    t0 = time.monotonic()
+    statuses, times = _slow_uploaders(served["url"], sources, BODY_TIMEOUT_S + 20, probe)
+    print(f"\nslow uploaders: {sorted(collections.Counter(map(str, statuses)).items())} in "
+          f"{time.monotonic() - t0:.1f} s; /healthz {times['healthz']:.3f} s, a request {times['select']:.3f} s")
+    assert times["healthz"] < 1.0 and times["select"] < 1.0, times
+    assert statuses == [408] * 130, statuses
+
+
+def test_one_client_address_gets_at_most_its_share_of_body_slots(served):
+    statuses, _ = _slow_uploaders(served["url"], ["127.0.0.99"] * 20, BODY_TIMEOUT_S + 20)
+    assert statuses.count(429) == 20 - 16 and statuses.count(408) == 16, statuses
+
+
+def test_body_slots_refuse_over_the_caps_and_free_on_exit():
+    from r3v_ray.serving.parsing import BodySlots
+
+    slots = BodySlots(total=3, per_client=2)
+    with slots.hold("a"), slots.hold("a"):
+        with pytest.raises(RequestError, match="2 request bodies from a") as caught:
+            with slots.hold("a"):
+                pass
+        assert caught.value.status == 429
+        with slots.hold("b"):
+            with pytest.raises(RequestError) as caught:
+                with slots.hold("c"):
+                    pass
+            assert caught.value.status == 503
+    assert slots.active == {}
+
+
 def test_read_body_stops_at_the_limit():
     import asyncio
 
@@ -770,10 +856,15 @@ def test_keys_never_fail_open(tmp_path, tiny_model_dir, capsys, name, keys, file
         (tmp_path / "keys.txt").write_bytes(file_bytes)
     argv = ["serve", "--checkpoint", tiny_model_dir, "--set", f"serve.api_keys={json.dumps(keys)}"]
     ray_before = ray.is_initialized()  # the module's app may be up; this start must not have started a Ray
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     with pytest.MonkeyPatch.context() as mp:
         if env is not None:
             mp.setenv(KEYS_FILE_ENV, env)
-        assert main(argv) == 2
+        try:
+            assert main(argv) == 2
+        finally:  # main's log handler writes to this test's captured stderr, closed after it
+            root.handlers[:], root.level = handlers, level
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
     assert (KEYS_FILE_ENV in err) == (not keys)  # names its source: the variable, or the config field

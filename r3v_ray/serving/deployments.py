@@ -91,6 +91,7 @@ class Ingress:
         self.model = {**settings["model"], "created": int(time.time())}
         self.model_id = self.model["id"]
         self.decodes = asyncio.Semaphore(self.cfg.max_concurrent_decodes)
+        self.bodies = parsing.BodySlots(self.cfg.max_body_readers, self.cfg.max_body_readers_per_client)
 
     def __serve_build_asgi_app__(self):
         return routes.create_app(self, docs=self.cfg.docs, check=self.keys)
@@ -118,7 +119,8 @@ class Ingress:
 
     async def answer(self, http: Request, parse, shape) -> JSONResponse:
         try:
-            raw = await parsing.read_body(http.stream(), http.headers.get("content-length"), self.cfg)
+            with self.bodies.hold(http.client.host if http.client else "unknown"):
+                raw = await parsing.read_body_in_time(http.stream(), http.headers.get("content-length"), self.cfg)
             query = await self._parse(parse, raw)
             selection = await self._select(query)
             return JSONResponse(shape(selection, self.model_id).model_dump(mode="json"))

@@ -9,14 +9,16 @@ comes from ServeConfig; nothing here touches Ray or the model.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Iterator, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
@@ -83,6 +85,41 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, cf
         if len(body) > limit:
             raise _too_large(f"more than {limit}", limit)
     return bytes(body)
+
+
+class BodySlots:
+    """Admission for request bodies being received: at most `total` at once, `per_client` from one address; one
+    over either is refused at once (503, 429) instead of waiting, so slow uploaders cannot take every slot of the
+    ingress. Used from one event loop: no lock."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self.active: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        if sum(self.active.values()) >= self.total:
+            raise RequestError(None, f"{self.total} request bodies are being received already; retry shortly", 503,
+                               "overloaded")
+        if self.active.get(client, 0) >= self.per_client:
+            raise RequestError(None, f"{self.per_client} request bodies from {client} are being received already; "
+                               "wait for one to finish", 429, "too_many_requests")
+        self.active[client] = self.active.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            self.active[client] -= 1
+            if not self.active[client]:
+                del self.active[client]
+
+
+async def read_body_in_time(chunks: AsyncIterator[bytes], content_length: str | None, cfg: ServeConfig) -> bytes:
+    """read_body within serve.body_timeout_s, else 408."""
+    try:
+        return await asyncio.wait_for(read_body(chunks, content_length, cfg), cfg.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(None, f"the request body did not arrive whole within {cfg.body_timeout_s:g} s", 408,
+                           "body_timeout") from None
 
 
 def _refuse_constant(name: str) -> float:
