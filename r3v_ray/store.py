@@ -321,7 +321,8 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
     With `expect` ({rel: record}, e.g. the source's own marker's files), a file that arrives with another size or
     checksum is refused before the directory appears. An older directory at dst_uri is replaced. With `move`, a
     local `src` on the same disk as a local destination is renamed instead of copied (it is consumed either way
-    only then).
+    only then). A copy that fails (a full disk) is removed and ends in a StorageError naming the place and the
+    bytes it needed.
     """
     src_fs = src_fs or pafs.LocalFileSystem()
     src = src.rstrip("/")
@@ -334,12 +335,6 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
         fs.create_dir(dst.rpartition("/")[0], recursive=True)
         rename = move and isinstance(src_fs, pafs.LocalFileSystem)
         target = src if rename else _tmp_name(dst)
-        try:
-            return _publish(src, src_fs, rels, fs, dst, dst_uri, expect, local, rename, target)
-        except OSError as exc:  # a full disk: the half-made copy goes, the one line names the place and the size
-            if not rename:
-                _discard(fs, target)
-            raise write_failed(dst_uri, sum(i.size for i in infos.values()), exc) from None
     else:
         rename, target = False, dst
         # Object store: withdraw the old marker first (readers stop trusting the old files), upload, marker last.
@@ -347,39 +342,40 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
             fs.delete_file(f"{dst}/{PUBLISHED}")
         if fs.get_file_info(dst).type != pafs.FileType.NotFound:
             fs.delete_dir_contents(dst)
-    return _publish(src, src_fs, rels, fs, dst, dst_uri, expect, local, rename, target)
-
-
-def _publish(src, src_fs, rels, fs, dst, dst_uri, expect, local, rename, target) -> dict:
-    fs.create_dir(target, recursive=True)
-    if rename:
-        files = dict(_parallel(lambda rel: (rel, _stream(fs, f"{src}/{rel}")), rels))
-    else:
-        files = dict(_parallel(lambda rel: (rel, _stream(src_fs, f"{src}/{rel}", fs, f"{target}/{rel}")), rels))
-    for rel in rels if expect is not None else ():
-        if rel in expect:
-            try:
-                _compare(f"{src}/{rel}", files[rel], expect[rel], f"recorded in {PUBLISHED} of the source")
-            except StorageError as exc:
-                if local and not rename:
-                    fs.delete_dir(target)
-                raise StorageError(f"publishing {dst_uri}: {exc} (the stored file is damaged)") from None
-    _check_copy(fs, target, files, dst_uri)
-    marker = {"id": uuid.uuid4().hex, "published_at": time.time(), "files": files}
-    if local:
-        with fs.open_output_stream(f"{target}/{PUBLISHED}") as fh:
-            fh.write(json.dumps(marker, indent=2, sort_keys=True).encode())
-        old = None
-        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-            old = _tmp_name(dst, "old")
-            fs.move(dst, old)
-        fs.move(target, dst)  # the one step that makes it visible
-        if old:
-            fs.delete_dir(old)
-    else:
-        write_json(join(dst_uri, PUBLISHED), marker)
-    _note(dst_uri, dir_record(marker))
-    return marker
+    try:
+        fs.create_dir(target, recursive=True)
+        if rename:
+            files = dict(_parallel(lambda rel: (rel, _stream(fs, f"{src}/{rel}")), rels))
+        else:
+            files = dict(_parallel(lambda rel: (rel, _stream(src_fs, f"{src}/{rel}", fs, f"{target}/{rel}")), rels))
+        for rel in rels if expect is not None else ():
+            if rel in expect:
+                try:
+                    _compare(f"{src}/{rel}", files[rel], expect[rel], f"recorded in {PUBLISHED} of the source")
+                except StorageError as exc:
+                    if local and not rename:
+                        fs.delete_dir(target)
+                    raise StorageError(f"publishing {dst_uri}: {exc} (the stored file is damaged)") from None
+        _check_copy(fs, target, files, dst_uri)
+        marker = {"id": uuid.uuid4().hex, "published_at": time.time(), "files": files}
+        if local:
+            with fs.open_output_stream(f"{target}/{PUBLISHED}") as fh:
+                fh.write(json.dumps(marker, indent=2, sort_keys=True).encode())
+            old = None
+            if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+                old = _tmp_name(dst, "old")
+                fs.move(dst, old)
+            fs.move(target, dst)  # the one step that makes it visible
+            if old:
+                fs.delete_dir(old)
+        else:
+            write_json(join(dst_uri, PUBLISHED), marker)
+        _note(dst_uri, dir_record(marker))
+        return marker
+    except OSError as exc:
+        if local and not rename:
+            _discard(fs, target)
+        raise write_failed(dst_uri, sum(i.size for i in infos.values()), exc) from None
 
 
 def _parallel(fn, items: list) -> list:
