@@ -69,7 +69,8 @@ def decode_image(
         head = bytes(source[:64]) if isinstance(fp, io.BytesIO) else _head(fp)
         found = sniff_format(head)
         if found:
-            raise ImageError(f"image format {found} is not accepted; send one of {', '.join(FORMATS)}", "format") from None
+            raise ImageError(f"image format {found} is not accepted; send one of {', '.join(FORMATS)}",
+                             "format") from None
         raise ImageError(f"not an image in a known format (accepted: {', '.join(FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"too large to decode ({exc})", "too_large") from None

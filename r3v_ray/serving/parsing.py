@@ -244,7 +244,8 @@ def _check_size(cfg: ServeConfig, param: str, width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
         raise RequestError(param, f"image of {width}x{height} pixels has an aspect ratio over {MAX_ASPECT_RATIO}")
     if width * height > cfg.max_image_pixels:
-        raise RequestError(param, f"image of {width}x{height} pixels is over the limit of {cfg.max_image_pixels} pixels", 413, "image_too_large")
+        raise RequestError(param, f"image of {width}x{height} pixels is over the limit of {cfg.max_image_pixels} "
+                           "pixels", 413, "image_too_large")
 
 
 # -- the common query ----------------------------------------------------------------------------------
@@ -393,7 +394,8 @@ def _refuse_unhonoured(body: dict[str, Any]) -> dict[str, Any]:
         if name in UNHONOURED:
             why, no_op = UNHONOURED[name]
             # a bool is no number here: `False == 0` would let `logprobs: 0` pass, `top_logprobs: false` too
-            if value is not None and not any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op):
+            asks_nothing = any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op)
+            if value is not None and not asks_nothing:
                 raise RequestError(name, f"not supported by this server ({why}); omit it or send null")
             continue
         kept[name] = value
