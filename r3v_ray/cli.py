@@ -78,7 +78,7 @@ def _cmd_status(args) -> int:
     from r3v_ray.status import StatusError, format_status, run_status
 
     try:
-        status = run_status(args.run_dir)
+        status = run_status(args.run_dir, verify=args.verify)
     except StatusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "would do next (reads the run's files; any storage.root)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="<storage.root>/<name>: a local path or a URI (s3://...)")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--verify", action="store_true", help="also compare every finished stage's outputs with their "
+                   "recorded checksums (reads them all; their sizes are always compared)")
     p.set_defaults(func=_cmd_status)
 
     from r3v_ray.serving.launch import add_serve_args  # argparse only; Ray Serve loads when the command runs
@@ -300,11 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(verbose=args.verbose)
     from r3v_ray.config import ConfigError
     from r3v_ray.manifest import RunDirError
+    from r3v_ray.store import StorageError
     from r3v_ray.tasks.base import RecordError
 
     try:
         return args.func(args)
-    except (ConfigError, RecordError, RunDirError) as exc:  # ConfigError includes ModelFamilyError
+    # ConfigError includes ModelFamilyError; StorageError: a write that failed (a full disk), named with its size
+    except (ConfigError, RecordError, RunDirError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -294,13 +294,41 @@ class ServeConfig(DecodingConfig):
     max_choice_chars: int = Field(1000, ge=1)  # each answer choice
     max_prompt_chars: int = Field(16000, ge=1)  # the question and all its choices together
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    image_pixel_budget: int | None = Field(
+        None, ge=1,
+        description="Pixels a larger image is reduced to while it is decoded, in the ingress, before it reaches a "
+        "replica (at least this many are kept; the model's processor does the final resize). Unset: the model's "
+        "own budget, model.max_pixels or else the checkpoint's image processor (read where the app is built; a "
+        "checkpoint under a URI is not read, and its images are kept as sent).")
+    max_concurrent_decodes: int = Field(
+        2, ge=1,
+        description="Request bodies parsed and images decoded at once per ingress replica, off its event loop; "
+        "others wait their turn. Bounds the ingress's memory: each decode holds at most one image of "
+        "max_image_pixels at full size.")
     max_choices: int = Field(26, ge=1)
     max_json_depth: int = Field(32, ge=2)  # nesting of arrays and objects in a request body
+    # Slow clients (r3v_ray/serving/parsing.py BodySlots): bodies are received under a deadline and a cap.
+    body_timeout_s: float = Field(
+        30.0, gt=0.0,
+        description="Seconds a request body may take to arrive whole (counted from the request's start); a slower "
+        "one is answered 408 and its connection closed.")
+    max_body_readers: int = Field(
+        192, ge=1,
+        description="Request bodies received at once per ingress replica; one more is answered 503 at once. Below "
+        "ingress_max_ongoing_requests, so that slow uploads never take every slot from /healthz and answers.")
+    max_body_readers_per_client: int = Field(
+        16, ge=1,
+        description="Request bodies received at once from one client address (as the ingress sees it); one more is "
+        "answered 429 at once.")
     # Access: with keys set, every route but /healthz needs `Authorization: Bearer <key>` (401 otherwise). Keys also
     # come from the file named by the environment variable R3V_SERVE_API_KEYS_FILE (one a line; r3v_ray/serving/
     # auth.py). Never written out: not into a run's config.yaml, nor into the Serve application's settings.
     api_keys: list[str] = Field(default_factory=list, exclude=True, repr=False)
-    docs: bool = True  # serve /docs and /openapi.json (behind the keys, when there are keys)
+    docs: bool = Field(
+        False,
+        description="Serve the /docs page (Swagger UI, behind the keys when there are keys). Off by default: its "
+        "scripts and styles come from a public CDN, so on a network without internet the page is blank. "
+        "/openapi.json, the schema it shows, is served either way.")
     # Sampler deployment: engine, dynamic batching across concurrent requests, health checks.
     engine: Literal["hf", "vllm"] = "hf"
     torch_threads: int = Field(1, ge=1)
@@ -314,7 +342,8 @@ class ServeConfig(DecodingConfig):
     # Ingress deployment: HTTP parsing only, so it takes no CPU away from the model replicas by default.
     ingress_replicas: int = Field(1, ge=1)
     ingress_cpus: float = Field(0.0, ge=0.0)
-    ingress_max_ongoing_requests: int = Field(128, ge=1)  # above Serve's default of 5 so the sampler can batch
+    # Above Serve's default of 5 so the sampler can batch, and above max_body_readers so that slow uploads leave room.
+    ingress_max_ongoing_requests: int = Field(256, ge=1)
     app_name: str = "r3v"
     route_prefix: str = "/"
     model_name: str | None = None  # the id in /v1/models; derived from the run and round when unset
@@ -330,6 +359,8 @@ class ServeConfig(DecodingConfig):
             raise ValueError("serve.max_new_tokens must be <= serve.max_new_tokens_limit")
         if self.min_replicas > self.max_replicas:
             raise ValueError("serve.min_replicas must be <= serve.max_replicas")
+        if self.max_body_readers >= self.ingress_max_ongoing_requests:
+            raise ValueError("serve.max_body_readers must be < serve.ingress_max_ongoing_requests")
         if {"CPU", "GPU"} & set(self.replica_resources):
             raise ValueError("serve.replica_resources: CPU and GPU go in cpus_per_replica/gpus_per_replica")
         return self

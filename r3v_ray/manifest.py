@@ -17,12 +17,12 @@ from r3v_ray import store
 log = logging.getLogger(__name__)
 
 
-class ConfigChangedError(RuntimeError):
-    pass
-
-
 class RunDirError(RuntimeError):
     """A run directory r3v cannot trust as it is: the message names the file and what to do."""
+
+
+class ConfigChangedError(RunDirError):
+    """A round's manifest written under another config (the command line shows it as one line)."""
 
 
 class ManifestError(RunDirError):

@@ -19,6 +19,7 @@ checked file by file while it is made (r3v_ray/cache.py).
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 
@@ -44,6 +45,10 @@ _ROUND = re.compile(r"round-(\d+)$")
 
 class DamagedRunError(RunDirError):
     """An output of a finished stage is missing or differs from what its manifest recorded."""
+
+
+class OutsideRunError(RunDirError):
+    """A round directory, or an entry of one, that resolves outside its run directory (a link to another run's)."""
 
 
 def same_outputs(a: dict | None, b: dict | None) -> bool:
@@ -231,7 +236,12 @@ class RunDir:
         return store.join(self.tensorboard, f"train-round-{k:03d}")
 
     def round(self, k: int) -> RoundDir:
-        return RoundDir(store.join(self.uri, f"round-{k:03d}"), k)
+        """Round k's directory; an OutsideRunError when it (or an entry in it) is a link out of the run: nothing
+        is read from or written through it, so a run cannot serve, report or overwrite another run's round."""
+        uri = store.join(self.uri, f"round-{k:03d}")
+        if not store.is_uri(self.uri):  # object stores have no links
+            check_inside(self.uri, uri)
+        return RoundDir(uri, k)
 
     def rounds(self) -> list[int]:
         """Indices of the round directories present, ascending."""
@@ -255,6 +265,22 @@ class RunDir:
                 log.warning("round %d's finished stages are stale (%s): they are redone when the run gets there",
                             j, reason)
                 manifest.invalidate(list(manifest.stages), reason)
+
+
+def check_inside(run_uri: str, round_uri: str) -> None:
+    """The local round directory and each entry in it resolve inside the run directory (links are followed)."""
+    run = os.path.realpath(run_uri)
+    paths = [round_uri]
+    if os.path.isdir(round_uri) and not os.path.islink(round_uri):
+        with os.scandir(round_uri) as entries:
+            paths += [e.path for e in entries if e.is_symlink()]
+    for path in paths:
+        real = os.path.realpath(path)
+        if os.path.commonpath([run, real]) != run:
+            raise OutsideRunError(
+                f"{path} resolves to {real}, outside the run directory {run_uri}: refused (a round is never read "
+                "or written through a link out of its run). Replace the link with the round's own files, or point "
+                "the run at the other directory itself")
 
 
 def _check_dir(uri: str, record: dict, checksums: bool) -> None:

@@ -3,8 +3,9 @@ works on any storage.root (s3://, gs://, a local path), from any machine, while 
 
 Each stage of each round is done, running (since when, on which host and process, in which Ray job), failed (with
 the error) or not started; a stage recorded as running whose driver process is gone from this machine is shown as
-interrupted. From that it says what a re-run would do next, in the order `r3v run` goes: the first round not
-finished under the run's config, at its first stage not done.
+interrupted; a done stage whose outputs are not as its manifest recorded them (sizes always, checksums with
+--verify) is shown as damaged, naming the file. From that it says what a re-run would do next, in the order
+`r3v run` goes: the first round not finished under the run's config, at its first stage not done.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from r3v_ray import store
 from r3v_ray.config import config_from_dict
+from r3v_ray.manifest import redo_hint
 from r3v_ray.rundir import STAGES, RunDir
 
 
@@ -52,9 +54,11 @@ def stages_of(round_index: int) -> tuple[str, ...]:
 @dataclass
 class StageStatus:
     name: str
-    state: str  # done | running | interrupted | failed | stale | pending
+    state: str  # done | damaged | running | interrupted | failed | stale | pending
     seconds: float | None = None  # a done stage's time; a running one's time so far
-    error: str | None = None  # a failed stage's error; a stale one's reason (r3v_ray/manifest.py invalidate)
+    # a failed stage's error; a stale one's reason (r3v_ray/manifest.py invalidate); a damaged one's first output
+    # that is not as recorded (r3v_ray/rundir.py RoundDir.damage)
+    error: str | None = None
     host: str | None = None
     pid: int | None = None
     ray_job: str | None = None
@@ -74,7 +78,7 @@ class RoundStatus:
             return "not started"
         if states == {"done"}:
             return "finished" if not self.other_config else "finished under another config"
-        for word in ("running", "failed", "interrupted", "stale"):
+        for word in ("damaged", "running", "failed", "interrupted", "stale"):
             if word in states:
                 return word
         return "partly done"
@@ -97,7 +101,9 @@ class RunStatus:
         return data
 
 
-def run_status(run_uri: str) -> RunStatus:
+def run_status(run_uri: str, verify: bool = False) -> RunStatus:
+    """The run's status. Every done stage's outputs are compared with what its manifest recorded, by size, and with
+    `verify` by checksum too (reading them): one that differs shows as damaged, naming the file."""
     run = RunDir(run_uri.rstrip("/"))
     if not store.exists(run.config):
         raise StatusError(f"{run.uri}: no run here (no config.yaml; a run writes it when its first round starts)")
@@ -105,13 +111,14 @@ def run_status(run_uri: str) -> RunStatus:
     digest = cfg.digest()
     status = RunStatus(run.uri, cfg.name, cfg.method, cfg.rounds, digest)
     for k in range(max([cfg.rounds] + run.rounds()) + 1):
-        status.round_status.append(_round_status(run, k, digest))
+        status.round_status.append(_round_status(run, k, digest, verify))
     status.next = _next_step(status)
     return status
 
 
-def _round_status(run: RunDir, k: int, digest: str) -> RoundStatus:
-    manifest = run.round(k).manifest()
+def _round_status(run: RunDir, k: int, digest: str, verify: bool) -> RoundStatus:
+    round_dir = run.round(k)  # a round that is a link out of the run is refused here (OutsideRunError)
+    manifest = round_dir.manifest()
     if manifest is None:
         return RoundStatus(k, [StageStatus(s, "pending") for s in stages_of(k)])
     out = RoundStatus(k, [], manifest.config_digest, manifest.config_digest != digest)
@@ -120,6 +127,9 @@ def _round_status(run: RunDir, k: int, digest: str) -> RoundStatus:
         state = entry.get("status") or "pending"
         stage = StageStatus(name, state, entry.get("seconds"), entry.get("error") or entry.get("stale_because"),
                             entry.get("host"), entry.get("pid"), entry.get("ray_job"))
+        # Only outputs the manifest recorded (a round recorded before r3v kept them has none to compare).
+        if manifest.outputs(name) and (problem := round_dir.damage(name, manifest, checksums=verify)):
+            stage.state, stage.error = "damaged", problem
         if state == "running":
             stage.seconds = time.time() - entry["started_at"] if entry.get("started_at") else None
             if _gone(entry):
@@ -155,6 +165,9 @@ def _next_step(status: RunStatus) -> str:
             if stage.state == "running":
                 who = f"Ray job {stage.ray_job}" if stage.ray_job else f"pid {stage.pid} on {stage.host}"
                 return f"{where} is running ({who}): wait for it, or stop it before running the round again"
+            if stage.state == "damaged":
+                return (f"a re-run refuses {where}: {stage.error} (restore it, or redo the round: "
+                        f"{redo_hint(rs.index)})")
             if stage.state == "failed":
                 return f"a re-run retries {where}, which failed: {stage.error}"
             if stage.state == "interrupted":
@@ -186,8 +199,8 @@ def _stage_text(s: StageStatus) -> str:
         who = f"pid {s.pid} on {s.host}" + (f", Ray job {s.ray_job}" if s.ray_job else "")
         since = f" for {_duration(s.seconds)}" if s.seconds is not None and s.state == "running" else ""
         return f"{s.name} {s.state}{since} ({who})"
-    if s.state == "failed":
-        return f"{s.name} failed ({s.error})"
+    if s.state in ("failed", "damaged"):
+        return f"{s.name} {s.state} ({s.error})"
     if s.state == "stale":
         return f"{s.name} stale ({s.error})"
     return f"{s.name} not started"

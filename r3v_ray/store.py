@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -126,14 +127,43 @@ def key_of(uri: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> dict:
-    """Write `data` atomically; returns its record."""
+    """Write `data` atomically; returns its record. A write that fails (a full disk) leaves no temporary file and
+    raises a StorageError naming the file and the bytes it needed."""
     fs, path = resolve(uri)
     fs.create_dir(path.rpartition("/")[0], recursive=True)
     tmp = _tmp_name(path)
-    with fs.open_output_stream(tmp) as fh:
-        fh.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as fh:
+            fh.write(data)
+        fs.move(tmp, path)
+    except OSError as exc:
+        _discard(fs, tmp)
+        raise write_failed(uri, memoryview(data).nbytes, exc) from None
     return _note(uri, record_of(data))
+
+
+def write_failed(uri: str, size: int, exc: OSError) -> StorageError:
+    """One line for a write that failed: where, how many bytes it needed, and (on a local disk) how many are free."""
+    free = ""
+    if is_local(uri):
+        try:
+            free = f"; {shutil.disk_usage(os.path.dirname(resolve(uri)[1])).free} bytes free there"
+        except OSError:
+            pass
+    reason = exc.strerror or str(exc).splitlines()[0]
+    return StorageError(f"cannot write {uri} ({size} bytes needed{free}): {reason}")
+
+
+def _discard(fs: pafs.FileSystem, path: str) -> None:
+    """Remove a temporary file or directory of a write that failed; best effort (the disk may be what failed)."""
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type != pafs.FileType.NotFound:
+            fs.delete_file(path)
+    except OSError:
+        pass
 
 
 def write_text(uri: str, text: str) -> dict:
@@ -291,11 +321,13 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
     With `expect` ({rel: record}, e.g. the source's own marker's files), a file that arrives with another size or
     checksum is refused before the directory appears. An older directory at dst_uri is replaced. With `move`, a
     local `src` on the same disk as a local destination is renamed instead of copied (it is consumed either way
-    only then).
+    only then). A copy that fails (a full disk) is removed and ends in a StorageError naming the place and the
+    bytes it needed.
     """
     src_fs = src_fs or pafs.LocalFileSystem()
     src = src.rstrip("/")
-    rels = sorted(rel for rel in list_files(src_fs, src) if rel != PUBLISHED)
+    infos = {rel: info for rel, info in list_files(src_fs, src).items() if rel != PUBLISHED}
+    rels = sorted(infos)
     fs, dst = resolve(dst_uri)
     dst = dst.rstrip("/")
     local = isinstance(fs, pafs.LocalFileSystem)
@@ -310,35 +342,40 @@ def publish_dir(src: str, dst_uri: str, src_fs: pafs.FileSystem | None = None, m
             fs.delete_file(f"{dst}/{PUBLISHED}")
         if fs.get_file_info(dst).type != pafs.FileType.NotFound:
             fs.delete_dir_contents(dst)
-    fs.create_dir(target, recursive=True)
-    if rename:
-        files = dict(_parallel(lambda rel: (rel, _stream(fs, f"{src}/{rel}")), rels))
-    else:
-        files = dict(_parallel(lambda rel: (rel, _stream(src_fs, f"{src}/{rel}", fs, f"{target}/{rel}")), rels))
-    for rel in rels if expect is not None else ():
-        if rel in expect:
-            try:
-                _compare(f"{src}/{rel}", files[rel], expect[rel], f"recorded in {PUBLISHED} of the source")
-            except StorageError as exc:
-                if local and not rename:
-                    fs.delete_dir(target)
-                raise StorageError(f"publishing {dst_uri}: {exc} (the stored file is damaged)") from None
-    _check_copy(fs, target, files, dst_uri)
-    marker = {"id": uuid.uuid4().hex, "published_at": time.time(), "files": files}
-    if local:
-        with fs.open_output_stream(f"{target}/{PUBLISHED}") as fh:
-            fh.write(json.dumps(marker, indent=2, sort_keys=True).encode())
-        old = None
-        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-            old = _tmp_name(dst, "old")
-            fs.move(dst, old)
-        fs.move(target, dst)  # the one step that makes it visible
-        if old:
-            fs.delete_dir(old)
-    else:
-        write_json(join(dst_uri, PUBLISHED), marker)
-    _note(dst_uri, dir_record(marker))
-    return marker
+    try:
+        fs.create_dir(target, recursive=True)
+        if rename:
+            files = dict(_parallel(lambda rel: (rel, _stream(fs, f"{src}/{rel}")), rels))
+        else:
+            files = dict(_parallel(lambda rel: (rel, _stream(src_fs, f"{src}/{rel}", fs, f"{target}/{rel}")), rels))
+        for rel in rels if expect is not None else ():
+            if rel in expect:
+                try:
+                    _compare(f"{src}/{rel}", files[rel], expect[rel], f"recorded in {PUBLISHED} of the source")
+                except StorageError as exc:
+                    if local and not rename:
+                        fs.delete_dir(target)
+                    raise StorageError(f"publishing {dst_uri}: {exc} (the stored file is damaged)") from None
+        _check_copy(fs, target, files, dst_uri)
+        marker = {"id": uuid.uuid4().hex, "published_at": time.time(), "files": files}
+        if local:
+            with fs.open_output_stream(f"{target}/{PUBLISHED}") as fh:
+                fh.write(json.dumps(marker, indent=2, sort_keys=True).encode())
+            old = None
+            if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+                old = _tmp_name(dst, "old")
+                fs.move(dst, old)
+            fs.move(target, dst)  # the one step that makes it visible
+            if old:
+                fs.delete_dir(old)
+        else:
+            write_json(join(dst_uri, PUBLISHED), marker)
+        _note(dst_uri, dir_record(marker))
+        return marker
+    except OSError as exc:
+        if local and not rename:
+            _discard(fs, target)
+        raise write_failed(dst_uri, sum(i.size for i in infos.values()), exc) from None
 
 
 def _parallel(fn, items: list) -> list:

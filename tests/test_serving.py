@@ -8,9 +8,11 @@ self_select give different answers and each strategy's rule can be checked on re
 from __future__ import annotations
 
 import base64
+import collections
 import io
 import itertools
 import json
+import logging
 import os
 import random
 import shutil
@@ -39,10 +41,11 @@ RATIONALES = ["There are 3 red objects.\nAnswer: 3", "There are 5 red objects.\n
 SELECTOR_TARGET = "Answer: 7"
 MAX_NEW = 24
 MAX_NEW_LIMIT = 32  # bounds what a fuzzed request can ask the engine for
-MAX_IMAGE_BYTES = 50_000
+MAX_IMAGE_BYTES = 64_000  # holds a PNG of one colour at the pixel limit (4096 x 4096: 58,637 bytes)
 MAX_CHOICE = 200
 MAX_PROMPT = 2000
 TASK = get_task("synthetic")
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"  # Pillow would hand it to Ghostscript
 
 
 def _png_b64(img: Image.Image) -> str:
@@ -107,6 +110,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+BODY_TIMEOUT_S = 3.0
 KEY, FILE_KEY = "sk-test-config-key", "sk-test-file-key"  # one key from the config, one from the keys file
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -139,6 +143,7 @@ def served(run_dir, tmp_path_factory):
         "serve.health_check_period_s=1",
         f"serve.max_prompt_chars={MAX_PROMPT}",
         "serve.app_name=r3v-test",
+        f"serve.body_timeout_s={BODY_TIMEOUT_S}",
         f"serve.api_keys=[{KEY}]",
     ]
     argv = ["--run-dir", run_dir, "--port", str(port)] + [a for o in overrides for a in ("--set", o)]
@@ -184,6 +189,34 @@ def test_parse_select_applies_defaults_and_limits(image):
     with pytest.raises(RequestError, match="answer_choices"):
         parse_chat({"model": "m", "messages": [{"role": "user", "content": "Q"}], "answer_choices": []}, cfg, "m")
     assert build_query(cfg, "Q", None, None, 1, "first", temperature=0.0).params.greedy
+
+
+def test_parse_reduces_a_large_image_to_the_pixel_budget_before_it_leaves_the_ingress():
+    cfg = ServeConfig(image_pixel_budget=50_176)
+    big = _png_b64(Image.new("RGB", (4096, 4096), (30, 60, 90)))
+    query = parse_select({"question": "Q", "image": big}, cfg)
+    assert 50_176 <= query.image.width * query.image.height < 4 * 50_176 and query.image.getpixel((0, 0)) == (30, 60, 90)
+    assert parse_select({"question": "Q", "image": big}, ServeConfig()).image.size == (4096, 4096)  # no budget
+
+
+def test_the_pixel_budget_is_the_models_unless_serve_sets_one(run_dir):
+    from r3v_ray.config import RunConfig
+    from r3v_ray.serving.app import image_budget
+
+    served = ckpt.resolve(run_dir=run_dir)
+    assert image_budget(RunConfig(), served) == 50_176  # the tiny model's processor: 64 visual tokens of 28 x 28
+    assert image_budget(RunConfig.model_validate({"model": {"max_pixels": 1000}}), served) == 1000
+    assert image_budget(RunConfig.model_validate({"serve": {"image_pixel_budget": 7}}), served) == 7
+
+
+def test_chat_fields_that_ask_for_nothing_are_accepted():
+    """An OpenAI field the server cannot honour passes when its value asks for nothing (null, the off value)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "Q"}], "stream": False, "stop": None,
+            "logprobs": False, "presence_penalty": 0.0, "frequency_penalty": 0, "tools": [], "tool_choice": "none",
+            "response_format": {"type": "text"}, "user": "end-user-7"}
+    assert parse_chat(body, ServeConfig(), "m").question == "Q"
+    with pytest.raises(RequestError, match="^top_logprobs: not supported"):
+        parse_chat({**body, "top_logprobs": False}, ServeConfig(), "m")  # false is not the number 0
 
 
 def test_checkpoint_resolution(run_dir, tmp_path):
@@ -253,6 +286,33 @@ def _queue_calls(wait_s: float):
         return [f"out-{i}" for i in items]
 
     return EngineQueue(run, max_batch_size=3, wait_s=wait_s), calls, gates, asyncio, threading
+
+
+def test_an_overflowing_select_prompt_is_refused_before_candidates_are_drawn(engine, image):
+    """N candidates at their token limit would not fit the select prompt: refused naming n, no engine call made;
+    a query that fits runs both passes."""
+    import asyncio
+
+    from r3v_ray.serving.selector import run_selection
+
+    calls = []
+
+    async def generate(request, params):
+        calls.append(params.n)
+        return engine.generate([request], params)[0]
+
+    async def measure(request):
+        return engine.prompt_tokens(request)
+
+    cfg = ServeConfig(max_n=8)
+    over = build_query(cfg, QUESTION, image, None, 8, "self_select", max_new_tokens=300, seed=1)
+    with pytest.raises(RequestError, match=r"^n: the select prompt could reach \d+ tokens .* over the model's "
+                                           r"max_prompt_tokens 2048; at most n = \d fits") as caught:
+        asyncio.run(run_selection(TASK, over, generate, measure, engine.max_prompt_tokens))
+    assert caught.value.status == 400 and calls == []
+    fits = build_query(cfg, QUESTION, image, None, 2, "self_select", max_new_tokens=8, seed=1)
+    assert asyncio.run(run_selection(TASK, fits, generate, measure, engine.max_prompt_tokens)).selector_text is not None
+    assert calls == [2, 1]
 
 
 def test_engine_queue_runs_a_lone_request_at_once_and_batches_those_that_wait():
@@ -427,6 +487,9 @@ def test_selection_scores_answers_as_evaluation_does():
 # -- bad requests: a 4xx naming the problem, never a 500 ---------------------------------------------------------
 def _bad_cases() -> list:
     png = _png_b64(Image.new("RGB", (8, 8)))
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="ICO")
+    ico = base64.b64encode(buf.getvalue()).decode()
     big = base64.b64encode(random.Random(0).randbytes(MAX_IMAGE_BYTES + 1000)).decode()
     user = lambda content: {"model": "servetest-round-1", "messages": [{"role": "user", "content": content}]}  # noqa: E731
     img_part = lambda url: {"type": "image_url", "image_url": {"url": url}}  # noqa: E731
@@ -437,6 +500,8 @@ def _bad_cases() -> list:
         ("image not base64", S, {"question": "Q", "image": "@@@ not base64 @@@"}, 400, "image", "not valid base64"),
         ("bytes not an image", S, {"question": "Q", "image": base64.b64encode(b"plain text").decode()}, 400, "image", "not a readable image"),
         ("image over the size limit", S, {"question": "Q", "image": big}, 413, "image", "over the limit"),
+        ("image in a refused format (EPS)", S, {"question": "Q", "image": base64.b64encode(EPS).decode()}, 400, "image", "image format EPS is not accepted"),
+        ("chat: image in a refused format (ICO)", C, user([{"type": "text", "text": "Q"}, img_part(f"data:image/x-icon;base64,{ico}")]), 400, "image_url.url", "image format ICO is not accepted"),
         ("image too elongated", S, {"question": "Q", "image": _png_b64(Image.new("RGB", (2, 600)))}, 400, "image", "aspect ratio"),
         ("n zero", S, {"question": "Q", "n": 0}, 400, "n", "between 1 and 4"),
         ("n too large", S, {"question": "Q", "n": 5}, 400, "n", "between 1 and 4"),
@@ -457,6 +522,12 @@ def _bad_cases() -> list:
         ("chat: not an image URI", C, user([{"type": "text", "text": "Q"}, img_part("data:text/plain;base64,aGk=")]), 400, "image_url.url", "not an image"),
         ("chat: unknown strategy", C, {**user("Q"), "strategy": "vote"}, 400, "strategy", "unknown strategy"),
         ("chat: stream", C, {**user("Q"), "stream": True}, 400, "stream", "not supported"),
+        ("chat: stop", C, {**user("Q"), "stop": ["Answer"]}, 400, "stop", "stop sequences are not applied"),
+        ("chat: logprobs", C, {**user("Q"), "logprobs": True}, 400, "logprobs", "not supported"),
+        ("chat: response_format", C, {**user("Q"), "response_format": {"type": "json_object"}}, 400, "response_format", "not supported"),
+        ("chat: functions", C, {**user("Q"), "functions": [{"name": "f"}]}, 400, "functions", "tools are not supported"),
+        ("chat: tool_choice", C, {**user("Q"), "tool_choice": "auto"}, 400, "tool_choice", "tools are not supported"),
+        ("chat: a field neither OpenAI's nor ours", C, {**user("Q"), "best_of": 3}, 400, "best_of", "unknown field"),
         ("chat: max_tokens over limit", C, {**user("Q"), "max_tokens": 10**6}, 400, "max_tokens", "between 1 and"),
         # sizes, each refused before anything is tokenized
         ("choice over its length limit", S, {"question": "Q", "choices": ["a", "b" * (MAX_CHOICE + 1)]}, 400, "choices[1]", f"over the limit of {MAX_CHOICE}"),
@@ -507,6 +578,66 @@ def test_one_bad_request_among_concurrent_ones_fails_alone(served, image):
     assert len({json.dumps(r.json()["candidates"]) for i, r in enumerate(got) if i != 3}) == 1  # same seed, same answer
 
 
+def _replica_pids() -> dict[str, int]:
+    """The processes of this module's ingress and sampler replica, by deployment (Ray titles them by it)."""
+    import psutil
+
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        for name in ("R3VIngress", "R3VSampler"):
+            if f"ServeReplica:r3v-test:{name}" in line:
+                found[name] = proc.pid
+    return found
+
+
+# What a decode may hold in the ingress: max_concurrent_decodes (2) images at full size (3 bytes a pixel at the
+# 4096 x 4096 limit: 48 MiB each) and their copies, with room for the allocator; the sampler gets reduced images.
+INGRESS_GROWTH_MIB, SAMPLER_GROWTH_MIB = 400, 200
+
+
+def test_maximal_images_from_16_clients_keep_memory_bounded_and_healthz_quick(served):
+    """16 clients x 2 requests, each with a 4096 x 4096 PNG (the pixel limit): the ingress decodes at most two at
+    a time, off its event loop, and reduces each to the model's budget before it reaches the replica; /healthz,
+    probed throughout, answers within 1 s; every request gets its answer."""
+    import psutil
+
+    body = json.dumps({"question": QUESTION, "image": _png_b64(Image.new("RGB", (4096, 4096), (30, 60, 90))),
+                       "n": 1, "strategy": "first", "sampling": {"seed": 1, "max_new_tokens": 4}}).encode()
+    assert len(body) < 4 * MAX_IMAGE_BYTES // 3 + 1000
+    pids = _replica_pids()
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    base = {name: p.memory_info().rss for name, p in procs.items()}
+    peak, probes, done = dict(base), [], []
+
+    def post(_):
+        return requests.post(f"{served['url']}/v1/select", data=body, timeout=120,
+                             headers={"content-type": "application/json", **AUTH}).status_code
+
+    def watch():
+        while not done:
+            for name, p in procs.items():
+                peak[name] = max(peak[name], p.memory_info().rss)
+            t0 = time.perf_counter()
+            ok = requests.get(f"{served['url']}/healthz", timeout=30).status_code
+            probes.append((ok, time.perf_counter() - t0))
+            time.sleep(0.1)
+
+    with ThreadPoolExecutor(17) as pool:
+        watcher = pool.submit(watch)
+        try:
+            statuses = list(pool.map(post, range(32)))
+        finally:
+            done.append(True)
+        watcher.result()
+    growth = {name: (peak[name] - base[name]) / 2**20 for name in procs}
+    print(f"\nRSS growth MiB {growth}; /healthz probes {len(probes)}, slowest {max(t for _, t in probes):.3f} s")
+    assert statuses == [200] * 32
+    assert len(probes) >= 5 and all(ok == 200 for ok, _ in probes)
+    assert max(t for _, t in probes) < 1.0, probes
+    assert growth["R3VIngress"] < INGRESS_GROWTH_MIB and growth["R3VSampler"] < SAMPLER_GROWTH_MIB, growth
+
+
 def _raw_post(url: str, head: str, chunks, pause_s: float = 0.0, stop_after_s: float = 120.0) -> tuple[int | None, int]:
     """Send `head` then each chunk of `chunks` (`pause_s` apart) until the server answers; returns (HTTP status or
     None when it never answered, body bytes sent before the answer). A terminating empty chunk follows when all
@@ -552,6 +683,88 @@ def test_body_limit_is_enforced_while_reading(served):
     head = f"POST /v1/select HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {10 * limit}\r\n\r\n"
     status, sent = _raw_post(served["url"], head, iter(()))
     assert (status, sent) == (413, 0)
+
+
+def _slow_uploaders(url: str, sources: list[str], seconds: float, during=None) -> tuple[list, object]:
+    """One connection from each of `sources` (loopback addresses) that declares a body within the limit and
+    sends 64 bytes of it every 0.2 s for at most `seconds`; `during()` runs once all are connected. Returns each
+    connection's HTTP status (None: closed without one; "open": no answer by the end) and what `during` gave."""
+    import select
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    head = (f"POST /v1/select HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n").encode()
+    socks = [socket.create_connection((u.hostname, u.port), timeout=10, source_address=(src, 0)) for src in sources]
+    status: dict[int, object] = {}
+    try:
+        for sock in socks:
+            sock.sendall(head + b'{"question": "')
+        result = during() if during else None
+        deadline = time.monotonic() + seconds
+        while len(status) < len(socks) and time.monotonic() < deadline:
+            open_ = [s for i, s in enumerate(socks) if i not in status]
+            for sock in select.select(open_, [], [], 0.2)[0]:
+                data = sock.recv(65536).decode("latin-1")
+                status[socks.index(sock)] = int(data.split()[1]) if data.startswith("HTTP/") else None
+            for i, sock in enumerate(socks):
+                if i not in status:
+                    try:
+                        sock.send(b"x" * 64)
+                    except OSError:
+                        status[i] = None
+    finally:
+        for sock in socks:
+            sock.close()
+    return [status.get(i, "open") for i in range(len(socks))], result
+
+
+def test_slow_uploaders_do_not_stall_healthz_or_answers(served, image):
+    """130 connections trickling bodies (the issue's count, more than the ingress's slots were; from 13 loopback
+    addresses, 10 each: within both caps) are received until the body deadline and then answered 408; meanwhile
+    /healthz and a valid request from another address answer within a second."""
+    body = {"question": QUESTION, "image": _png_b64(image), "n": 1, "strategy": "first",
+            "sampling": {"seed": 2, "max_new_tokens": 4}}
+    _select(served["url"], **body)  # warm: the timing below is the request's, not a first call's
+
+    def probe():
+        times = {}
+        for name, call in (("healthz", lambda: requests.get(f"{served['url']}/healthz", timeout=30)),
+                           ("select", lambda: _select(served["url"], **body))):
+            t0 = time.perf_counter()
+            assert call().status_code == 200
+            times[name] = time.perf_counter() - t0
+        return times
+
+    sources = [f"127.0.0.{2 + i // 10}" for i in range(130)]
+    t0 = time.monotonic()
+    statuses, times = _slow_uploaders(served["url"], sources, BODY_TIMEOUT_S + 20, probe)
+    print(f"\nslow uploaders: {sorted(collections.Counter(map(str, statuses)).items())} in "
+          f"{time.monotonic() - t0:.1f} s; /healthz {times['healthz']:.3f} s, a request {times['select']:.3f} s")
+    assert times["healthz"] < 1.0 and times["select"] < 1.0, times
+    assert statuses == [408] * 130, statuses
+
+
+def test_one_client_address_gets_at_most_its_share_of_body_slots(served):
+    statuses, _ = _slow_uploaders(served["url"], ["127.0.0.99"] * 20, BODY_TIMEOUT_S + 20)
+    assert statuses.count(429) == 20 - 16 and statuses.count(408) == 16, statuses
+
+
+def test_body_slots_refuse_over_the_caps_and_free_on_exit():
+    from r3v_ray.serving.parsing import BodySlots
+
+    slots = BodySlots(total=3, per_client=2)
+    with slots.hold("a"), slots.hold("a"):
+        with pytest.raises(RequestError, match="2 request bodies from a") as caught:
+            with slots.hold("a"):
+                pass
+        assert caught.value.status == 429
+        with slots.hold("b"):
+            with pytest.raises(RequestError) as caught:
+                with slots.hold("c"):
+                    pass
+            assert caught.value.status == 503
+    assert slots.active == {}
 
 
 def test_read_body_stops_at_the_limit():
@@ -621,7 +834,45 @@ def test_key_check_compares_every_digest():
         load_keys(ServeConfig(), {KEYS_FILE_ENV: "/no/such/keys-file"})
 
 
-def test_docs_can_be_switched_off():
+@pytest.mark.parametrize("name,keys,file_bytes,env,needle", [
+    ("variable set but empty", [], None, "", "set but empty"),
+    ("variable set to blanks", [], None, "  ", "set but empty"),
+    ("empty key in the config", [""], None, None, "serve.api_keys[0]: an empty or blank key"),
+    ("blank key in the config", ["sk-a", "  "], None, None, "serve.api_keys[1]: an empty or blank key"),
+    ("keys file not UTF-8", [], b"sk-caf\xe9\n", "FILE", "not UTF-8 text (byte 6)"),
+    ("keys file of comments only", [], b"# none yet\n\n", "FILE", "holds no key"),
+    ("keys file missing", [], None, "/no/such/keys-file", "cannot read the API keys file"),
+])
+def test_keys_never_fail_open(tmp_path, tiny_model_dir, capsys, name, keys, file_bytes, env, needle):
+    """Each way of meaning to set keys and getting none refuses `r3v serve` with one line naming the source,
+    before Ray starts."""
+    import ray
+
+    from r3v_ray.cli import main
+    from r3v_ray.serving.auth import KEYS_FILE_ENV
+
+    if env == "FILE":
+        env = str(tmp_path / "keys.txt")
+        (tmp_path / "keys.txt").write_bytes(file_bytes)
+    argv = ["serve", "--checkpoint", tiny_model_dir, "--set", f"serve.api_keys={json.dumps(keys)}"]
+    ray_before = ray.is_initialized()  # the module's app may be up; this start must not have started a Ray
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with pytest.MonkeyPatch.context() as mp:
+        if env is not None:
+            mp.setenv(KEYS_FILE_ENV, env)
+        try:
+            assert main(argv) == 2
+        finally:  # main's log handler writes to this test's captured stderr, closed after it
+            root.handlers[:], root.level = handlers, level
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert (KEYS_FILE_ENV in err) == (not keys)  # names its source: the variable, or the config field
+    assert ray.is_initialized() == ray_before
+
+
+def test_docs_page_is_off_unless_asked_for_and_the_schema_is_always_served():
+    """/docs pulls Swagger UI from a CDN (blank without internet), so it is opt-in; /openapi.json is always there."""
     from fastapi.testclient import TestClient
 
     from r3v_ray.serving.auth import KeyCheck
@@ -630,10 +881,13 @@ def test_docs_can_be_switched_off():
     class NotCalled:  # the routes below never reach the ingress
         model: dict = {}
 
+    assert ServeConfig().docs is False
     on = TestClient(create_app(NotCalled(), docs=True, check=KeyCheck([])))
     off = TestClient(create_app(NotCalled(), docs=False, check=KeyCheck([])))
-    assert on.get("/docs").status_code == 200 and "/v1/select" in on.get("/openapi.json").json()["paths"]
-    assert off.get("/docs").status_code == 404 and off.get("/openapi.json").status_code == 404
+    assert on.get("/docs").status_code == 200 and "swagger-ui" in on.get("/docs").text
+    assert off.get("/docs").status_code == 404
+    for client in (on, off):
+        assert "/v1/select" in client.get("/openapi.json").json()["paths"]
 
 
 def test_r3v_serve_starts_ray_on_loopback(served):

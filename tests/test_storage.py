@@ -351,3 +351,31 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
         serve.shutdown()
         ray.shutdown()
     print(json.dumps({"s3_run_seconds": round(s3_seconds, 1), "local_run_seconds": round(local_seconds, 1)}))
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from r3v_ray import store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) as on a full disk (ENOSPC)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+for what, write in (("file", lambda: store.write_bytes(sys.argv[1] + "/f.bin", b"x" * 100_000)),
+                    ("dir", lambda: store.publish_dir(sys.argv[1] + "/src", sys.argv[1] + "/dst"))):
+    try:
+        write()
+    except store.StorageError as exc:
+        print(what, exc)
+"""
+
+
+def test_a_write_that_fails_for_space_names_the_path_and_size_and_leaves_no_temp_file(tmp_path):
+    """A file size limit (RLIMIT_FSIZE) stands in for a full disk: the same failed write() underneath."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "weights.bin").write_bytes(b"w" * 50_000)
+    out = subprocess.run([PY, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=subprocess_env())
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, (out.stdout, out.stderr)
+    assert lines[0].startswith(f"file cannot write {tmp_path}/f.bin (100000 bytes needed; ")
+    assert lines[1].startswith(f"dir cannot write {tmp_path}/dst (50000 bytes needed; ")
+    assert all("bytes free there): " in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no .f.bin.tmp-*, no .dst.tmp-*

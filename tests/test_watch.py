@@ -162,6 +162,77 @@ def test_status_names_rounds_made_under_another_config_and_refuses_a_place_witho
     assert "no run here (no config.yaml" in capsys.readouterr().err
 
 
+def _record_samples(run: RunDir, cfg, data: bytes = b"PAR1" + b"s" * 100) -> str:
+    """Round 1's sample stage recorded with a real output (its size and checksum), as a run records it."""
+    round_dir = run.round(1)
+    manifest = round_dir.open_manifest(cfg.digest())
+    with store.recording() as written:
+        store.write_bytes(round_dir.samples, data)
+    manifest.record("sample", 3.0, outputs=round_dir.outputs_of("sample", written))
+    return round_dir.samples
+
+
+def test_status_shows_a_damaged_stage_with_its_file_sizes_always_checksums_with_verify(tmp_path, capsys):
+    cfg, run = make_run(str(tmp_path), rounds=1)
+    samples = _record_samples(run, cfg)
+    assert [r.state for r in run_status(run.uri).round_status] == ["finished", "finished"]
+    Path(samples).write_bytes(b"PAR1" + b"X" * 100)  # a flipped byte's worth: same size, other bytes
+    assert run_status(run.uri).round_status[1].state == "finished"  # sizes alone cannot see it
+    assert main(["status", run.uri, "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert f"round 1: damaged: sample damaged ({samples} has changed: its sha256 is" in text
+    assert "next: a re-run refuses round 1 at stage sample" in text and "--from-round 1 --force" in text
+    Path(samples).write_bytes(b"replaced")  # another file: its size differs
+    status = run_status(run.uri)
+    sample = status.round_status[1].stages[0]
+    assert (sample.state, sample.error) == ("damaged", f"{samples} is 8 bytes, but 104 were recorded")
+
+
+def test_a_round_that_links_out_of_the_run_is_refused_by_status_run_and_serving(tmp_path, capsys):
+    """Run b's round 1 is a link to run a's: status, a forced re-run and serving refuse it with one line, and
+    nothing of run a's round changes."""
+    import os
+
+    from r3v_ray.rundir import OutsideRunError
+    from r3v_ray.serving.checkpoint import CheckpointError, resolve
+
+    _, run_a = make_run(str(tmp_path), name="a", rounds=1)
+    cfg_b, run_b = make_run(str(tmp_path), name="b", rounds=1)
+    linked, target = run_b.round(1).uri, os.path.abspath(run_a.round(1).uri)
+    store.delete_dir(linked)
+    os.symlink(target, linked)
+    before = {p: p.stat().st_mtime_ns for p in Path(target).rglob("*")}
+
+    assert main(["status", run_b.uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {linked} resolves to {target}, outside the run directory"), err
+    assert "\n" not in err
+    with pytest.raises(OutsideRunError):
+        RoundRunner(cfg_b, 1, force=True)  # `r3v run --from-round 1 --force` stops here, before any write
+    with pytest.raises(CheckpointError, match="outside the run directory"):
+        resolve(run_dir=run_b.uri, round_=1)
+    assert {p: p.stat().st_mtime_ns for p in Path(target).rglob("*")} == before
+
+    os.unlink(linked)  # a round of its own, one file of which links to run a's
+    Path(linked).mkdir()
+    os.symlink(os.path.join(target, "skipped.json"), os.path.join(linked, "skipped.json"))
+    with pytest.raises(OutsideRunError, match="skipped.json resolves to"):
+        run_status(run_b.uri)
+
+
+def test_serving_refuses_a_round_made_under_another_config(tmp_path):
+    from r3v_ray.serving.checkpoint import CheckpointError, resolve
+
+    cfg, run = make_run(str(tmp_path), rounds=1)
+    store.write_json(store.join(run.round(0).checkpoint, "config.json"), {})  # a model directory, as far as it goes
+    assert resolve(run_dir=run.uri, round_=0).round == 0
+    changed = config_from_dict({**cfg.model_dump(mode="json"), "training": {"lr": 0.5}})
+    store.write_text(run.config, changed.to_yaml())
+    with pytest.raises(CheckpointError, match=f"round 0 was made under config {cfg.digest()}, but the run's "
+                                              f"config.yaml is {changed.digest()}"):
+        resolve(run_dir=run.uri, round_=0)
+
+
 # -- report.md -------------------------------------------------------------------------------------------------
 
 

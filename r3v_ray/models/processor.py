@@ -128,6 +128,12 @@ def _base_of_adapter(path: str | Path) -> str | Path:
     return path
 
 
+def image_pixel_budget(path: str | Path) -> int:
+    """The most pixels the checkpoint's image processor keeps of an image (its max_pixels; serving reduces a larger
+    image to about this while decoding it)."""
+    return int(Qwen2VLImageProcessorPil.from_pretrained(str(_base_of_adapter(path))).size["longest_edge"])
+
+
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
     """The processor of a local checkpoint directory or hub name (hub only when online) of a supported family.
 
@@ -156,4 +162,5 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
     return processor
 
 
-__all__ = ["ImageOnlyQwen2VLProcessor", "ModelFamilyError", "PROCESSORS", "load_processor", "video_processor_config"]
+__all__ = ["ImageOnlyQwen2VLProcessor", "ModelFamilyError", "PROCESSORS", "image_pixel_budget", "load_processor",
+           "video_processor_config"]

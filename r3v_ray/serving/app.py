@@ -56,6 +56,17 @@ def model_info(cfg: RunConfig, served: ckpt.ServedModel) -> dict[str, Any]:
     }
 
 
+def image_budget(cfg: RunConfig, served: ckpt.ServedModel) -> int | None:
+    """serve.image_pixel_budget, else the model's: model.max_pixels, else the local checkpoint's image processor."""
+    if cfg.serve.image_pixel_budget or cfg.model.max_pixels:
+        return cfg.serve.image_pixel_budget or cfg.model.max_pixels
+    if "://" in served.checkpoint:
+        return None
+    from r3v_ray.models.processor import image_pixel_budget
+
+    return image_pixel_budget(served.checkpoint)
+
+
 def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
     s = cfg.serve
     sampler = Sampler.options(**sampler_options(cfg)).bind(
@@ -63,7 +74,8 @@ def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
         cfg.storage.model_dump(mode="json"), cfg.task.name, cfg.task.params,
     )
     settings = {
-        "serve": s.model_dump(mode="json"),  # leaves serve.api_keys out (exclude=True): only digests travel
+        # leaves serve.api_keys out (exclude=True): only digests travel
+        "serve": {**s.model_dump(mode="json"), "image_pixel_budget": image_budget(cfg, served)},
         "api_key_digests": [auth.digest(k) for k in auth.load_keys(s)],
         "model": model_info(cfg, served),
     }

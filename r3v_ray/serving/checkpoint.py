@@ -1,11 +1,12 @@
 """Which checkpoint to serve: a directory given directly, or a run directory and round (newest by default).
 
 A run directory's newest round is the newest whose manifest records its train stage done (or, in a run directory
-made by hand without manifests, the newest with a model checkpoint). That round's checkpoint must be as its
-train stage recorded it (r3v_ray/rundir.py): a missing or damaged one is refused, naming it, rather than an older
-round served in its place. Run directories may live on a pyarrow filesystem (s3://, gs://); each replica brings a
-remote checkpoint to its node's local disk through the node's cache (r3v_ray/cache.py, which checks every file's
-checksum as it copies) before the engine loads it.
+made by hand without manifests, the newest with a model checkpoint). That round must lie inside the run directory
+(no link out of it), have been made under the run's config, and hold its checkpoint as its train stage recorded it
+(r3v_ray/rundir.py): otherwise it is refused, naming the path, rather than an older round served in its place.
+Run directories may live on a pyarrow filesystem (s3://, gs://); each replica brings a remote checkpoint to its
+node's local disk through the node's cache (r3v_ray/cache.py, which checks every file's checksum as it copies)
+before the engine loads it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r3v_ray import store
-from r3v_ray.manifest import ManifestError
+from r3v_ray.manifest import RunDirError
 from r3v_ray.rundir import MODEL_FILES, RoundDir, RunDir, round_of_checkpoint
 
 
@@ -83,7 +84,7 @@ def resolve(checkpoint: str | None = None, run_dir: str | None = None, round_: i
         return _resolve(checkpoint, run_dir, round_)
     except (OSError, store.StorageError) as exc:
         raise CheckpointError(f"{checkpoint or run_dir}: cannot be read ({type(exc).__name__}: {exc})") from None
-    except ManifestError as exc:
+    except RunDirError as exc:  # a manifest that cannot be read, a round that is a link out of the run
         raise CheckpointError(str(exc)) from None
 
 
@@ -102,6 +103,26 @@ def _resolve(checkpoint: str | None, run_dir: str | None, round_: int | None) ->
         round_ = newest_trained_round(run_dir)
         if round_ is None:
             raise CheckpointError(f"{run_dir}: no round-<k>/checkpoint with a model in it")
-    target = RunDir(run_dir).round(round_)
+    run = RunDir(run_dir)
+    target = run.round(round_)
     check_round(target)
+    check_config(run, target)
     return ServedModel(target.checkpoint, round_, run_dir)
+
+
+def check_config(run: RunDir, round_dir: RoundDir) -> None:
+    """A CheckpointError unless the round was made under the run's config (config.yaml), as `r3v run` requires
+    before building on it: a round made under another config is not served under this run's name."""
+    manifest = round_dir.manifest()
+    if manifest is None or not store.exists(run.config):
+        return
+    import yaml
+
+    from r3v_ray.config import config_from_dict
+
+    digest = config_from_dict(yaml.safe_load(store.read_text(run.config)) or {}, run.config).digest()
+    if manifest.config_digest != digest:
+        raise CheckpointError(
+            f"{round_dir.manifest_uri}: round {round_dir.index} was made under config {manifest.config_digest}, but "
+            f"the run's config.yaml is {digest} (another run's round, or one made before a config change), so it "
+            f"is not served as this run's. Serve it by path (--checkpoint {round_dir.checkpoint}) to serve it anyway")

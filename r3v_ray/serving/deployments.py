@@ -60,11 +60,17 @@ class Sampler:
             raise out
         return out
 
+    async def prompt_tokens(self, request: GenerationRequest) -> int:
+        # In a worker thread: the processor runs over the image. It encodes as the engine's own calls do (same
+        # padding settings), so it leaves the tokenizer's state alone while an engine call runs beside it.
+        return await asyncio.to_thread(self.engine.prompt_tokens, request)
+
     async def select(self, query: Query) -> Selection | RequestError:
         """The whole best-of-N selection for one query. The request's own fault comes back as a RequestError value
         (not raised), so the ingress answers it as that status without unwrapping a Ray error."""
         try:
-            return await run_selection(self.task, query, self.generate)
+            return await run_selection(self.task, query, self.generate, self.prompt_tokens,
+                                       getattr(self.engine, "max_prompt_tokens", None))
         except RequestError as exc:
             return exc
 
@@ -84,6 +90,8 @@ class Ingress:
         self.keys = KeyCheck(settings.get("api_key_digests", []))
         self.model = {**settings["model"], "created": int(time.time())}
         self.model_id = self.model["id"]
+        self.decodes = asyncio.Semaphore(self.cfg.max_concurrent_decodes)
+        self.bodies = parsing.BodySlots(self.cfg.max_body_readers, self.cfg.max_body_readers_per_client)
 
     def __serve_build_asgi_app__(self):
         return routes.create_app(self, docs=self.cfg.docs, check=self.keys)
@@ -93,6 +101,12 @@ class Ingress:
 
     def parse_chat(self, body: dict) -> Query:
         return parsing.parse_chat(body, self.cfg, self.model_id)
+
+    async def _parse(self, parse, raw: bytes) -> Query:
+        """The body as a query, its image decoded (and reduced) here, once: at most serve.max_concurrent_decodes
+        at a time, each in a worker thread so the event loop keeps answering (/healthz among others)."""
+        async with self.decodes:
+            return await asyncio.to_thread(lambda: parse(parsing.parse_json_body(raw, self.cfg)))
 
     async def _select(self, query: Query) -> Selection:
         t0 = time.perf_counter()
@@ -105,8 +119,9 @@ class Ingress:
 
     async def answer(self, http: Request, parse, shape) -> JSONResponse:
         try:
-            raw = await parsing.read_body(http.stream(), http.headers.get("content-length"), self.cfg)
-            query = parse(parsing.parse_json_body(raw, self.cfg))
+            with self.bodies.hold(http.client.host if http.client else "unknown"):
+                raw = await parsing.read_body_in_time(http.stream(), http.headers.get("content-length"), self.cfg)
+            query = await self._parse(parse, raw)
             selection = await self._select(query)
             return JSONResponse(shape(selection, self.model_id).model_dump(mode="json"))
         except RequestError as exc:

@@ -9,19 +9,21 @@ comes from ServeConfig; nothing here touches Ray or the model.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import io
 import json
 import re
 import secrets
-import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, TypeVar
+from functools import partial
+from typing import Any, AsyncIterator, Iterator, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
+from r3v_ray import imaging
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import SamplingParams
 from r3v_ray.serving.errors import RequestError
@@ -83,6 +85,41 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, cf
         if len(body) > limit:
             raise _too_large(f"more than {limit}", limit)
     return bytes(body)
+
+
+class BodySlots:
+    """Admission for request bodies being received: at most `total` at once, `per_client` from one address; one
+    over either is refused at once (503, 429) instead of waiting, so slow uploaders cannot take every slot of the
+    ingress. Used from one event loop: no lock."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total, self.per_client = total, per_client
+        self.active: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        if sum(self.active.values()) >= self.total:
+            raise RequestError(None, f"{self.total} request bodies are being received already; retry shortly", 503,
+                               "overloaded")
+        if self.active.get(client, 0) >= self.per_client:
+            raise RequestError(None, f"{self.per_client} request bodies from {client} are being received already; "
+                               "wait for one to finish", 429, "too_many_requests")
+        self.active[client] = self.active.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            self.active[client] -= 1
+            if not self.active[client]:
+                del self.active[client]
+
+
+async def read_body_in_time(chunks: AsyncIterator[bytes], content_length: str | None, cfg: ServeConfig) -> bytes:
+    """read_body within serve.body_timeout_s, else 408."""
+    try:
+        return await asyncio.wait_for(read_body(chunks, content_length, cfg), cfg.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(None, f"the request body did not arrive whole within {cfg.body_timeout_s:g} s", 408,
+                           "body_timeout") from None
 
 
 def _refuse_constant(name: str) -> float:
@@ -169,7 +206,8 @@ def validate(model: type[M], body: dict) -> M:
 
 # -- images --------------------------------------------------------------------------------------------
 def decode_image(value: str, param: str, cfg: ServeConfig, require_data_uri: bool = False) -> Image.Image:
-    """A base64 string (or a data: URI) -> RGB image, within the byte and pixel limits of the config."""
+    """A base64 string (or a data: URI) -> RGB image (r3v_ray/imaging.py: allowed formats only, reduced to the
+    pixel budget while decoding), within the byte and pixel limits of the config."""
     match = _DATA_URI.match(value)
     if match:
         if match.group("mime") and not match.group("mime").startswith("image/"):
@@ -192,22 +230,22 @@ def decode_image(value: str, param: str, cfg: ServeConfig, require_data_uri: boo
     except (binascii.Error, ValueError) as exc:
         raise RequestError(param, f"image is not valid base64 ({exc})", code="bad_base64") from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
-                raise RequestError(param, f"image of {width}x{height} pixels has an aspect ratio over {MAX_ASPECT_RATIO}")
-            if width * height > cfg.max_image_pixels:
-                raise RequestError(param, f"image of {width}x{height} pixels is over the limit of {cfg.max_image_pixels} pixels", 413, "image_too_large")
-            img.load()
-            return img.convert("RGB")
-    except RequestError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RequestError(param, f"image is too large to decode ({exc})", 413, "image_too_large") from None
-    except Exception as exc:  # PIL raises many unrelated types for bytes that are not an image
-        raise RequestError(param, f"the decoded bytes are not a readable image ({type(exc).__name__}: {exc})", code="bad_image") from None
+        return imaging.decode_image(data, partial(_check_size, cfg, param), cfg.image_pixel_budget)
+    except imaging.ImageError as exc:
+        if exc.kind == "format":
+            raise RequestError(param, str(exc), code="unsupported_image_format") from None
+        if exc.kind == "too_large":
+            raise RequestError(param, f"image is {exc}", 413, "image_too_large") from None
+        raise RequestError(param, f"the decoded bytes are not a readable image ({exc})", code="bad_image") from None
+
+
+def _check_size(cfg: ServeConfig, param: str, width: int, height: int) -> None:
+    """The size the image's header declares, refused before its pixels are decoded."""
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise RequestError(param, f"image of {width}x{height} pixels has an aspect ratio over {MAX_ASPECT_RATIO}")
+    if width * height > cfg.max_image_pixels:
+        raise RequestError(param, f"image of {width}x{height} pixels is over the limit of {cfg.max_image_pixels} "
+                           "pixels", 413, "image_too_large")
 
 
 # -- the common query ----------------------------------------------------------------------------------
@@ -320,16 +358,56 @@ def chat_question(messages: list[ChatMessage] | None) -> tuple[str, str | None, 
     return "\n".join(t for t in texts if t.strip()), image, image_field
 
 
+_NO_TOOLS = "tools are not supported: the model answers in text only"
+# OpenAI chat fields this server cannot honour: (why, the values that ask for nothing and are accepted as absent).
+UNHONOURED: dict[str, tuple[str, list[Any]]] = {
+    "stream": ("streaming is not supported: the answer is chosen after all candidates are drawn", [False]),
+    "stream_options": ("streaming is not supported", []),
+    "stop": ("stop sequences are not applied: each candidate is read to its final answer line", [[], ""]),
+    "logprobs": ("log probabilities are not returned", [False]),
+    "top_logprobs": ("log probabilities are not returned", [0]),
+    "logit_bias": ("logit bias is not applied", [{}]),
+    "presence_penalty": ("penalties are not applied", [0]),
+    "frequency_penalty": ("penalties are not applied", [0]),
+    "response_format": ("response formats are not enforced: the answer is the model's text",
+                        [{"type": "text"}]),
+    "tools": (_NO_TOOLS, [[]]),
+    "tool_choice": (_NO_TOOLS, ["none"]),
+    "parallel_tool_calls": (_NO_TOOLS, [True, False]),
+    "functions": (_NO_TOOLS, [[]]),
+    "function_call": (_NO_TOOLS, ["none"]),
+    "modalities": ("only text output", [["text"]]),
+    "audio": ("only text output", []),
+    "prediction": ("predicted outputs are not used", []),
+    "reasoning_effort": ("reasoning effort is not adjustable", []),
+    "web_search_options": ("web search is not available", []),
+    "store": ("completions are not stored", [False]),
+    "metadata": ("completions are not stored", [{}]),
+    "service_tier": ("service tiers are not offered", ["auto", "default"]),
+}
+
+
+def _refuse_unhonoured(body: dict[str, Any]) -> dict[str, Any]:
+    """The body less the OpenAI fields that ask for nothing; one that asks for what we cannot do is refused."""
+    kept = {}
+    for name, value in body.items():
+        if name in UNHONOURED:
+            why, no_op = UNHONOURED[name]
+            # a bool is no number here: `False == 0` would let `logprobs: 0` pass, `top_logprobs: false` too
+            asks_nothing = any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in no_op)
+            if value is not None and not asks_nothing:
+                raise RequestError(name, f"not supported by this server ({why}); omit it or send null")
+            continue
+        kept[name] = value
+    return kept
+
+
 def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str) -> Query:
-    req = validate(ChatCompletionRequest, body)
+    req = validate(ChatCompletionRequest, _refuse_unhonoured(body))
     if not req.model:
         raise RequestError("model", f"missing; this server serves {model_id!r}")
     if req.model != model_id:
         raise RequestError("model", f"model {req.model!r} is not served here; this server serves {model_id!r}", 404, "model_not_found")
-    if req.stream:
-        raise RequestError("stream", "streaming is not supported: the answer is chosen after all candidates are drawn")
-    if req.tools:
-        raise RequestError("tools", "tools are not supported")
     if req.max_tokens is not None and req.max_completion_tokens is not None and req.max_tokens != req.max_completion_tokens:
         raise RequestError("max_tokens", "max_tokens and max_completion_tokens disagree; send one")
     question, image_url, image_field = chat_question(req.messages)

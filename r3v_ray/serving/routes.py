@@ -1,10 +1,10 @@
 """The ingress's HTTP surface: a FastAPI app built per replica from the deployment's settings.
 
 Built at replica start (Ray Serve calls the ingress's `__serve_build_asgi_app__`), so the settings decide what
-it has: the API-key gate (serving/auth.py) in front of every route but /healthz, /docs and /openapi.json only
-when `serve.docs` is on, every error (404 and 405 included) in the OpenAI error shape. The routes read the body
-themselves (serving/parsing.py reads it incrementally, against the size limits), so the request bodies are
-added to the OpenAPI schema from their models rather than from the route signatures.
+it has: the API-key gate (serving/auth.py) in front of every route but /healthz, the /docs page only when
+`serve.docs` is on (its assets come from a CDN), every error (404 and 405 included) in the OpenAI error shape.
+The routes read the body themselves (serving/parsing.py reads it incrementally, against the size limits), so the
+request bodies are added to the OpenAPI schema from their models rather than from the route signatures.
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ BODIES = {"/v1/select": SelectRequest, "/v1/chat/completions": ChatCompletionReq
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in ((400, "a bad request, naming the field"), (401, "missing or invalid API key"),
-                         (404, "unknown model or route"), (413, "a body or image over its limit"),
-                         (500, "internal error"), (503, "no model replica available; retry"))
+                         (404, "unknown model or route"), (408, "the body did not arrive in time"),
+                         (413, "a body or image over its limit"),
+                         (429, "too many bodies being received from this client"), (500, "internal error"),
+                         (503, "no model replica available, or too many bodies being received; retry"))
 }
 
 
 def error_response(exc: RequestError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if exc.status in (408, 413):  # the rest of the body is not read: the connection goes with the answer
+        headers = {"Connection": "close"}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -72,8 +76,8 @@ def _route_path(scope) -> str:
 
 
 def create_app(ingress: "Ingress", docs: bool, check: KeyCheck) -> FastAPI:
-    app = FastAPI(title=TITLE, docs_url="/docs" if docs else None, redoc_url=None,
-                  openapi_url="/openapi.json" if docs else None)
+    # /docs loads Swagger UI from a CDN (FastAPI's default), so it is opt-in; the schema itself is always here.
+    app = FastAPI(title=TITLE, docs_url="/docs" if docs else None, redoc_url=None, openapi_url="/openapi.json")
     app.add_middleware(KeyGate, check=check)
 
     @app.exception_handler(StarletteHTTPException)

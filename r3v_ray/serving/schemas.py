@@ -77,11 +77,11 @@ class ChatMessage(_Lenient):
     content: str | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
 
 
-class ChatCompletionRequest(_Lenient):
+class ChatCompletionRequest(_Strict):
     """The OpenAI fields we honour, plus extensions: `strategy`, `top_k`, `answer_choices`.
 
-    Other OpenAI fields are ignored, except those whose meaning we cannot honour (streaming, tools), which are
-    refused rather than silently dropped.
+    An OpenAI field we cannot honour is refused naming it (serving/parsing.py UNHONOURED), unless its value asks
+    for nothing (null, `stream: false`, `stop: []`, ...); a field that is not OpenAI's nor ours is refused too.
     """
 
     model: Name | None = None
@@ -92,8 +92,7 @@ class ChatCompletionRequest(_Lenient):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     seed: int | None = None
-    stream: bool | None = None
-    tools: list[Any] | None = None
+    user: Name | None = None  # the caller's own end-user id; changes no answer
     # extensions (the openai client sends them with extra_body={...})
     strategy: Name | None = None
     top_k: int | None = None

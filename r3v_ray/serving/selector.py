@@ -29,6 +29,7 @@ from r3v_ray.serving.parsing import Query
 from r3v_ray.tasks import Record, Task
 
 Generate = Callable[[GenerationRequest, SamplingParams], Awaitable[RequestOutput]]
+Measure = Callable[[GenerationRequest], Awaitable[int]]  # a prompt's length in tokens, image tokens included
 
 
 def row_key(seed: int) -> str:
@@ -102,7 +103,27 @@ def _check(out: RequestOutput, what: str, expect: int) -> None:
         raise RuntimeError(f"engine returned {len(out.texts)} texts for {what}, expected {expect}")
 
 
-async def run_selection(task: Task, query: Query, generate: Generate) -> Selection:
+async def check_select_prompt_fits(task: Task, query: Query, measure: Measure, max_prompt_tokens: int) -> None:
+    """Refuse a self-select query whose select prompt could overflow the engine's max_prompt_tokens once its N
+    candidates are in, before any candidate is drawn: the question, image and frame, measured with N empty
+    candidates, plus N candidates at their token limit."""
+    frame = await measure(selector_request(task, query, [""] * query.n))
+    room = (max_prompt_tokens - frame) // query.params.max_new_tokens
+    need = frame + query.n * query.params.max_new_tokens
+    if need > max_prompt_tokens:
+        fits = f"at most n = {room} fits at this token limit" if room >= 1 else "the question alone leaves no room"
+        raise RequestError("n", f"the select prompt could reach {need} tokens ({frame} for the question, image and "
+                           f"frame, {query.n} candidates of up to {query.params.max_new_tokens} tokens), over the "
+                           f"model's max_prompt_tokens {max_prompt_tokens}; {fits}: lower n or the candidates' token "
+                           "limit, or use strategy majority", 400, "input_refused")
+
+
+async def run_selection(task: Task, query: Query, generate: Generate, measure: Measure | None = None,
+                        max_prompt_tokens: int | None = None) -> Selection:
+    """The selection; with `measure` and `max_prompt_tokens`, a self-select query whose select prompt could not
+    hold its candidates is refused before they are drawn."""
+    if query.strategy == "self_select" and measure is not None and max_prompt_tokens is not None:
+        await check_select_prompt_fits(task, query, measure, max_prompt_tokens)
     t0 = time.perf_counter()
     out = await generate(candidate_request(task, query), dataclasses.replace(query.params, seed=0))
     _check(out, "question", query.n)
@@ -149,4 +170,7 @@ def select_in_process(engine: Engine, task: Task, query: Query) -> Selection:
     async def generate(request: GenerationRequest, params: SamplingParams) -> RequestOutput:
         return engine.generate([request], params)[0]
 
-    return asyncio.run(run_selection(task, query, generate))
+    async def measure(request: GenerationRequest) -> int:
+        return engine.prompt_tokens(request)
+
+    return asyncio.run(run_selection(task, query, generate, measure, getattr(engine, "max_prompt_tokens", None)))

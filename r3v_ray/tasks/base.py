@@ -6,7 +6,6 @@ One extractor serves labeling and evaluation alike; an answer that cannot be ext
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import warnings
@@ -17,6 +16,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
+from r3v_ray.imaging import ImageError, decode_image, to_rgb8
 from r3v_ray.tasks.answers import final_answer_text
 from r3v_ray.tasks.jsonstream import BadLine, iter_json_lines
 
@@ -196,21 +196,16 @@ def path_in_bytes(data: bytes | bytearray | memoryview) -> str | None:
 
 
 def load_image(source: str | bytes | Image.Image, record_id: str = "?") -> Image.Image:
-    """Decode an image from a path or bytes (content, or a path that arrived as bytes) as RGB; a failure names the
-    record."""
+    """Decode an image from a path or bytes (content, or a path that arrived as bytes) as 8-bit RGB, upright, from
+    the allowed formats only (r3v_ray/imaging.py, the decoder serving uses too); a failure names the record."""
+    if isinstance(source, Image.Image):
+        return to_rgb8(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        source = path_in_bytes(source) or source
+        source = path_in_bytes(source) or bytes(source)
     try:
-        if isinstance(source, Image.Image):
-            return source.convert("RGB")
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            img = Image.open(io.BytesIO(bytes(source)))
-        else:
-            img = Image.open(source)
-        img.load()
-        return img.convert("RGB")
-    except Exception as exc:  # PIL raises several unrelated types
-        raise RecordError(record_id, "image", f"unreadable image ({type(exc).__name__}: {exc})") from exc
+        return decode_image(source)
+    except ImageError as exc:
+        raise RecordError(record_id, "image", f"unreadable image ({exc})") from exc
 
 
 # -- image checks before decoding (docs/data.md); decoding itself is load_image's ----------------------------------
