@@ -116,15 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
         checkpoint = str(build_tiny_model(Path(tmp.name) / "tiny"))
     port = free_port()
-    serve_cfg = {"port": port, "max_new_tokens": args.max_new_tokens, "select_max_new_tokens": 8,
-                 "max_n": max(8, args.n), "app_name": "r3v-bench"}
+    serve_cfg = {"port": port, "max_new_tokens": args.max_new_tokens, "max_n": max(8, args.n), "app_name": "r3v-bench"}
     if args.max_batch_size:
         serve_cfg["max_batch_size"] = args.max_batch_size
     if args.replicas:
         serve_cfg["num_replicas"] = args.replicas
     if args.batch_wait is not None:
         serve_cfg["batch_wait_timeout_s"] = args.batch_wait
-    cfg = config_from_dict({"serve": serve_cfg})
+    cfg = config_from_dict({"serve": serve_cfg, "evaluation": {"select_max_new_tokens": 8}})
     task = get_task(cfg.task.name)
     record = next(task.generate_records("test", 1, 0))
     buf = io.BytesIO()
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1000 * (time.perf_counter() - t0)
 
         direct = Direct.remote()
-        query = parse_select(body(0), cfg.serve)
+        query = parse_select(body(0), cfg.serve, cfg.evaluation.select_budget)
         ray.get(direct.select_ms.remote(query))
         http_ms, direct_ms, ingress_ms = [], [], []
         session = requests.Session()

@@ -211,6 +211,9 @@ class EvalConfig(DecodingConfig):
         "listed here. Unset: only the headline N")
     num_candidates: int | None = Field(None, ge=1, description="candidates drawn per question (unset: the largest "
                                        "of n and scaling_ns)")
+    select_max_new_tokens: int | None = Field(
+        None, ge=1, description="token budget of the greedy self-select answer, in Select@N and in the served "
+        "selection alike (one setting, so the endpoint answers what Select@N measured); unset: max_new_tokens")
 
     @model_validator(mode="after")
     def _scaling_within_the_candidates(self) -> "EvalConfig":
@@ -237,6 +240,11 @@ class EvalConfig(DecodingConfig):
     def scaling(self) -> bool:
         """Whether the evaluation scores the curve (eval.json's "scaling") besides the headline N."""
         return self.scaling_ns is not None or self.num_candidates is not None
+
+    @property
+    def select_budget(self) -> int:
+        """Tokens of the self-select answer, in evaluation and in serving."""
+        return self.select_max_new_tokens or self.max_new_tokens
 
     @property
     def select_ns(self) -> list[int]:
@@ -288,7 +296,6 @@ class ServeConfig(DecodingConfig):
     # Request defaults and limits (r3v_ray/serving/parsing.py); the decoding defaults (DecodingConfig, per
     # candidate unless the request asks otherwise) are evaluation's.
     default_strategy: Literal["self_select", "majority", "first"] = "self_select"
-    select_max_new_tokens: int = Field(64, ge=1)  # the greedy self-select answer ("Answer: X") is short
     # Size limits, each checked before anything is tokenized: the body (while it is read), JSON nesting, each text.
     max_question_chars: int = Field(8000, ge=1)
     max_choice_chars: int = Field(1000, ge=1)  # each answer choice
@@ -445,7 +452,8 @@ class RunConfig(_Strict):
     # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving, and how
     # the run reports itself.
     NOT_HASHED: ClassVar[tuple[str, ...]] = ("name", "rounds", "resources", "serve", "storage", "monitoring")
-    _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"))
+    _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"),
+                        ("evaluation", "select_max_new_tokens"))
     _HASHED_UNLESS_DEFAULT = (("task", "allow_external_images"), ("task", "max_image_pixels"))
 
     def digest(self) -> str:

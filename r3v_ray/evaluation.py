@@ -129,7 +129,8 @@ def evaluate(cfg, model_path: str, records: list[Record], task: Task, out_uri: s
         samples_uri = join(out_uri, "samples.parquet")
         select_uris = {n: join(out_uri, select_file(n, ev.n)) for n in ev.select_ns}
         stats = sample(cfg, model_path, rows, samples_uri, params, round_index,
-                       greedy_uri=greedy_uri if greedy else None, select_uris=select_uris)
+                       greedy_uri=greedy_uri if greedy else None, select_uris=select_uris,
+                       select_max_new_tokens=ev.select_budget)
         sampled_rows = read_parquet(samples_uri).to_pylist()
         select_at = {n: accuracy_at_1(qids, read_parquet(uri).to_pylist()) for n, uri in select_uris.items()}
         metrics["n"] = ev.n

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -32,8 +32,8 @@ from r3v_ray import console, store
 from r3v_ray.config import DecodingConfig, RunConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
 from r3v_ray.engines.settings import engine_kwargs as settings_for
-from r3v_ray.prompts import select_prompt
 from r3v_ray.resources import sampler_remote_args
+from r3v_ray.selection import greedy_params, select_request
 from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
 from r3v_ray.tasks.base import path_in_bytes, printable
 
@@ -88,7 +88,7 @@ def params_from_config(
     """Engine sampling parameters from a config's decoding fields (sampling or evaluation); greedy means one
     really greedy sample per row. n defaults to the sampling config's num_samples (S)."""
     if greedy:
-        return SamplingParams(n=1, temperature=0.0, max_new_tokens=decoding.max_new_tokens, seed=seed)
+        return greedy_params(decoding.max_new_tokens, seed)
     return SamplingParams(
         n=decoding.num_samples if n is None else n,
         temperature=decoding.temperature,
@@ -273,6 +273,7 @@ class EngineActor:
         round_index: int,
         greedy_params: dict | None = None,
         select_ns: list[int] | None = None,
+        select_max_new_tokens: int | None = None,
         storage: dict | None = None,
         data_dir: str | None = None,
     ):
@@ -287,6 +288,8 @@ class EngineActor:
         self.round_index = round_index
         self.greedy = SamplingParams(**greedy_params) if greedy_params else None
         self.select_ns = list(select_ns or [])  # each at most params.n (`sample` checks)
+        # the self-select answer's budget: evaluation.select_budget, or the candidates' when not given
+        self.select_max_new_tokens = select_max_new_tokens or self.params.max_new_tokens
         import ray
 
         self.sampler = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
@@ -324,11 +327,9 @@ class EngineActor:
 
     def _self_select(self, rows: list[dict], requests: list[GenerationRequest], outputs: list[RequestOutput], n: int):
         chosen = [(row, req, out) for row, req, out in zip(rows, requests, outputs) if out.error is None]
-        select_requests = [
-            GenerationRequest(select_prompt(row["select_question"], out.texts[:n]), req.image, req.key)
-            for row, req, out in chosen
-        ]
-        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.params.max_new_tokens, seed=self.params.seed)
+        select_requests = [select_request(row["select_question"], out.texts[:n], req.image, req.key)
+                           for row, req, out in chosen]
+        greedy = greedy_params(self.select_max_new_tokens, self.params.seed)
         return self._label([row for row, _, _ in chosen], self.engine.generate(select_requests, greedy), f"select@{n}")
 
 
@@ -465,12 +466,14 @@ def sample(
     round_index: int,
     greedy_uri: str | None = None,
     select_uris: dict[int, str] | None = None,
+    select_max_new_tokens: int | None = None,
 ) -> SamplingStats:
     """Sample params.n rationales per row over a pool of engine actors, label them, write `out_uri` atomically.
 
     Evaluation's extra passes, in the same actors: with `greedy_uri`, one greedy rationale per row is written
     there too; with `select_uris` ({n: uri}; rows then need a "select_question"), the self-select answer over the
-    row's first n samples is written to each uri. Every file has the sample columns.
+    row's first n samples is written to each uri, decoded greedily within `select_max_new_tokens` (evaluation's
+    select_budget; unset: params.max_new_tokens). Every file has the sample columns.
     """
     import ray
 
@@ -478,7 +481,7 @@ def sample(
     check_rows(rows)
     extra: dict = {}
     if greedy_uri:
-        extra["greedy_params"] = asdict(replace(params, n=1, temperature=0.0))
+        extra["greedy_params"] = asdict(greedy_params(params.max_new_tokens, params.seed))
     select_uris = dict(select_uris or {})
     if select_uris:
         missing = [r["question_id"] for r in rows if not r.get("select_question")]
@@ -488,6 +491,7 @@ def sample(
         if bad:
             raise ValueError(f"self-select over {bad} candidates, but {params.n} are drawn per question")
         extra["select_ns"] = sorted(select_uris)
+        extra["select_max_new_tokens"] = select_max_new_tokens
     from r3v_ray.raycluster import ensure_ray
 
     ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray

@@ -1,9 +1,22 @@
-"""Pure best-of-N selection rules shared by evaluation (Majority@N) and serving (the `majority` strategy).
-
-One function, one tie rule, so the number reported in eval.json and the answer the endpoint returns agree.
+"""Best-of-N selection shared by evaluation (Majority@N, Select@N) and serving (its strategies): the vote with its
+tie rule, the self-select request and the one greedy decoding setting, so the number reported in eval.json and the
+answer the endpoint returns agree. Pure: no Ray, no torch.
 """
 
 from __future__ import annotations
+
+from r3v_ray.engines.base import GenerationRequest, SamplingParams
+from r3v_ray.prompts import select_prompt
+
+
+def greedy_params(max_new_tokens: int, seed: int = 0) -> SamplingParams:
+    """The one greedy decoding: Test@1, the self-select answer in Select@N and in serving."""
+    return SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, seed=seed)
+
+
+def select_request(question_text: str, candidates: list[str], image, key: str) -> GenerationRequest:
+    """The self-select request exactly as training builds its prompt: the question, then the numbered candidates."""
+    return GenerationRequest(select_prompt(question_text, candidates), image, key)
 
 
 def majority_vote(answers: list[str | None]) -> tuple[str | None, dict[str, int]]:

@@ -94,9 +94,9 @@ def _config(family, model_dir: str, data_dir: str, task_params: dict, root: Path
         "sampling": {"num_samples": 2, "max_new_tokens": MAX_NEW, "batch_size": 4, "max_prompt_tokens": 512},
         "training": {"epochs": 1.0, "global_batch_size": 8, "micro_batch_size": 4, "lr": 3e-3, "max_seq_len": 512,
                      "warmup_ratio": 0.0, "checkpoint_every_steps": 0},
-        "evaluation": {"n": 2, "max_new_tokens": MAX_NEW, "zero_shot": False},
+        "evaluation": {"n": 2, "max_new_tokens": MAX_NEW, "zero_shot": False, "select_max_new_tokens": 8},
         "resources": {"num_samplers": 1, "num_train_workers": 1},
-        "serve": {"max_new_tokens": MAX_NEW, "select_max_new_tokens": 8, "max_n": 4},
+        "serve": {"max_new_tokens": MAX_NEW, "max_n": 4},
         "storage": {"root": str(root)},
     }
     for section, values in sections.items():
@@ -302,7 +302,7 @@ def test_each_family_samples_trains_full_and_lora_exports_reloads_evaluates_and_
         assert reply.status_code == 200, reply.text
         served = reply.json()
         direct = select_in_process(create_engine("hf", exported["lora"], torch_threads=1), task,
-                                   parse_select(body, cfg.serve))
+                                   parse_select(body, cfg.serve, cfg.evaluation.select_budget))
         assert [c["text"] for c in served["candidates"]] == [c.text for c in direct.candidates]
         assert (served["answer"], served["selector_text"]) == (direct.answer, direct.selector_text)
     finally:

@@ -136,7 +136,7 @@ def served(run_dir, tmp_path_factory):
     overrides = [
         f"serve.max_new_tokens={MAX_NEW}",
         f"serve.max_new_tokens_limit={MAX_NEW_LIMIT}",
-        "serve.select_max_new_tokens=8",
+        "evaluation.select_max_new_tokens=8",
         "serve.max_n=4",
         f"serve.max_image_bytes={MAX_IMAGE_BYTES}",
         f"serve.max_choice_chars={MAX_CHOICE}",
@@ -412,7 +412,7 @@ def test_each_strategy_over_http_follows_its_rule(served, engine, image):
 def test_http_answer_equals_in_process_selection(served, engine, image):
     body = {"question": QUESTION, "image": _png_b64(image), "n": 3, "strategy": "self_select", "sampling": {"seed": 5}}
     over_http = _select(served["url"], **body).json()
-    query = parse_select(body, ServeConfig(max_new_tokens=MAX_NEW, select_max_new_tokens=8))
+    query = parse_select(body, ServeConfig(max_new_tokens=MAX_NEW), select_max_new_tokens=8)
     direct = select_in_process(engine, TASK, query)
     assert [c["text"] for c in over_http["candidates"]] == [c.text for c in direct.candidates]
     assert (over_http["answer"], over_http["selector_text"]) == (direct.answer, direct.selector_text)

@@ -328,7 +328,7 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     port = free_port()
     args = add_serve_args(argparse.ArgumentParser()).parse_args(
         ["--run-dir", run.uri, "--port", str(port), "--set", f"storage.cache_dir={tmp_path / 'serve-cache'}",
-         "--set", "serve.max_new_tokens=16", "--set", "serve.select_max_new_tokens=8"])
+         "--set", "serve.max_new_tokens=16", "--set", "evaluation.select_max_new_tokens=8"])
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         url, model_id = start(args)

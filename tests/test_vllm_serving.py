@@ -50,7 +50,7 @@ def served(ray_local, tiny_model_dir):
 
     from r3v_ray.serving.launch import add_serve_args, start
 
-    overrides = ["serve.engine=vllm", f"serve.max_new_tokens={MAX_NEW}", "serve.select_max_new_tokens=8",
+    overrides = ["serve.engine=vllm", f"serve.max_new_tokens={MAX_NEW}", "evaluation.select_max_new_tokens=8",
                  "serve.max_n=4", "serve.app_name=r3v-vllm-test", *ENGINE_SETTINGS]
     argv = ["--checkpoint", tiny_model_dir, "--port", str(_free_port())] + [a for o in overrides for a in ("--set", o)]
     url, model_id = start(add_serve_args(argparse.ArgumentParser()).parse_args(argv))
@@ -86,8 +86,8 @@ def test_openai_client_gets_the_vllm_replicas_selection(served, engine, image):
     # what the replica's vLLM engine said is what the same engine says here, seed for seed
     body = {"question": QUESTION, "image": _png_b64(image), "n": 3, "strategy": "self_select",
             "sampling": {"seed": 11}}
-    direct = select_in_process(engine, TASK, parse_select(body, ServeConfig(max_new_tokens=MAX_NEW,
-                                                                                select_max_new_tokens=8)))
+    direct = select_in_process(engine, TASK, parse_select(body, ServeConfig(max_new_tokens=MAX_NEW),
+                                                          select_max_new_tokens=8))
     assert [c["text"] for c in selection["candidates"]] == [c.text for c in direct.candidates]
     assert selection["selector_text"] == direct.selector_text
 

@@ -78,6 +78,7 @@ def build_app(cfg: RunConfig, served: ckpt.ServedModel) -> Application:
         "serve": {**s.model_dump(mode="json"), "image_pixel_budget": image_budget(cfg, served)},
         "api_key_digests": [auth.digest(k) for k in auth.load_keys(s)],
         "model": model_info(cfg, served),
+        "select_max_new_tokens": cfg.evaluation.select_budget,
     }
     return Ingress.options(
         num_replicas=s.ingress_replicas,

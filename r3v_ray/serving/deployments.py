@@ -90,6 +90,7 @@ class Ingress:
         self.keys = KeyCheck(settings.get("api_key_digests", []))
         self.model = {**settings["model"], "created": int(time.time())}
         self.model_id = self.model["id"]
+        self.select_max_new_tokens = settings["select_max_new_tokens"]  # evaluation's, so it answers as Select@N
         self.decodes = asyncio.Semaphore(self.cfg.max_concurrent_decodes)
         self.bodies = parsing.BodySlots(self.cfg.max_body_readers, self.cfg.max_body_readers_per_client)
 
@@ -97,10 +98,10 @@ class Ingress:
         return routes.create_app(self, docs=self.cfg.docs, check=self.keys)
 
     def parse_select(self, body: dict) -> Query:
-        return parsing.parse_select(body, self.cfg)
+        return parsing.parse_select(body, self.cfg, self.select_max_new_tokens)
 
     def parse_chat(self, body: dict) -> Query:
-        return parsing.parse_chat(body, self.cfg, self.model_id)
+        return parsing.parse_chat(body, self.cfg, self.model_id, self.select_max_new_tokens)
 
     async def _parse(self, parse, raw: bytes) -> Query:
         """The body as a query, its image decoded (and reduced) here, once: at most serve.max_concurrent_decodes

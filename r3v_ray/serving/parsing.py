@@ -52,7 +52,13 @@ class Query:
     choices: list[str] | None
     strategy: str
     params: SamplingParams  # candidate sampling; params.n is N
-    select_max_new_tokens: int
+    # The self-select answer's token budget: the served run's evaluation.select_budget (the Ingress passes it), so the
+    # endpoint decodes its answer as Select@N did; None (a caller without a run config): the candidates' budget.
+    select_max_new_tokens: int | None = None
+
+    @property
+    def select_budget(self) -> int:
+        return self.select_max_new_tokens or self.params.max_new_tokens
 
     @property
     def n(self) -> int:
@@ -262,6 +268,7 @@ def build_query(
     max_new_tokens: int | None = None,
     seed: int | None = None,
     names: dict[str, str] | None = None,
+    select_max_new_tokens: int | None = None,
 ) -> Query:
     """Apply defaults and limits. `names` maps our field names to the endpoint's (e.g. n -> n, max_new_tokens -> max_tokens)."""
     names = names or {}
@@ -310,16 +317,17 @@ def build_query(
     if not 0 <= seed < 2**63:
         raise fail("seed", f"must be in [0, 2**63), got {seed}")
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
-    return Query(question, image, choices, strategy, params, cfg.select_max_new_tokens)
+    return Query(question, image, choices, strategy, params, select_max_new_tokens)
 
 
 # -- POST /v1/select -------------------------------------------------------------------------------------
-def parse_select(body: dict[str, Any], cfg: ServeConfig) -> Query:
+def parse_select(body: dict[str, Any], cfg: ServeConfig, select_max_new_tokens: int | None = None) -> Query:
     req = validate(SelectRequest, body)
+    kw = {**_sampling_kw(req.sampling), "select_max_new_tokens": select_max_new_tokens}
     # Check the cheap fields before decoding the image.
-    build_query(cfg, req.question, None, req.choices, req.n, req.strategy, **_sampling_kw(req.sampling))
+    build_query(cfg, req.question, None, req.choices, req.n, req.strategy, **kw)
     image = decode_image(req.image, "image", cfg) if req.image is not None else None
-    return build_query(cfg, req.question, image, req.choices, req.n, req.strategy, **_sampling_kw(req.sampling))
+    return build_query(cfg, req.question, image, req.choices, req.n, req.strategy, **kw)
 
 
 def _sampling_kw(sampling: SamplingOptions | None) -> dict[str, Any]:
@@ -402,7 +410,8 @@ def _refuse_unhonoured(body: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str) -> Query:
+def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str, select_max_new_tokens: int | None = None
+               ) -> Query:
     req = validate(ChatCompletionRequest, _refuse_unhonoured(body))
     if not req.model:
         raise RequestError("model", f"missing; this server serves {model_id!r}")
@@ -412,7 +421,8 @@ def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str) -> Query:
         raise RequestError("max_tokens", "max_tokens and max_completion_tokens disagree; send one")
     question, image_url, image_field = chat_question(req.messages)
     max_new = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    kw = dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, max_new_tokens=max_new, seed=req.seed, names=CHAT_NAMES)
+    kw = dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, max_new_tokens=max_new, seed=req.seed,
+              names=CHAT_NAMES, select_max_new_tokens=select_max_new_tokens)
     build_query(cfg, question, None, req.answer_choices, req.n, req.strategy, **kw)  # cheap fields first
     image = decode_image(image_url, image_field, cfg, require_data_uri=True) if image_url is not None else None
     return build_query(cfg, question, image, req.answer_choices, req.n, req.strategy, **kw)

@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
 
 from r3v_ray.engines import Engine, GenerationRequest, RequestOutput, SamplingParams
-from r3v_ray.prompts import select_prompt
-from r3v_ray.selection import majority_vote
+from r3v_ray.selection import greedy_params, majority_vote, select_request
 from r3v_ray.serving.errors import RequestError
 from r3v_ray.serving.parsing import Query
 from r3v_ray.tasks import Record, Task
@@ -75,8 +74,8 @@ def candidate_request(task: Task, query: Query) -> GenerationRequest:
 
 
 def selector_request(task: Task, query: Query, texts: list[str]) -> GenerationRequest:
-    """The self-select prompt exactly as training builds it: question (with image), then the numbered candidates."""
-    return GenerationRequest(select_prompt(task.question_text(query_record(query)), texts), query.image, row_key(query.params.seed))
+    """The self-select request as evaluation's Select@N builds it (r3v_ray/selection.py)."""
+    return select_request(task.question_text(query_record(query)), texts, query.image, row_key(query.params.seed))
 
 
 def decide(strategy: str, answers: list[str | None], selector_answer: str | None = None) -> tuple[str | None, int | None]:
@@ -136,8 +135,7 @@ async def run_selection(task: Task, query: Query, generate: Generate, measure: M
     selector_text = selector_answer = None
     selector_tokens = 0
     if query.strategy == "self_select":
-        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=query.select_max_new_tokens)
-        sel = await generate(selector_request(task, query, out.texts), greedy)
+        sel = await generate(selector_request(task, query, out.texts), greedy_params(query.select_budget))
         _check(sel, "n", 1)  # the select prompt holds all N candidates: fewer or shorter ones fit
         selector_text, selector_tokens = sel.texts[0], sel.n_tokens[0]
         selector_answer = task.score_record(record, selector_text)[0]
@@ -146,7 +144,7 @@ async def run_selection(task: Task, query: Query, generate: Generate, measure: M
     if chosen is not None:
         text, hit_limit = candidates[chosen].text, candidates[chosen].n_tokens >= query.params.max_new_tokens
     else:
-        text, hit_limit = selector_text or "", selector_tokens >= query.select_max_new_tokens
+        text, hit_limit = selector_text or "", selector_tokens >= query.select_budget
     _, votes = majority_vote(answers)
     timings = {"sample_ms": 1000 * (t1 - t0), "select_ms": 1000 * (t2 - t1), "total_ms": 1000 * (t2 - t0)}
     return Selection(
