@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from r3v_ray import needs
+
+    needs.check_or_exit()  # before anything imports pydantic or ray
     from r3v_ray.serving.launch import add_serve_args
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,13 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from r3v_ray.config import ConfigError
-    from r3v_ray.serving.checkpoint import CheckpointError
+    from r3v_ray.cli import user_errors
     from r3v_ray.serving.launch import start
 
     try:
         url, model_id = start(args)
-    except (ConfigError, CheckpointError) as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"serving {model_id} at {url}", flush=True)

@@ -92,7 +92,7 @@ class Ingress:
         return parsing.parse_select(body, self.cfg)
 
     def parse_chat(self, body: dict) -> Query:
-        return parsing.parse_chat(body, self.cfg, self.model_id)
+        return parsing.parse_chat(body, self.cfg, self.model_id, self.model.get("aliases", ()))
 
     async def _select(self, query: Query) -> Selection:
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Sequence, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
@@ -320,12 +320,15 @@ def chat_question(messages: list[ChatMessage] | None) -> tuple[str, str | None, 
     return "\n".join(t for t in texts if t.strip()), image, image_field
 
 
-def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str) -> Query:
+def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str, aliases: Sequence[str] = ()) -> Query:
+    """A chat request as a Query. Its `model` is the served id or one of its `aliases`; the reply names the id."""
     req = validate(ChatCompletionRequest, body)
+    served = f"this server serves {model_id!r}" + (f" (also answered as {', '.join(map(repr, aliases))})"
+                                                    if aliases else "")
     if not req.model:
-        raise RequestError("model", f"missing; this server serves {model_id!r}")
-    if req.model != model_id:
-        raise RequestError("model", f"model {req.model!r} is not served here; this server serves {model_id!r}", 404, "model_not_found")
+        raise RequestError("model", f"missing; {served}")
+    if req.model != model_id and req.model not in aliases:
+        raise RequestError("model", f"model {req.model!r} is not served here; {served}", 404, "model_not_found")
     if req.stream:
         raise RequestError("stream", "streaming is not supported: the answer is chosen after all candidates are drawn")
     if req.tools:
