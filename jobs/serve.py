@@ -1,7 +1,7 @@
 """Ray job entrypoint: deploy the best-of-N self-selection app on the cluster's Ray Serve.
 
     ray job submit --address http://HOST:8265 --working-dir . -- \
-        python jobs/serve.py --run-dir runs/demo --round 2 --set serve.host=0.0.0.0
+        python jobs/serve.py --run-dir "$PWD/runs/demo" --round 2 --set serve.host=0.0.0.0
 
 The Serve application outlives the job (Serve runs detached); `--wait` keeps the job alive until the app is
 deleted or the job is stopped. Bind 0.0.0.0 only on a cluster whose network you control, and with API keys:

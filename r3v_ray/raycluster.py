@@ -90,10 +90,7 @@ def cluster_address(address: str, want: str) -> str:
         if is_url:
             return address
         try:
-            with _single_machine() if _is_loopback(address) else _nothing():
-                from ray.dashboard.utils import ray_address_to_api_server_url
-
-                return ray_address_to_api_server_url(address)
+            return _dashboard_of_gcs(address)
         except Exception as exc:
             raise AddressError(f"--address {address}: no Ray cluster's GCS answers there to name its dashboard "
                                f"({type(exc).__name__}: {exc}). Give the dashboard URL (http://HOST:8265) or the "
@@ -130,6 +127,21 @@ def _gcs_of_dashboard(url: str) -> str:
                     return found.group(1)
     raise AddressError(f"--address {url}: the dashboard does not say where its cluster's GCS is (no head node in "
                        "its node summary yet); give the address `ray start --head` printed (HOST:6379)")
+
+
+def _dashboard_of_gcs(address: str) -> str:
+    """The dashboard URL the cluster's GCS holds (the dashboard writes it there when it starts): one lookup, not
+    Ray's own helper, which retries for 40 s on a cluster without a dashboard."""
+    from ray._private import ray_constants, services
+    from ray._raylet import GcsClient
+
+    with _single_machine() if _is_loopback(address) else _nothing():
+        address = services.canonicalize_bootstrap_address_or_die(address)
+    value = GcsClient(address=address).internal_kv_get(
+        ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, timeout=30)
+    if not value:
+        raise LookupError("the cluster has no dashboard")
+    return f"http://{value.decode()}"
 
 
 @contextmanager
