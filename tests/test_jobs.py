@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,46 @@ def test_every_address_form_leads_to_the_same_cluster(head):
     assert cluster_address(url, "gcs") == gcs and cluster_address(gcs, "gcs") == gcs
     with pytest.raises(AddressError, match="no Ray dashboard answers there"):
         cluster_address("http://127.0.0.1:9", "gcs")
+
+
+PROBE = """
+import ray
+{connect}
+
+@ray.remote(num_cpus=0)
+def state_api_in_a_worker():
+    from ray.util.state import list_nodes  # what Ray Train's helper actors ask (is the controller alive?)
+    try:
+        return f"nodes: {{len(list_nodes())}}"
+    except Exception as exc:
+        return f"{{type(exc).__name__}}: {{exc}}"
+
+print("worker:", ray.get(state_api_in_a_worker.remote()))
+"""
+
+
+@pytest.mark.parametrize("driver", ["plain ray.init()", "r3v's ensure_ray"])
+def test_a_jobs_workers_reach_the_state_api_of_their_own_cluster_beside_another(head, tmp_path, driver):
+    """With a second Ray cluster on the machine, a worker of a submitted job that asks Ray's state API without an
+    address fails ("Found multiple active Ray instances": what Ray Train's placement-group cleaner and state actor
+    printed); an r3v driver sends the dashboard's address in its job's runtime env, and the worker gets its answer."""
+    from ray.job_submission import JobSubmissionClient
+
+    address, _gcs, env = head
+    connect = "ray.init()" if driver.startswith("plain") else "from r3v_ray.raycluster import ensure_ray; ensure_ray()"
+    with ray_head(tmp_path / "other.log", subprocess_env(RAY_AUTH_MODE="disabled"), _job_agent_answers, "--num-cpus=0"):
+        client = JobSubmissionClient(address)
+        job = client.submit_job(entrypoint=f"python -c {shlex.quote(PROBE.format(connect=connect))}",
+                                runtime_env={"working_dir": str(ROOT), "excludes": [".git", "docs"]})
+        deadline = time.time() + 300
+        while not str(client.get_job_status(job)).split(".")[-1] in {"SUCCEEDED", "FAILED", "STOPPED"}:
+            assert time.time() < deadline, client.get_job_logs(job)[-3000:]
+            time.sleep(2)
+        logs = client.get_job_logs(job)
+    lines = [line for line in logs.splitlines() if line.startswith("worker:")]
+    assert len(lines) == 1, logs[-3000:]
+    line = lines[0]
+    if driver.startswith("plain"):
+        assert "Found multiple active Ray instances" in line, logs[-3000:]
+    else:
+        assert line == "worker: nodes: 1", logs[-3000:]
