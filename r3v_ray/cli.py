@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("round", help="run one round of a config in this process (see jobs/round.py)")
     p.add_argument("--config", required=True)
     p.add_argument("--round", type=int, required=True)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="redo stages recorded under a different config, or whose "
+                                                        "outputs are missing or damaged")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     _base_dir_flag(p)
     _verbose_flag(p)
