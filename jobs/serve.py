@@ -1,7 +1,7 @@
 """Ray job entrypoint: deploy the best-of-N self-selection app on the cluster's Ray Serve.
 
     ray job submit --address http://HOST:8265 --working-dir . -- \
-        python jobs/serve.py --run-dir runs/demo --round 2 --set serve.host=0.0.0.0
+        python jobs/serve.py --run-dir "$PWD/runs/demo" --round 2 --set serve.host=0.0.0.0
 
 The Serve application outlives the job (Serve runs detached); `--wait` keeps the job alive until the app is
 deleted or the job is stopped. Bind 0.0.0.0 only on a cluster whose network you control, and with API keys:
@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from r3v_ray import needs
+
+    needs.check_or_exit()  # before anything imports pydantic or ray
     from r3v_ray.serving.launch import add_serve_args
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,13 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from r3v_ray.config import ConfigError
-    from r3v_ray.serving.checkpoint import CheckpointError
+    from r3v_ray.cli import user_errors
     from r3v_ray.serving.launch import start
 
     try:
         url, model_id = start(args)
-    except (ConfigError, CheckpointError) as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"serving {model_id} at {url}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -45,14 +46,13 @@ def _cmd_run(args) -> int:
     import time
 
     from r3v_ray import store
-    from r3v_ray.config import load_config
     from r3v_ray.rundir import RunDir
     from r3v_ray.selftrain import run_local, submit_rounds
 
-    cfg = load_config(args.config, args.set)
+    cfg, sets = _load(args)
     start = time.time()
     if getattr(args, "address", None):
-        submit_rounds(cfg, args.config, args.address, args.set, args.from_round, args.force)
+        submit_rounds(cfg, args.config, args.address, sets, args.from_round, args.force)
     else:
         run_local(cfg, args.from_round, args.force)
     run = RunDir(cfg.run_dir if store.is_uri(cfg.run_dir) else os.path.abspath(cfg.run_dir))
@@ -61,6 +61,25 @@ def _cmd_run(args) -> int:
           f"r3v status {run.uri}; TensorBoard: tensorboard --logdir {run.uri}\n")
     print(table)  # last: the numbers a user came for
     return 0
+
+
+def _load(args):
+    """(config, its --set overrides) of a command with --config, --set and --base-dir: with --base-dir, the config's
+    relative paths (storage.root, task.data_dir, model.path) are resolved against it, and said so."""
+    import logging
+
+    from r3v_ray.config import load_config
+    from r3v_ray.preflight import absolute_overrides
+
+    cfg, sets = load_config(args.config, args.set), list(args.set)
+    if getattr(args, "base_dir", None):
+        resolved = absolute_overrides(cfg, args.base_dir)
+        if resolved:
+            logging.getLogger("r3v").info("relative paths resolved against --base-dir %s: %s",
+                                          os.path.abspath(args.base_dir), ", ".join(resolved))
+            sets += resolved
+            cfg = load_config(args.config, sets)
+    return cfg, sets
 
 
 def _final_table(cfg, run) -> str:
@@ -87,23 +106,19 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_round(args) -> int:
-    from r3v_ray.config import load_config
     from r3v_ray.rounds import run_round
 
-    metrics = run_round(load_config(args.config, args.set), args.round, force=args.force)
-    print({k: v for k, v in metrics.items() if "@" in k or k == "zero-shot"})
+    cfg, _sets = _load(args)
+    metrics = run_round(cfg, args.round, force=args.force)
+    print(f"round {args.round} finished: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()
+                                                      if isinstance(v, float)))
     return 0
 
 
 def _cmd_serve(args) -> int:
-    from r3v_ray.serving.checkpoint import CheckpointError
     from r3v_ray.serving.launch import serve_forever
 
-    try:
-        return serve_forever(args)
-    except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return serve_forever(args)
 
 
 def _cmd_plan(args) -> int:
@@ -180,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
     from r3v_ray.config import ModelFamily, TinyModelConfig  # pydantic only, no torch
+    from r3v_ray.raycluster import ADDRESS_HELP
 
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -209,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", default=default, required=default is None)
-        p.add_argument("--address", help="Ray dashboard address (http://HOST:8265): one job per round")
+        p.add_argument("--address", help=ADDRESS_HELP + ": one Ray job per round")
         p.add_argument("--from-round", type=int, default=0)
         p.add_argument("--force", action="store_true", help="redo stages recorded under a different config, or "
                                                             "whose outputs are missing or damaged")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+        _base_dir_flag(p)
         _verbose_flag(p)
         p.set_defaults(func=_cmd_run)
 
@@ -241,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("round", help="run one round of a config in this process (see jobs/round.py)")
     p.add_argument("--config", required=True)
     p.add_argument("--round", type=int, required=True)
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--force", action="store_true", help="redo stages recorded under a different config, or whose "
+                                                        "outputs are missing or damaged")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    _base_dir_flag(p)
     _verbose_flag(p)
     p.set_defaults(func=_cmd_round)
 
@@ -290,25 +309,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _base_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-dir", metavar="DIR",
+                   help='resolve the config\'s relative paths (storage.root, task.data_dir, model.path) against DIR; '
+                        'in a submitted Ray job: --base-dir "$PWD", the directory you submit from')
+
+
 def _verbose_flag(p: argparse.ArgumentParser) -> None:
     # Also after the subcommand (`r3v run --verbose`); SUPPRESS keeps a `r3v -v run` from being reset to False.
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+# Commands that start Ray and run stages: they check first that this Python has what the stages import.
+RUNS_STAGES = {"run", "demo", "round", "serve", "reproduce"}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says all a user needs (the setting, file or job, and what to do): printed as one
+    `error: ...` line, exit status 2, never a traceback."""
+    from r3v_ray.config import ConfigError  # includes ModelFamilyError
+    from r3v_ray.manifest import ConfigChangedError, RunDirError
+    from r3v_ray.raycluster import AddressError
+    from r3v_ray.selftrain import RoundJobError
+    from r3v_ray.serving.checkpoint import CheckpointError
+    from r3v_ray.store import StorageError
+    from r3v_ray.tasks.base import RecordError
+
+    return (ConfigError, ConfigChangedError, RunDirError, RecordError, StorageError, CheckpointError, AddressError,
+            RoundJobError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if next((a for a in argv if not a.startswith("-")), None) in RUNS_STAGES:
+        from r3v_ray import needs  # before the parser, which imports pydantic
+
+        needs.check_or_exit()
     args = build_parser().parse_args(argv)
     from r3v_ray import console
 
     console.setup(verbose=args.verbose)
-    from r3v_ray.config import ConfigError
-    from r3v_ray.manifest import RunDirError
-    from r3v_ray.store import StorageError
-    from r3v_ray.tasks.base import RecordError
-
     try:
         return args.func(args)
-    # ConfigError includes ModelFamilyError; StorageError: a write that failed (a full disk), named with its size
-    except (ConfigError, RecordError, RunDirError, StorageError) as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -80,6 +80,42 @@ def warnings(cfg: RunConfig) -> list[str]:
     return out
 
 
+# Values of the shipped configs that stand for the user's own (configs/*-geoqa.yaml, cluster.yaml).
+PLACEHOLDER_BUCKETS = ("my-bucket",)
+
+
+def to_fill_in(cfg: RunConfig, cluster: dict | None = None) -> list[str]:
+    """What still stands for the user's own values, and the paths every node must see: placeholders in the config
+    (the example bucket) and, with a cluster file, node types without an AMI or an instance profile, and the
+    config's paths on a local disk."""
+    from r3v_ray import preflight, store
+
+    out = []
+    places = preflight.locations(cfg)
+    for key, value in places.items():
+        if any(marker in value for marker in PLACEHOLDER_BUCKETS):
+            out.append(f"{key} {value} is the example's placeholder bucket: name a bucket of yours "
+                       f"(--set {key}=s3://YOUR-BUCKET/prefix)")
+    if cluster is None:
+        return out
+    for key, value in places.items():
+        if not store.is_uri(value):
+            out.append(f"{key} {value} is a path on a disk: every node of the cluster reads it at that same path, so "
+                       "it must be a shared file system mounted there on every node (or give a URI, s3://...)")
+    head = cluster.get("head_node_type")
+    remote = [k for k, v in places.items() if store.is_uri(v)]
+    for name, spec in (cluster.get("available_node_types") or {}).items():
+        node = spec.get("node_config") or {}
+        if name != head and "ImageId" not in node:
+            out.append(f"cluster node type {name}: no ImageId; Ray's default AMI may lack the NVIDIA driver vLLM needs: "
+                       "set a current Deep Learning AMI of your region (the lines marked CHANGE)")
+        if name != head and remote and "IamInstanceProfile" not in node:
+            out.append(f"cluster node type {name}: no IamInstanceProfile; its nodes need credentials for "
+                       f"{', '.join(remote)} (an instance profile, or AWS_* variables in the environment Ray starts "
+                       "with)")
+    return out
+
+
 # -- node types (cluster.yaml) ------------------------------------------------------------------------------
 
 
@@ -196,7 +232,10 @@ def report(cfg: RunConfig, cluster: dict | None = None) -> tuple[str, dict[str, 
         stages = place(stages, types)
         notes += check_placement(stages, types)
         peak = peak_nodes(stages, types)
+    fill_in = to_fill_in(cfg, cluster)
     text = format_plan(cfg, stages, notes)
     if peak:
         text += "\nworker nodes at the peak of a round: " + ", ".join(f"{n} x{c}" for n, c in peak.items())
-    return text, {"run": cfg.name, "rounds": cfg.rounds, "stages": stages, "peak_nodes": peak, "notes": notes}
+    text += "".join(f"\nfill in: {line}" for line in fill_in)
+    return text, {"run": cfg.name, "rounds": cfg.rounds, "stages": stages, "peak_nodes": peak, "notes": notes,
+                  "fill_in": fill_in}

@@ -22,32 +22,47 @@ def in_submitted_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
-def model_path_is_location(cfg: RunConfig) -> bool:
-    """model.path names a place (a URI, a tiny model built there, an existing directory), not a hub name."""
-    return store.is_uri(cfg.model.path) or cfg.model.tiny is not None or os.path.exists(cfg.model.path)
+def model_path_is_location(cfg: RunConfig, base: str = ".") -> bool:
+    """model.path names a place (a URI, a tiny model built there, an existing directory, here or under `base`),
+    not a hub name."""
+    path = cfg.model.path
+    return (store.is_uri(path) or cfg.model.tiny is not None or os.path.exists(path)
+            or os.path.exists(os.path.join(base, path)))
 
 
-def locations(cfg: RunConfig) -> dict[str, str]:
+def locations(cfg: RunConfig, base: str = ".") -> dict[str, str]:
     """{config key: value} of the settings that are places in storage."""
     out = {"storage.root": cfg.storage.root, "task.data_dir": cfg.task.data_dir}
-    if model_path_is_location(cfg):
+    if model_path_is_location(cfg, base):
         out["model.path"] = cfg.model.path
     return out
 
 
+def relative_locations(cfg: RunConfig, base: str = ".") -> dict[str, str]:
+    """The places of `locations` given as relative paths."""
+    return {k: v for k, v in locations(cfg, base).items() if not store.is_uri(v) and not os.path.isabs(v)}
+
+
+def absolute_overrides(cfg: RunConfig, base: str) -> list[str]:
+    """`--set KEY=VALUE` overrides that make the config's relative paths absolute ones under `base`."""
+    base = os.path.abspath(base)
+    return [f"{k}={os.path.normpath(os.path.join(base, v))}" for k, v in relative_locations(cfg, base).items()]
+
+
 def check_job_paths(cfg: RunConfig) -> None:
     """Inside a submitted job the working directory is Ray's temporary copy of the uploaded one (or the job
-    agent's own), so a relative path would read or write where nobody looks afterwards: refuse it."""
+    agent's own), so a relative path would read or write where nobody looks afterwards: refuse it, in one line
+    naming each path and the fix (`--base-dir "$PWD"`: the submitting shell fills in where the user is)."""
     if not in_submitted_job():
         return
-    relative = {k: v for k, v in locations(cfg).items() if not store.is_uri(v) and not os.path.isabs(v)}
+    relative = relative_locations(cfg)
     if relative:
         names = ", ".join(f"{k}={v}" for k, v in relative.items())
-        sets = " ".join(f"--set {k}=/absolute/{v}" for k, v in relative.items())
         raise ConfigError(
             f"relative path(s) in a Ray job: {names}. The job runs in {os.getcwd()} (Ray's copy of the working "
-            f"directory), so outputs there are lost and later rounds cannot find them. Give absolute paths every "
-            f"node sees, or URIs (s3://...), e.g. {sets}; `python jobs/selftrain.py --address` does this for you."
+            'directory), where outputs are lost: add --base-dir "$PWD" to the job\'s command to resolve them against '
+            "the directory you submit from (it must be one every node sees), or give absolute paths or URIs "
+            "(e.g. --set storage.root=s3://bucket/runs); `python jobs/selftrain.py --address` does this for you."
         )
 
 

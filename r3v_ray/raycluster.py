@@ -15,17 +15,27 @@ The processes of a local Ray also learn its dashboard's address. Ray Train's hel
 cleaner, the state actor of the dashboard's Train view) ask Ray's state API whether the training's controller is
 alive, and without an address that API looks for "the" Ray of the machine: on a machine with a second Ray instance it
 fails ("Found multiple active Ray instances", a traceback in the run's output) or asks the cluster last recorded by a
-`ray start`, not this one.
+`ray start`, not this one. A driver joining an existing cluster (a submitted job's, or one given --address) sends
+that address, and r3v's worker variables (r3v_ray/console.py), in its job's runtime env: the cluster's worker
+processes were started by `ray start`, not by this driver, and inherit nothing from it.
+
+A cluster has two addresses a user meets: the dashboard's URL (http://HOST:8265, what `ray job submit` takes) and
+the GCS address HOST:PORT (what `ray start --head` prints, and RAY_ADDRESS inside a job). Every r3v command takes
+either; `cluster_address` turns one into the other.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from typing import Iterator
 
 LOOPBACK = "127.0.0.1"
+ADDRESS_HELP = ("the Ray cluster: its dashboard URL (http://HOST:8265) or its GCS address (HOST:6379, what `ray start "
+                "--head` prints); either works")
 # Ray's switch: "0" makes every node address 127.0.0.1 (and refuses worker nodes joining over the network).
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Where Ray's state API (ray.util.state) finds the dashboard when it is given no address.
@@ -39,7 +49,8 @@ SPARE_IDLE_WORKERS = 4
 
 
 def ensure_ray(address: str | None = None, **kwargs) -> None:
-    """Connect this process to Ray once: `address`, else RAY_ADDRESS, else a fresh local Ray on 127.0.0.1.
+    """Connect this process to Ray once: `address` (a dashboard URL or a GCS address), else RAY_ADDRESS, else a
+    fresh local Ray on 127.0.0.1.
 
     `kwargs` go to ray.init (e.g. num_cpus for a local instance, log_to_driver, job_config); the job's runtime env
     gets r3v's worker set-up hook (r3v_ray/console.py)."""
@@ -55,13 +66,105 @@ def ensure_ray(address: str | None = None, **kwargs) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address == "local":
         start_local(**kwargs)
-    elif _is_loopback(address):
+        return
+    address = cluster_address(address, "gcs")
+    env_vars = _cluster_worker_env(address)
+    if env_vars:
+        runtime_env["env_vars"] = {**env_vars, **runtime_env.get("env_vars", {})}
+    if _is_loopback(address):
         # A cluster on this machine's loopback (one started with the switch off): Ray would otherwise swap
         # 127.0.0.1 in the address for the network address, where that cluster does not listen.
         with _single_machine():
             ray.init(address=address, **kwargs)
     else:
         ray.init(address=address, **kwargs)
+
+
+def cluster_address(address: str, want: str) -> str:
+    """`address` of a running cluster as `want` needs it: "dashboard" (http://HOST:PORT, for job submission and
+    the state API) or "gcs" (HOST:PORT, for ray.init). Either form is accepted: the dashboard's URL is asked for
+    its head node's GCS address, the GCS for its dashboard's URL. An AddressError says what did not answer."""
+    address = address.strip().rstrip("/")
+    is_url = "://" in address
+    if want == "dashboard":
+        if is_url:
+            return address
+        try:
+            return _dashboard_of_gcs(address)
+        except Exception as exc:
+            raise AddressError(f"--address {address}: no Ray cluster's GCS answers there to name its dashboard "
+                               f"({type(exc).__name__}: {exc}). Give the dashboard URL (http://HOST:8265) or the "
+                               "address `ray start --head` printed (HOST:6379)") from None
+    if want != "gcs":
+        raise ValueError(f"want must be 'dashboard' or 'gcs', not {want!r}")
+    if address.startswith("ray://") or not is_url:
+        return address
+    return _gcs_of_dashboard(address)
+
+
+class AddressError(ValueError):
+    """A cluster address that does not lead to a running cluster; the message names it."""
+
+
+def _gcs_of_dashboard(url: str) -> str:
+    """The GCS address of the cluster whose dashboard is at `url`: the head node's raylet is started with it
+    (`--gcs-address=HOST:PORT`), and the dashboard's node summary lists the raylet's command line."""
+    import urllib.request
+
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    request = urllib.request.Request(f"{url}/nodes?view=summary", headers=get_auth_headers_if_auth_enabled({}))
+    try:
+        summary = json.loads(urllib.request.urlopen(request, timeout=30).read())["data"]["summary"]
+    except Exception as exc:
+        raise AddressError(f"--address {url}: no Ray dashboard answers there ({type(exc).__name__}: {exc}). Give "
+                           "the dashboard URL (http://HOST:8265) or the address `ray start --head` printed "
+                           "(HOST:6379)") from None
+    for node in summary:
+        if node.get("raylet", {}).get("isHeadNode"):
+            for arg in node.get("cmdline") or []:
+                if found := re.fullmatch(r"--gcs-address=(\S+)", arg):
+                    return found.group(1)
+    raise AddressError(f"--address {url}: the dashboard does not say where its cluster's GCS is (no head node in "
+                       "its node summary yet); give the address `ray start --head` printed (HOST:6379)")
+
+
+def _dashboard_of_gcs(address: str) -> str:
+    """The dashboard URL the cluster's GCS holds (the dashboard writes it there when it starts): one lookup, not
+    Ray's own helper, which retries for 40 s on a cluster without a dashboard."""
+    from ray._private import ray_constants, services
+    from ray._raylet import GcsClient
+
+    with _single_machine() if _is_loopback(address) else _nothing():
+        address = services.canonicalize_bootstrap_address_or_die(address)
+    value = GcsClient(address=address).internal_kv_get(
+        ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, timeout=30)
+    if not value:
+        raise LookupError("the cluster has no dashboard")
+    return f"http://{value.decode()}"
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _cluster_worker_env(gcs: str) -> dict[str, str]:
+    """Variables for the workers of a driver joining the cluster at `gcs`: r3v's worker variables
+    (r3v_ray/console.py: quiet loading bars, Ray Train's settings) and the dashboard's address for the state API
+    (Ray Train's helper actors, see above), except those the job's own runtime env sets (Ray refuses a driver
+    runtime env that repeats a job's variable)."""
+    from r3v_ray.console import WORKER_ENV
+
+    env = {k: os.environ[k] for k in (*WORKER_ENV, API_SERVER_ENV) if k in os.environ}
+    if API_SERVER_ENV not in env:
+        try:
+            env[API_SERVER_ENV] = os.environ[API_SERVER_ENV] = cluster_address(gcs, "dashboard")
+        except AddressError:
+            pass  # a cluster without a dashboard: the state API has nothing to ask either
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def start_local(**kwargs) -> None:

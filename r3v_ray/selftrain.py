@@ -14,13 +14,16 @@ import time
 
 from r3v_ray import console
 from r3v_ray.config import RunConfig
-from r3v_ray.preflight import locations
+from r3v_ray.preflight import absolute_overrides
 from r3v_ray.rundir import RunDir
-from r3v_ray.store import is_uri
 
 log = logging.getLogger("r3v.selftrain")
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class RoundJobError(RuntimeError):
+    """A round's job failed or cannot be submitted; the message names the job and what to do."""
 
 
 def round_finished(cfg: RunConfig, k: int) -> bool:
@@ -55,8 +58,7 @@ def _absolute_overrides(cfg: RunConfig) -> list[str]:
     """A submitted job runs in Ray's copy of the working dir, where relative paths are refused
     (r3v_ray/preflight.py): they are sent as absolute paths from here, so data and outputs live where they would
     for a local run (on a real cluster, storage every node reaches: s3://, gs:// or a shared file system)."""
-    return [f"{key}={os.path.abspath(value)}" for key, value in locations(cfg).items()
-            if not is_uri(value) and not os.path.isabs(value)]
+    return absolute_overrides(cfg, os.getcwd())
 
 
 def _free_submission_id(client, base: str) -> str:
@@ -67,7 +69,7 @@ def _free_submission_id(client, base: str) -> str:
     running = [sid for sid, status in jobs.items()
                if (sid == base or sid.startswith(f"{base}-attempt-")) and status not in TERMINAL]
     if running:
-        raise RuntimeError(f"{running[0]} is still {jobs[running[0]]}: wait for it (ray job logs -f {running[0]}) "
+        raise RoundJobError(f"{running[0]} is still {jobs[running[0]]}: wait for it (ray job logs -f {running[0]}) "
                            f"or stop it (ray job stop {running[0]}) before submitting this round again")
     taken = set(jobs)
     if base not in taken:
@@ -89,12 +91,14 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
     from ray.job_submission import JobSubmissionClient
 
     from r3v_ray.prepare import check_built
+    from r3v_ray.raycluster import cluster_address
     from r3v_ray.rounds import check_config
 
     # What the first job would refuse is refused here, before anything is submitted.
     check_config(cfg, force)
     check_built(cfg)
-    client = JobSubmissionClient(address)
+    dashboard = cluster_address(address, "dashboard")
+    client = JobSubmissionClient(dashboard)
     sets = overrides + _absolute_overrides(cfg)
     env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DS_ACCELERATOR") if k in os.environ}
     env.update({k: os.environ.get(k, v) for k, v in console.WORKER_ENV.items()})
@@ -128,8 +132,10 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
             status = client.get_job_status(submission_id)
         status = str(status).split(".")[-1]
         if status != "SUCCEEDED":
-            info = client.get_job_info(submission_id)
-            raise RuntimeError(f"round {k} ({submission_id}) {status}: {info.message}")
+            # Ray's message repeats the end of the log streamed above: its first sentence is enough here.
+            reason = (client.get_job_info(submission_id).message or "").split(", last available logs")[0]
+            raise RoundJobError(f"round {k} ({submission_id}) {status}: {reason.strip()} (its log: ray job logs "
+                                f"--address {dashboard} {submission_id})")
     return ids
 
 

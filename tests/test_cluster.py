@@ -109,6 +109,30 @@ def test_plan_gpu_config_on_cluster_yaml(capsys):
     assert any(n.startswith("sample: fits several worker types") for n in data["notes"])
 
 
+def test_plan_names_what_to_fill_in_and_the_paths_every_node_must_see(capsys):
+    gpu = ("--config", str(ROOT / "configs" / "qwen2vl-7b-geoqa.yaml"))
+    fill_in = _plan_json(capsys, *gpu, "--cluster", str(ROOT / "cluster.yaml"))["fill_in"]
+    assert any(f.startswith("storage.root s3://my-bucket/r3v-runs is the example's placeholder bucket") for f in fill_in)
+    assert any(f.startswith("task.data_dir /mnt/data/geoqa is a path on a disk: every node") for f in fill_in)
+    for node_type in ("gpu-sampler", "gpu-trainer"):
+        assert any(f.startswith(f"cluster node type {node_type}: no ImageId") for f in fill_in), fill_in
+        assert any(f.startswith(f"cluster node type {node_type}: no IamInstanceProfile") for f in fill_in), fill_in
+    assert not any("cluster node type head" in f for f in fill_in)
+    assert r3v(["plan", *gpu]) == 0 and "fill in: storage.root s3://my-bucket" in capsys.readouterr().out
+
+    # Filled in: a bucket of one's own, data on it, every worker type with an AMI and an instance profile.
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for name in ("gpu-sampler", "gpu-trainer"):
+        cluster["available_node_types"][name]["node_config"].update(
+            ImageId="ami-0123456789abcdef0", IamInstanceProfile={"Arn": "arn:aws:iam::1:instance-profile/r3v"})
+    from r3v_ray.config import load_config
+    from r3v_ray.plan import to_fill_in
+
+    cfg = load_config(ROOT / "configs" / "qwen2vl-7b-geoqa.yaml",
+                      ["storage.root=s3://team-bucket/r3v", "task.data_dir=s3://team-bucket/geoqa"])
+    assert to_fill_in(cfg, cluster) == []
+
+
 def test_requests_from_config_are_accepted_by_ray():
     from ray.train import ScalingConfig
 

@@ -25,7 +25,7 @@ import requests
 import torch
 from PIL import Image
 
-from r3v_ray.config import ServeConfig
+from r3v_ray.config import ServeConfig, config_from_dict
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
 from r3v_ray.prompts import select_prompt
 from r3v_ray.selection import majority_vote
@@ -217,6 +217,21 @@ def test_chat_fields_that_ask_for_nothing_are_accepted():
     assert parse_chat(body, ServeConfig(), "m").question == "Q"
     with pytest.raises(RequestError, match="^top_logprobs: not supported"):
         parse_chat({**body, "top_logprobs": False}, ServeConfig(), "m")  # false is not the number 0
+
+
+def test_chat_model_answers_to_its_aliases_and_an_unknown_id_is_a_404_naming_the_served_one(tmp_path):
+    from r3v_ray.serving.app import model_info
+
+    cfg = config_from_dict({"name": "demo"})
+    info = model_info(cfg, ckpt.ServedModel(str(tmp_path / "runs/demo/round-002/checkpoint"), 2, str(tmp_path / "runs/demo")))
+    assert (info["id"], info["aliases"]) == ("demo-round-2", ["demo", "r3v"])
+    body = lambda model: {"model": model, "messages": [{"role": "user", "content": "Q"}]}  # noqa: E731
+    for name in ("demo-round-2", "demo", "r3v"):
+        assert parse_chat(body(name), cfg.serve, info["id"], info["aliases"]).question == "Q"
+    with pytest.raises(RequestError, match="'gpt-4o' is not served here; this server serves 'demo-round-2' "
+                                           r"\(also answered as 'demo', 'r3v'\)") as err:
+        parse_chat(body("gpt-4o"), cfg.serve, info["id"], info["aliases"])
+    assert err.value.status == 404
 
 
 def test_checkpoint_resolution(run_dir, tmp_path):

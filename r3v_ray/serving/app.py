@@ -44,10 +44,16 @@ def sampler_options(cfg: RunConfig) -> dict[str, Any]:
     return opts
 
 
+MODEL_ALIAS = "r3v"  # what a user of the openai client naturally sends; answered as the served model
+
+
 def model_info(cfg: RunConfig, served: ckpt.ServedModel) -> dict[str, Any]:
-    """What GET /v1/models reports: the model id, the checkpoint and the round it came from."""
+    """What GET /v1/models reports: the model id, the other names a chat request may give it (the run's name and
+    "r3v", docs/cluster.md), the checkpoint and the round it came from."""
+    model_id = cfg.serve.model_name or served.model_id()
     return {
-        "id": cfg.serve.model_name or served.model_id(),
+        "id": model_id,
+        "aliases": [a for a in dict.fromkeys([cfg.name, MODEL_ALIAS]) if a != model_id],
         "checkpoint": served.checkpoint,
         "round": served.round,
         "run_dir": served.run_dir,

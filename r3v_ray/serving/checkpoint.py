@@ -11,6 +11,7 @@ before the engine loads it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def resolve(checkpoint: str | None = None, run_dir: str | None = None, round_: i
 def _resolve(checkpoint: str | None, run_dir: str | None, round_: int | None) -> ServedModel:
     if bool(checkpoint) == bool(run_dir):
         raise CheckpointError("give either a checkpoint directory or a run directory (with an optional round)")
+    # A relative path is this process's: the replicas, on a cluster started elsewhere, run in another directory.
+    checkpoint, run_dir = (p if not p or store.is_uri(p) else os.path.abspath(p) for p in (checkpoint, run_dir))
     if checkpoint:
         if not is_checkpoint(checkpoint):
             raise CheckpointError(f"{checkpoint}: not a model checkpoint (no {' or '.join(MODEL_FILES)})")

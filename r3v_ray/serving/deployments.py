@@ -101,7 +101,8 @@ class Ingress:
         return parsing.parse_select(body, self.cfg, self.select_max_new_tokens)
 
     def parse_chat(self, body: dict) -> Query:
-        return parsing.parse_chat(body, self.cfg, self.model_id, self.select_max_new_tokens)
+        return parsing.parse_chat(body, self.cfg, self.model_id, self.model.get("aliases", ()),
+                                  self.select_max_new_tokens)
 
     async def _parse(self, parse, raw: bytes) -> Query:
         """The body as a query, its image decoded (and reduced) here, once: at most serve.max_concurrent_decodes

@@ -7,6 +7,8 @@ import logging
 import signal
 import time
 
+from r3v_ray.raycluster import ADDRESS_HELP
+
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +22,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. serve.max_n=4")
     p.add_argument("--host", help="HTTP host (default serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="HTTP port (default serve.port)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, or a new local Ray)")
+    p.add_argument("--address", help=ADDRESS_HELP + " (default: RAY_ADDRESS, or a new local Ray)")
     return p
 
 
@@ -53,7 +55,8 @@ def serve_forever(args: argparse.Namespace) -> int:
     # Ctrl-C or `kill` (SIGTERM) both end in serve.shutdown(); a background shell would otherwise ignore SIGINT.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    print(f"serving {model_id} at {url}  (POST /v1/select, POST /v1/chat/completions, GET /v1/models, GET /healthz)", flush=True)
+    print(f"serving {model_id} at {url}  (POST /v1/select, POST /v1/chat/completions with model={model_id!r} or "
+          f"'r3v', GET /v1/models, GET /healthz)", flush=True)
     try:
         while True:
             time.sleep(3600)

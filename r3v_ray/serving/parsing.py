@@ -18,7 +18,7 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, AsyncIterator, Iterator, TypeVar
+from typing import Any, AsyncIterator, Iterator, Sequence, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel, ValidationError
@@ -410,13 +410,16 @@ def _refuse_unhonoured(body: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str, select_max_new_tokens: int | None = None
-               ) -> Query:
+def parse_chat(body: dict[str, Any], cfg: ServeConfig, model_id: str, aliases: Sequence[str] = (),
+               select_max_new_tokens: int | None = None) -> Query:
+    """A chat request as a Query. Its `model` is the served id or one of its `aliases`; the reply names the id."""
     req = validate(ChatCompletionRequest, _refuse_unhonoured(body))
+    served = f"this server serves {model_id!r}" + (f" (also answered as {', '.join(map(repr, aliases))})"
+                                                    if aliases else "")
     if not req.model:
-        raise RequestError("model", f"missing; this server serves {model_id!r}")
-    if req.model != model_id:
-        raise RequestError("model", f"model {req.model!r} is not served here; this server serves {model_id!r}", 404, "model_not_found")
+        raise RequestError("model", f"missing; {served}")
+    if req.model != model_id and req.model not in aliases:
+        raise RequestError("model", f"model {req.model!r} is not served here; {served}", 404, "model_not_found")
     if req.max_tokens is not None and req.max_completion_tokens is not None and req.max_tokens != req.max_completion_tokens:
         raise RequestError("max_tokens", "max_tokens and max_completion_tokens disagree; send one")
     question, image_url, image_field = chat_question(req.messages)

@@ -37,5 +37,5 @@ def chat_body(selection: Selection, model_id: str) -> ChatCompletion:
 
 def models_body(model: dict[str, Any]) -> ModelList:
     """OpenAI's model list, one entry, with where it came from: checkpoint, round, run, task."""
-    fields = ("id", "created", "checkpoint", "round", "run_dir", "task", "engine")
+    fields = ("id", "aliases", "created", "checkpoint", "round", "run_dir", "task", "engine")
     return ModelList(data=[ModelCard(**{k: model.get(k) for k in fields})])

@@ -154,6 +154,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "r3v-ray"
+    aliases: list[str] = Field(default_factory=list, description="other names a chat request's `model` may give")
     checkpoint: str | None = None
     round: int | None = None
     run_dir: str | None = None
