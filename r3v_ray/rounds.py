@@ -300,11 +300,13 @@ def _brief(stage: str, info: dict) -> str:
     if stage == "build" and stats.get("examples"):
         return ": " + ", ".join(f"{n} {task}" for task, n in stats["examples"].items() if n) + " examples"
     if stage == "train" and metrics.get("steps") is not None:
+        from r3v_ray.training.examples import TERMS
+
         total = metrics.get("last_epoch_loss")
         if not isinstance(total, (int, float)):
             return f": {metrics['steps']} steps"
         terms = ", ".join(f"{t} " + (f"{v:.4f}" if isinstance(v, (int, float)) else "-")
-                          for t, v in ((t, metrics.get(f"last_epoch_loss_{t}")) for t in ("sft", "refine", "select")))
+                          for t, v in ((t, metrics.get(f"last_epoch_loss_{t}")) for t in TERMS))
         return f": {metrics['steps']} steps, loss over the last epoch {total:.4f} ({terms})"
     if stage == "eval" and metrics:
         return ": " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, (int, float)))

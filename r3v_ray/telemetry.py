@@ -118,16 +118,17 @@ class StepLosses:
     """The rank-0 worker's per-step losses to r3v_train_step_loss: sent without waiting, at most every
     STEP_LOSS_EVERY_S (a training step never waits on the actor), and the last one at `close`."""
 
-    TERMS = ("loss", "loss_sft", "loss_refine", "loss_select")
-
     def __init__(self, run: str, round_index: int):
+        from r3v_ray.training.examples import LOSS_KEYS  # on the rank-0 train worker, where torch is loaded anyway
+
+        self.terms = LOSS_KEYS
         self.run, self.round = run, round_index
         self.actor = metrics_actor()
         self._sent_at = float("-inf")
         self._pending: dict[str, float] | None = None
 
     def step(self, record: dict) -> None:
-        self._pending = {term: record[term] for term in self.TERMS}
+        self._pending = {term: record[term] for term in self.terms}
         now = time.monotonic()
         if now - self._sent_at >= STEP_LOSS_EVERY_S:
             self._send()

@@ -14,6 +14,8 @@ from r3v_ray.tasks.base import RecordError, load_image
 TASK_IDS: dict[str, int] = {name: i for i, name in enumerate(TASKS)}
 # Which loss term each kind trains: warm-up counts with SFT.
 TERMS = ("sft", "refine", "select")
+# The losses a step reports: the weighted total, then each term's own token mean.
+LOSS_KEYS = ("loss",) + tuple(f"loss_{t}" for t in TERMS)
 TERM_OF_TASK: dict[str, str] = {"warmup": "sft", "sft": "sft", "refine": "refine", "select": "select"}
 
 EXAMPLE_SCHEMA = pa.schema(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from r3v_ray.training.examples import LOSS_KEYS, TERMS
+
 log = logging.getLogger("r3v_ray.training")
 
 
@@ -49,8 +51,7 @@ class StepWatch:
             self.bar.set_description(f"round {self.round} loss {record['loss']:.3f} ({_terms(record, 3)})")
             self.bar.update(1)
         if self.events is not None:
-            self.events.add(step, {f"train/{k}": record[k] for k in ("loss", "loss_sft", "loss_refine", "loss_select",
-                                                                     "lr")} | {"train/step_seconds": record["seconds"]})
+            self.events.add(step, {f"train/{k}": record[k] for k in (*LOSS_KEYS, "lr")} | {"train/step_seconds": record["seconds"]})
         if self.metrics is not None:
             self.metrics.step(record)
         if self.log_every and (step % self.log_every == 0 or step == self.steps):
@@ -82,4 +83,4 @@ def _never_fail(fn, what: str) -> None:
 def _terms(record: dict, digits: int) -> str:
     """Each term's loss of a step, "-" for a term whose batch held none of its examples (not a misleading 0)."""
     return ", ".join(f"{term} " + (f"{record[f'loss_{term}']:.{digits}f}" if record.get(f"tokens_{term}", 1) else "-")
-                     for term in ("sft", "refine", "select"))
+                     for term in TERMS)

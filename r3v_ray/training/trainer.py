@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 from r3v_ray import console, store
 from r3v_ray.config import RunConfig
 from r3v_ray.resources import scaling_config_kwargs
-from r3v_ray.training.examples import read_examples
+from r3v_ray.training.examples import LOSS_KEYS, TERMS, read_examples
 from r3v_ray.training.worker import HF_DIR, STATE_FILE, fingerprint, train_loop_per_worker
 
 log = logging.getLogger("r3v_ray.training")
@@ -66,12 +66,12 @@ def last_epoch_losses(history: list[dict], examples: int, global_batch: int) -> 
     last = history[-max(1, math.ceil(examples / max(1, global_batch))):]
 
     def tokens(h: dict) -> int:
-        return sum(h.get(f"tokens_{t}", 0) for t in ("sft", "refine", "select"))
+        return sum(h.get(f"tokens_{t}", 0) for t in TERMS)
 
     total_tokens = sum(tokens(h) for h in last)
     out: dict[str, float | None] = {
         "last_epoch_loss": sum(h["loss"] * tokens(h) for h in last) / total_tokens if total_tokens else None}
-    for term in ("sft", "refine", "select"):
+    for term in TERMS:
         tokens = sum(h.get(f"tokens_{term}", 0) for h in last)
         out[f"last_epoch_loss_{term}"] = (sum(h[f"loss_{term}"] * h.get(f"tokens_{term}", 0) for h in last) / tokens
                                           if tokens else None)
@@ -80,7 +80,7 @@ def last_epoch_losses(history: list[dict], examples: int, global_batch: int) -> 
 
 def _summary(state: dict, seconds: float) -> dict[str, Any]:
     history = state["history"]
-    terms = ("loss", "loss_sft", "loss_refine", "loss_select")
+    terms = LOSS_KEYS
     metrics: dict[str, Any] = {
         "steps": state["step"],
         "examples": state["examples"],
