@@ -301,7 +301,7 @@ def test_a_run_whose_sampler_train_worker_and_driver_are_killed_leaves_an_undist
     good = samples.read_bytes()
     samples.write_bytes(good[: len(good) // 2])
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert f"{samples} is {len(good) // 2} bytes, but {len(good)} were recorded" in again.stderr
     assert "--from-round 1 --force" in again.stderr and "Traceback" not in again.stderr
     # Redone as it says: the same bytes again, so nothing made from them is redone.
@@ -317,7 +317,7 @@ def test_a_run_whose_sampler_train_worker_and_driver_are_killed_leaves_an_undist
     kept = manifest.read_bytes()
     manifest.write_bytes(b"{\x00 not a manifest")
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and f"{manifest} cannot be read as round 1's manifest" in again.stderr
+    assert again.returncode == 2 and f"{manifest} cannot be read as round 1's manifest" in again.stderr
     assert "Traceback" not in again.stderr
     manifest.write_bytes(kept)
 
@@ -328,4 +328,4 @@ def test_a_run_whose_sampler_train_worker_and_driver_are_killed_leaves_an_undist
     assert r3v(["serve", "--run-dir", str(run)]) == 2
     assert f"{run / 'round-001' / 'checkpoint'} is missing: round 1's train stage" in capsys.readouterr().err
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and f"{run / 'round-001' / 'checkpoint'} is missing" in again.stderr
+    assert again.returncode == 2 and f"{run / 'round-001' / 'checkpoint'} is missing" in again.stderr

@@ -209,7 +209,7 @@ def test_round_on_a_worker_that_shares_no_disk_needs_storage_every_node_reaches(
                 failed = subprocess.run([PY, str(ROOT / "jobs" / "round.py"), "--config", str(config), "--round", "0"],
                                         cwd=ROOT, env=driver_env, capture_output=True, text=True, timeout=600)
                 local_seconds = time.time() - started
-                assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+                assert failed.returncode == 2, failed.stdout[-3000:] + failed.stderr[-3000:]
                 message = failed.stderr
                 assert f"storage.root: {tmp_path}/runs/twonode/config.yaml does not exist there" in message, message
                 assert "storage.root is on this machine's disk, which the workers cannot see" in message, message
