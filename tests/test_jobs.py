@@ -34,6 +34,7 @@ def head(tmp_path_factory):
         yield f"http://127.0.0.1:{ports['dashboard']}", f"127.0.0.1:{ports['gcs']}", env
 
 
+@pytest.mark.slow
 def test_a_job_submitted_by_hand_with_a_relative_storage_root_is_refused_at_its_start(head, tmp_path):
     address, _gcs, env = head
     # As the README's first try would: the demo config (storage.root: runs) from the repository root.

@@ -12,6 +12,8 @@ import json
 import subprocess
 import urllib.request
 
+import pytest
+
 from conftest import PY, ROOT, ray_head, subprocess_env
 
 PROBE = """
@@ -51,6 +53,7 @@ def test_ensure_ray_starts_a_fresh_local_ray_on_loopback():
     assert got["flag_restored"] and got["env_restored"]
 
 
+@pytest.mark.slow
 def test_head_node_is_on_loopback_and_ensure_ray_joins_it_by_address(tmp_path):
     def nodes(ports: dict) -> list[dict]:
         url = f"http://127.0.0.1:{ports['dashboard']}/api/v0/nodes?limit=10"

@@ -234,6 +234,7 @@ def _kill_a_train_worker_after_the_first_checkpoint(ray_dir: Path, killed: dict,
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_two_workers_zero2_loss_falls_resumes_after_a_failure_and_exports(ray_local, tiny_model_dir, train_uri, tmp_path,
                                                                          synthetic_data_dir):
     cfg = _cfg(2, checkpoint_every_steps=4, max_failures=1)
