@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-temperatures", type=float, nargs="*", default=[], metavar="T",
                    help="also evaluate the last R3V model with its N candidates sampled at these temperatures")
     p.add_argument("--scaling-ns", type=int, nargs="*", default=None, metavar="N",
-                   help="the last R3V model's test-time scaling curve: Select@N for these N (default: the paper's "
-                        "2..6; none: no curve)")
+                   help="the last R3V and mixed-set models' test-time scaling curves: Select@N for these N "
+                        "(default: the paper's 2..6; none: no curve)")
     p.add_argument("--scaling-candidates", type=int, default=None, metavar="N",
                    help="candidates drawn once per question for the curve: Majority@n and Oracle@n up to N "
                         "(default: the paper's 10)")

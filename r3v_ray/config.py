@@ -38,7 +38,7 @@ class TinyModelConfig(_Strict):
     hidden_size: int = Field(64, ge=1, description="width of the language model")
     intermediate_size: int = Field(128, ge=1, description="width of the MLP")
     num_layers: int = Field(2, ge=1, description="language-model layers")
-    num_heads: int = Field(2, description="attention heads; head size hidden_size / num_heads = 32 is the smallest "
+    num_heads: int = Field(2, ge=1, description="attention heads; head size hidden_size / num_heads = 32 is the smallest "
                            "vLLM's CPU attention supports (at 16 a vLLM engine fails at its first generate)")
     num_kv_heads: int = Field(2, ge=1, description="key/value heads")
     vision_depth: int = Field(1, ge=1, description="vision-tower layers")
@@ -428,6 +428,8 @@ class RunConfig(_Strict):
         data = dict(data)
         for section, values in METHOD_PRESETS[data["method"]].items():
             given = data.get(section)
+            if isinstance(given, BaseModel):  # a section passed as a model: what was set in it counts as written
+                given = given.model_dump(exclude_unset=True)
             given = dict(given) if isinstance(given, dict) else {} if given is None else given
             if not isinstance(given, dict):
                 return data  # a section of the wrong type: the field validation names it

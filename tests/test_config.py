@@ -126,3 +126,12 @@ def test_the_configuration_page_is_generated_from_the_fields():
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
     assert page == reference_markdown(), "docs/configuration.md is stale: run `make docs`"
+
+
+def test_star_applies_to_a_section_given_as_a_model_too():
+    from r3v_ray.config import ReflectConfig, RunConfig
+
+    cfg = RunConfig(method="star", reflect=ReflectConfig(seed=3))
+    assert (cfg.reflect.use_refine, cfg.reflect.use_select, cfg.reflect.seed) == (False, False, 3)
+    with pytest.raises(ValueError, match="reflect.use_select: True conflicts with method: star"):
+        RunConfig(method="star", reflect=ReflectConfig(use_select=True))

@@ -212,3 +212,12 @@ def test_rounds_table_has_a_row_per_run_and_round_with_mean_and_std():
     assert table[0] == "| run | round | test@1 | select@3 |"
     assert "| r3v | 1 | 45.00 ± 1.00 | 50.00 ± 0.00 |" in table
     assert "| star | 1 | 42.00 ± 0.00 |  |" in table
+
+
+def test_the_cli_offers_exactly_the_reproduction_s_variants():
+    from r3v_ray.cli import build_parser
+    from r3v_ray.reproduce import VARIANTS
+
+    reproduce = next(a for a in build_parser()._subparsers._group_actions[0].choices["reproduce"]._actions
+                     if a.dest == "variants")
+    assert reproduce.choices == list(VARIANTS)

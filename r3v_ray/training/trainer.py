@@ -72,9 +72,9 @@ def last_epoch_losses(history: list[dict], examples: int, global_batch: int) -> 
     out: dict[str, float | None] = {
         "last_epoch_loss": sum(h["loss"] * tokens(h) for h in last) / total_tokens if total_tokens else None}
     for term in TERMS:
-        tokens = sum(h.get(f"tokens_{term}", 0) for h in last)
-        out[f"last_epoch_loss_{term}"] = (sum(h[f"loss_{term}"] * h.get(f"tokens_{term}", 0) for h in last) / tokens
-                                          if tokens else None)
+        n = sum(h.get(f"tokens_{term}", 0) for h in last)
+        out[f"last_epoch_loss_{term}"] = (sum(h[f"loss_{term}"] * h.get(f"tokens_{term}", 0) for h in last) / n
+                                          if n else None)
     return out
 
 
