@@ -32,12 +32,13 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from r3v_ray import store  # noqa: E402
+from r3v_ray.run import store  # noqa: E402
 from r3v_ray.config import RunConfig, config_from_dict  # noqa: E402
 from r3v_ray.models.tiny import TinySpec, build_tiny_model  # noqa: E402
-from r3v_ray.reflect import build_training_data  # noqa: E402
-from r3v_ray.rundir import RunDir  # noqa: E402
-from r3v_ray.sampling import SAMPLE_SCHEMA  # noqa: E402
+from r3v_ray.pipeline.prepare import tokenizer_corpus
+from r3v_ray.method.reflect import build_training_data  # noqa: E402
+from r3v_ray.run.layout import RunDir  # noqa: E402
+from r3v_ray.pipeline.sampling import SAMPLE_SCHEMA  # noqa: E402
 from r3v_ray.tasks import get_task  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def demo_round_inputs(work: Path, n_train: int, n_test: int, samples: int) -> di
     sample_table = pa.Table.from_pylist(pool, schema=SAMPLE_SCHEMA)
     test = sample_table.slice(0, n_test * samples)
     greedy = sample_table.slice(0, n_test)
-    checkpoint = build_tiny_model(work / "model", TinySpec(hidden_size=64, num_layers=2))
+    checkpoint = build_tiny_model(work / "model", TinySpec(hidden_size=64, num_layers=2), corpus=tokenizer_corpus())
     return {
         "samples.parquet": sample_table,
         "train.parquet": pa.Table.from_pylist(examples),

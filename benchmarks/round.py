@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from r3v_ray.config import load_config
-    from r3v_ray.rounds import run_round
-    from r3v_ray.store import read_json
+    from r3v_ray.pipeline.round import run_round
+    from r3v_ray.run.store import read_json
 
     work_dir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="r3v-bench-round-"))
     overrides = [f"storage.root={work_dir / 'runs'}", f"model.path={work_dir / 'tiny-model'}",

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from r3v_ray.config import RunConfig  # noqa: E402
 from r3v_ray.engines import GenerationRequest, create_engine  # noqa: E402
-from r3v_ray.raycluster import start_local  # noqa: E402  (a local Ray on 127.0.0.1)
-from r3v_ray.sampling import label_outputs, params_from_config, records_to_rows, sample, seed_key  # noqa: E402
+from r3v_ray.cluster.connect import start_local  # noqa: E402  (a local Ray on 127.0.0.1)
+from r3v_ray.pipeline.sampling import label_outputs, params_from_config, records_to_rows, sample, seed_key  # noqa: E402
 from r3v_ray.tasks import get_task, load_image  # noqa: E402
 
 
@@ -183,11 +183,12 @@ def _bench_config(args) -> RunConfig:
 def scale(args) -> dict:
     """Each size of --scale in a fresh driver (peak RSS is per process), the same model and data for all."""
     from r3v_ray.models.tiny import build_tiny_model
+    from r3v_ray.pipeline.prepare import tokenizer_corpus
 
     sizes = sorted(args.scale or [1000, 10000])
     runs = []
     with tempfile.TemporaryDirectory(prefix="r3v-bench-scale-") as tmp:
-        model_dir = str(build_tiny_model(Path(tmp) / "model"))
+        model_dir = str(build_tiny_model(Path(tmp) / "model", corpus=tokenizer_corpus()))
         get_task("synthetic").write_split(Path(tmp) / "data", "train", sizes[-1], seed=0)
         for size in sizes:
             out = Path(tmp) / f"out-{size}"
@@ -256,12 +257,14 @@ def main() -> None:
 
     from r3v_ray.models.tiny import build_tiny_model
 
+    from r3v_ray.pipeline.prepare import tokenizer_corpus
+
     cfg = _bench_config(args)
     task = get_task("synthetic")
     params = params_from_config(cfg.sampling, seed=0)
 
     with tempfile.TemporaryDirectory(prefix="r3v-bench-sampling-") as tmp:
-        model_dir = str(build_tiny_model(Path(tmp) / "model"))
+        model_dir = str(build_tiny_model(Path(tmp) / "model", corpus=tokenizer_corpus()))
         task.write_split(Path(tmp) / "data", "train", args.questions, seed=0)
         rows = records_to_rows(list(task.read(Path(tmp) / "data", "train")), task)
 

@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from ray import serve
 
-    from r3v_ray.cache import localize
+    from r3v_ray.run.cache import localize
     from r3v_ray.config import config_from_dict
     from r3v_ray.engines import create_engine
-    from r3v_ray.raycluster import start_local
+    from r3v_ray.cluster.connect import start_local
     from r3v_ray.serving import checkpoint as ckpt
     from r3v_ray.serving.app import build_app, model_info
     from r3v_ray.serving.parsing import parse_select
@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = args.checkpoint
     if not checkpoint:
         from r3v_ray.models.tiny import build_tiny_model
+        from r3v_ray.pipeline.prepare import tokenizer_corpus
 
-        checkpoint = str(build_tiny_model(Path(tmp.name) / "tiny"))
+        checkpoint = str(build_tiny_model(Path(tmp.name) / "tiny", corpus=tokenizer_corpus()))
     port = free_port()
     serve_cfg = {"port": port, "max_new_tokens": args.max_new_tokens, "max_n": max(8, args.n), "app_name": "r3v-bench"}
     if args.max_batch_size:

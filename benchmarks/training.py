@@ -41,8 +41,9 @@ import torch  # noqa: E402
 from r3v_ray.config import RunConfig  # noqa: E402
 from r3v_ray.models import load_processor  # noqa: E402
 from r3v_ray.models.tiny import TinySpec, build_tiny_model  # noqa: E402
-from r3v_ray.raycluster import start_local  # noqa: E402  (a local Ray on 127.0.0.1)
-from r3v_ray.reflect import build_training_data  # noqa: E402
+from r3v_ray.pipeline.prepare import tokenizer_corpus
+from r3v_ray.cluster.connect import start_local  # noqa: E402  (a local Ray on 127.0.0.1)
+from r3v_ray.method.reflect import build_training_data  # noqa: E402
 from r3v_ray.tasks import get_task  # noqa: E402
 from r3v_ray.training import ReflectionCollator, read_examples, train, write_examples  # noqa: E402
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights  # noqa: E402
@@ -110,7 +111,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_path = str(build_tiny_model(tmp / "model", TinySpec(hidden_size=args.hidden_size, num_layers=args.num_layers)))
+        model_path = str(build_tiny_model(tmp / "model", TinySpec(hidden_size=args.hidden_size, num_layers=args.num_layers), corpus=tokenizer_corpus()))
         train_uri = str(tmp / "train.parquet")
         write_examples(train_uri, make_examples(tmp / "data", questions))
         # the demo's training settings, on one worker

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r3v_ray import needs
+    from r3v_ray.cluster import needs
 
     needs.check_or_exit()  # before anything imports pydantic or ray
     from r3v_ray.serving.launch import add_serve_args

@@ -9,9 +9,10 @@ import sys
 
 def _cmd_build_tiny_model(args) -> int:
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
+    from r3v_ray.pipeline.prepare import tokenizer_corpus
 
     spec = TinySpec(family=args.family, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
-    print(build_tiny_model(args.out, spec))
+    print(build_tiny_model(args.out, spec, corpus=tokenizer_corpus()))
     return 0
 
 
@@ -45,9 +46,9 @@ def _cmd_run(args) -> int:
     import os
     import time
 
-    from r3v_ray import store
-    from r3v_ray.rundir import RunDir
-    from r3v_ray.selftrain import run_local, submit_rounds
+    from r3v_ray.run import store
+    from r3v_ray.run.layout import RunDir
+    from r3v_ray.pipeline.loop import run_local, submit_rounds
 
     cfg, sets = _load(args)
     start = time.time()
@@ -69,7 +70,7 @@ def _load(args):
     import logging
 
     from r3v_ray.config import load_config
-    from r3v_ray.preflight import absolute_overrides
+    from r3v_ray.cluster.preflight import absolute_overrides
 
     cfg, sets = load_config(args.config, args.set), list(args.set)
     if getattr(args, "base_dir", None):
@@ -84,7 +85,7 @@ def _load(args):
 
 def _final_table(cfg, run) -> str:
     """The accuracy table of every evaluated round, as the report has it."""
-    from r3v_ray.report import round_summaries, table_markdown
+    from r3v_ray.observe.report import round_summaries, table_markdown
 
     evals = [s["eval"] for s in round_summaries(run.uri, cfg.rounds) if s["eval"]]
     return table_markdown({f"{cfg.name} ({cfg.method})": evals})
@@ -94,7 +95,7 @@ def _cmd_status(args) -> int:
     """Where a run stands, from its files (any storage.root)."""
     import json
 
-    from r3v_ray.status import StatusError, format_status, run_status
+    from r3v_ray.observe.status import StatusError, format_status, run_status
 
     try:
         status = run_status(args.run_dir, verify=args.verify)
@@ -106,7 +107,7 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_round(args) -> int:
-    from r3v_ray.rounds import run_round
+    from r3v_ray.pipeline.round import run_round
 
     cfg, _sets = _load(args)
     metrics = run_round(cfg, args.round, force=args.force)
@@ -128,7 +129,7 @@ def _cmd_plan(args) -> int:
     import yaml
 
     from r3v_ray.config import ConfigError, load_config
-    from r3v_ray.plan import report
+    from r3v_ray.cluster.plan import report
 
     cluster = None
     if args.cluster:
@@ -172,9 +173,9 @@ def _cmd_data_inspect(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from r3v_ray import store
+    from r3v_ray.run import store
     from r3v_ray.config import load_config
-    from r3v_ray.reproduce import SCALING_CANDIDATES, SCALING_NS, VARIANTS, reproduce
+    from r3v_ray.experiments.reproduce import SCALING_CANDIDATES, SCALING_NS, VARIANTS, reproduce
 
     if args.quick and args.seeds is not None:
         print("error: --quick is one seed (seed 0); give either --quick or --seeds", file=sys.stderr)
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
     from r3v_ray.config import ModelFamily, TinyModelConfig  # pydantic only, no torch
-    from r3v_ray.raycluster import ADDRESS_HELP
+    from r3v_ray.cluster.connect import ADDRESS_HELP
 
     parser = argparse.ArgumentParser(
         prog="r3v", description="R3V self-training with reflection for vision-language models, on Ray."
@@ -328,11 +329,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says all a user needs (the setting, file or job, and what to do): printed as one
     `error: ...` line, exit status 2, never a traceback."""
     from r3v_ray.config import ConfigError  # includes ModelFamilyError
-    from r3v_ray.manifest import ConfigChangedError, RunDirError
-    from r3v_ray.raycluster import AddressError
-    from r3v_ray.selftrain import RoundJobError
+    from r3v_ray.run.manifest import ConfigChangedError, RunDirError
+    from r3v_ray.cluster.connect import AddressError
+    from r3v_ray.pipeline.loop import RoundJobError
     from r3v_ray.serving.checkpoint import CheckpointError
-    from r3v_ray.store import StorageError
+    from r3v_ray.run.store import StorageError
     from r3v_ray.tasks.base import RecordError
 
     return (ConfigError, ConfigChangedError, RunDirError, RecordError, StorageError, CheckpointError, AddressError,
@@ -342,11 +343,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if next((a for a in argv if not a.startswith("-")), None) in RUNS_STAGES:
-        from r3v_ray import needs  # before the parser, which imports pydantic
+        from r3v_ray.cluster import needs  # before the parser, which imports pydantic
 
         needs.check_or_exit()
     args = build_parser().parse_args(argv)
-    from r3v_ray import console
+    from r3v_ray.observe import console
 
     console.setup(verbose=args.verbose)
     try:

@@ -15,7 +15,9 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from r3v_ray.prompts import CAPTION_PROMPTS
+# How many wordings of the perception prompt r3v_ray/method/prompts.py CAPTION_PROMPTS holds (reflect.warmup_captions
+# draws that many at most; tests/test_layout.py keeps the two equal, so the config need not import the prompts).
+CAPTION_WORDINGS = 6
 
 
 class ConfigError(ValueError):
@@ -127,7 +129,7 @@ class SamplingConfig(DecodingConfig):
 
 
 class ReflectConfig(_Strict):
-    """Building a round's training set from the sample pool (r3v_ray/reflect.py, docs/method.md step 3)."""
+    """Building a round's training set from the sample pool (r3v_ray/method/reflect.py, docs/method.md step 3)."""
 
     use_refine: bool = Field(True, description="build self-refine examples (x, y- -> y+)")
     use_select: bool = Field(True, description="build self-select examples (x, candidates -> the gold answer)")
@@ -142,7 +144,7 @@ class ReflectConfig(_Strict):
     warmup_cot: int | None = Field(None, ge=0, description="teacher rationales in the warm-up set (None: all that "
                                    "exist)")
     warmup_captions: int = Field(
-        0, ge=0, le=len(CAPTION_PROMPTS), description="perception examples per training image in the warm-up set: "
+        0, ge=0, le=CAPTION_WORDINGS, description="perception examples per training image in the warm-up set: "
         "the task's caption under this many caption prompts; they stand in for a pretrained VLM's perception, which "
         "a randomly initialised tiny model lacks")
     seed: int = Field(0, description="seed of the candidate sets' draws and shuffles")
@@ -196,7 +198,7 @@ class TrainingConfig(_Strict):
 
 
 class EvalConfig(DecodingConfig):
-    """Evaluating every round's model on the test split (r3v_ray/evaluation.py, docs/method.md step 5)."""
+    """Evaluating every round's model on the test split (r3v_ray/pipeline/evaluate.py, docs/method.md step 5)."""
 
     n: int = Field(3, ge=1, description="the headline N of Oracle@N, Majority@N and Select@N")
     # Redefined only to refuse 0 (N greedy candidates would be one candidate N times); keep the default in step.
@@ -379,20 +381,20 @@ class StorageConfig(_Strict):
     root: str = Field("runs", description="a local path or a pyarrow filesystem URI (s3://bucket/prefix, gs://...); "
                       "on a cluster every node must reach it")
     cache_dir: str = Field("~/.cache/r3v-ray/storage", description="each node's copies of checkpoints, models and "
-                           "task data under a URI (r3v_ray/cache.py), fetched once per content; `~` is the home "
+                           "task data under a URI (r3v_ray/run/cache.py), fetched once per content; `~` is the home "
                            "directory of the node's Ray worker")
     cache_max_gb: float = Field(100.0, gt=0.0, description="the cache's cap; least recently used entries go first")
 
 
 class MonitoringConfig(_Strict):
-    """How a run shows itself while it runs (r3v_ray/console.py, r3v_ray/training/progress.py); changes no round's
+    """How a run shows itself while it runs (r3v_ray/observe/console.py, r3v_ray/training/progress.py); changes no round's
     outputs, so it is not part of the config digest."""
 
     progress_bar: bool = Field(True, description="one bar per training on rank 0: steps, loss per term, rate, "
                                "time left")
     log_every_steps: int = Field(0, ge=0, description="also a line of the losses every N steps (0: none; --verbose: "
                                  "every step)")
-    tensorboard: bool = Field(True, description="event files under <run>/tensorboard (r3v_ray/tensorboard_log.py)")
+    tensorboard: bool = Field(True, description="event files under <run>/tensorboard (r3v_ray/observe/tensorboard.py)")
 
 
 # What a `method` other than r3v sets: STaR (Zelikman et al.) is R3V's loop on positives only.

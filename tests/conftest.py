@@ -68,8 +68,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from r3v_ray.models.tiny import build_tiny_model
+    from r3v_ray.pipeline.prepare import tokenizer_corpus
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus=tokenizer_corpus()))
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +145,7 @@ def ray_local():
     """One local Ray per test module (num_cpus=2), torn down by the module that started it."""
     import ray
 
-    from r3v_ray.raycluster import start_local
+    from r3v_ray.cluster.connect import start_local
 
     # always a fresh instance on 127.0.0.1, never a cluster someone else started with `ray start`
     start_ray(lambda: start_local(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False))
@@ -192,6 +193,17 @@ def s3_server(host: str = "127.0.0.1", bucket: str = "r3v") -> Iterator[dict]:
         server.stop()
 
 
+S3_BUCKET = "r3v"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-compatible server for one test module, with S3_BUCKET made: its AWS_* variables, also set in this
+    process while the module runs."""
+    with s3_server(bucket=S3_BUCKET) as env, environ(**env):
+        yield env
+
+
 @contextmanager
 def environ(**values: str) -> Iterator[None]:
     """os.environ with `values` set, restored on exit (for a local Ray started inside, which its workers inherit)."""
@@ -234,7 +246,7 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
 
     Every port is free and explicit (Ray's fixed defaults, e.g. the agent's 52365, collide with any other cluster on
     the machine). On 127.0.0.1 the node registers under 127.0.0.1 only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray
-    2.60 swaps it for the machine's network address otherwise; see r3v_ray/raycluster.py); that is set in `env`
+    2.60 swaps it for the machine's network address otherwise; see r3v_ray/cluster/connect.py); that is set in `env`
     itself unless `env` sets it: drivers the caller starts with `env` need it too, or Ray swaps the 127.0.0.1 of
     the head's address for the network address, where the head does not listen. Another `node_ip` (a network
     namespace's address) keeps Ray's multi-node default, which worker nodes need to join. Up means `ready(ports)`

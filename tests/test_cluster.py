@@ -126,7 +126,7 @@ def test_plan_names_what_to_fill_in_and_the_paths_every_node_must_see(capsys):
         cluster["available_node_types"][name]["node_config"].update(
             ImageId="ami-0123456789abcdef0", IamInstanceProfile={"Arn": "arn:aws:iam::1:instance-profile/r3v"})
     from r3v_ray.config import load_config
-    from r3v_ray.plan import to_fill_in
+    from r3v_ray.cluster.plan import to_fill_in
 
     cfg = load_config(ROOT / "configs" / "qwen2vl-7b-geoqa.yaml",
                       ["storage.root=s3://team-bucket/r3v", "task.data_dir=s3://team-bucket/geoqa"])
@@ -136,7 +136,7 @@ def test_plan_names_what_to_fill_in_and_the_paths_every_node_must_see(capsys):
 def test_requests_from_config_are_accepted_by_ray():
     from ray.train import ScalingConfig
 
-    from r3v_ray.resources import sampler_remote_args, scaling_config_kwargs, serve_actor_options
+    from r3v_ray.cluster.resources import sampler_remote_args, scaling_config_kwargs, serve_actor_options
 
     cfg = load_config(ROOT / "configs" / "qwen2vl-7b-geoqa.yaml")
     scaling = ScalingConfig(**scaling_config_kwargs(cfg))
@@ -342,7 +342,7 @@ def test_round_on_local_autoscaling_cluster_adds_nodes_per_stage_and_removes_the
 
 
 def test_kuberay_rayjob_groups_hold_what_the_gpu_config_asks_for():
-    from r3v_ray.plan import plan, units_per_node
+    from r3v_ray.cluster.plan import plan, units_per_node
 
     job = yaml.safe_load((ROOT / "deploy" / "kuberay-rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and "jobs/selftrain.py" in job["spec"]["entrypoint"]

@@ -73,7 +73,7 @@ def test_digest_covers_what_decides_outputs_only(tmp_path, monkeypatch):
 
 
 def test_built_model_and_data_are_reused_only_with_the_same_settings(tmp_path):
-    from r3v_ray.prepare import ensure_data
+    from r3v_ray.pipeline.prepare import ensure_data
 
     cfg = config_from_dict({"task": {"data_dir": str(tmp_path / "d"), "num_train": 3, "num_test": 2}})
     first = ensure_data(cfg)
@@ -88,9 +88,9 @@ def test_built_model_and_data_are_reused_only_with_the_same_settings(tmp_path):
 
 
 def test_a_run_refuses_a_changed_config_and_names_the_changed_keys(tmp_path):
-    from r3v_ray.rounds import _write_config
+    from r3v_ray.pipeline.round import _write_config
 
-    from r3v_ray.rundir import RunDir
+    from r3v_ray.run.layout import RunDir
 
     root = {"storage": {"root": str(tmp_path)}}
     first = config_from_dict({"name": "x", **root})

@@ -25,7 +25,7 @@ from r3v_ray.engines.vllm_engine import (
     vllm_input,
     vllm_sampling_kwargs,
 )
-from r3v_ray.resources import sampler_remote_args, serve_actor_options
+from r3v_ray.cluster.resources import sampler_remote_args, serve_actor_options
 from r3v_ray.tasks import get_task
 
 SAMPLED = SamplingParams(n=3, temperature=0.9, top_p=0.95, top_k=0, max_new_tokens=16, seed=11)

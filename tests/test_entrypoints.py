@@ -58,8 +58,8 @@ def test_an_invalid_config_is_one_line(name):
 def _run_dir_under_another_config(tmp_path, with_config_yaml: bool) -> list[str]:
     """A run directory whose round 0 has a finished stage recorded under another learning rate; returns the --set
     overrides of the demo config that address it."""
-    from r3v_ray.manifest import Manifest
-    from r3v_ray.rundir import RunDir
+    from r3v_ray.run.manifest import Manifest
+    from r3v_ray.run.layout import RunDir
 
     sets = [f"storage.root={tmp_path}", "training.lr=0.5"]
     old = load_config(ROOT / "configs" / "demo.yaml", sets[:1])
@@ -85,7 +85,7 @@ def test_a_run_directory_holding_a_different_config_is_one_line(tmp_path):
 
 
 def test_relative_paths_in_a_submitted_job_are_refused_in_one_line_naming_each_and_the_fix(monkeypatch):
-    from r3v_ray.preflight import check_job_paths
+    from r3v_ray.cluster.preflight import check_job_paths
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}}))  # as in a job's driver
     cfg = load_config(ROOT / "configs" / "demo.yaml")
@@ -99,7 +99,7 @@ def test_relative_paths_in_a_submitted_job_are_refused_in_one_line_naming_each_a
 
 def test_base_dir_resolves_the_configs_relative_paths_and_says_so(tmp_path, monkeypatch, caplog):
     from r3v_ray.cli import _load
-    from r3v_ray.preflight import check_job_paths
+    from r3v_ray.cluster.preflight import check_job_paths
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {}}))
     args = argparse.Namespace(config=str(ROOT / "configs" / "demo.yaml"), set=["rounds=1"], base_dir=str(tmp_path))

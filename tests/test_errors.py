@@ -95,8 +95,8 @@ def test_data_inspect_reports_a_garbage_image_skipped(data_with_a_garbage_image,
 
 def test_build_stage_skips_and_counts_an_unreadable_image(data_with_a_garbage_image, tmp_path):
     from r3v_ray.config import config_from_dict
-    from r3v_ray.rounds import RoundRunner
-    from r3v_ray.store import read_parquet
+    from r3v_ray.pipeline.round import RoundRunner
+    from r3v_ray.run.store import read_parquet
     from r3v_ray.training.examples import drop_unreadable_images
 
     _task, out, records = data_with_a_garbage_image

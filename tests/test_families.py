@@ -27,7 +27,7 @@ from typing import get_args
 import pytest
 import torch
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.cli import main as r3v
 from r3v_ray.config import ModelFamily, config_from_dict, load_config
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
@@ -35,6 +35,7 @@ from r3v_ray.models import FAMILIES, ModelFamilyError, family_of, load_model, lo
 from r3v_ray.models.chat import chat_prompt
 from r3v_ray.models.families import ASSISTANT_HEADER, CLOSED_THINKING, IMAGE_PLACEHOLDER
 from r3v_ray.models.tiny import TinySpec, build_tiny_model
+from r3v_ray.pipeline.prepare import tokenizer_corpus
 from r3v_ray.tasks import get_task, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def family(request):
 
 @pytest.fixture(scope="module")
 def model_dir(family, tmp_path_factory) -> str:
-    return str(build_tiny_model(tmp_path_factory.mktemp(f"tiny-{family.name}"), TinySpec(family=family.name)))
+    return str(build_tiny_model(tmp_path_factory.mktemp(f"tiny-{family.name}"), TinySpec(family=family.name), corpus=tokenizer_corpus()))
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +234,9 @@ def test_each_family_samples_trains_full_and_lora_exports_reloads_evaluates_and_
     import requests
     from ray import serve
 
-    from r3v_ray.evaluation import evaluate
-    from r3v_ray.reflect import build_training_data
-    from r3v_ray.sampling import params_from_config, records_to_rows, sample
+    from r3v_ray.pipeline.evaluate import evaluate
+    from r3v_ray.method.reflect import build_training_data
+    from r3v_ray.pipeline.sampling import params_from_config, records_to_rows, sample
     from r3v_ray.serving.app import build_app
     from r3v_ray.serving.checkpoint import resolve
     from r3v_ray.serving.parsing import parse_select
@@ -331,7 +332,7 @@ def _on_cpu() -> bool:
 def vllm_evaluation(family, model_dir, data_dir, task, task_params, ray_local, tmp_path_factory):
     """The family's test split evaluated by a pool of vLLM actors: a sampling pass (N=2 candidates per question at
     T=0.9) plus the greedy and self-select passes, in one pool. Returns (records, dtype, the output directory)."""
-    from r3v_ray.evaluation import evaluate
+    from r3v_ray.pipeline.evaluate import evaluate
 
     reason = _vllm_cannot_run(family)
     if reason:
@@ -376,7 +377,7 @@ def test_each_familys_vllm_greedy_answers_are_the_hf_engines(family, model_dir, 
 def test_vllm_on_cpu_refuses_qwen3_5_outside_bfloat16_before_starting(tmp_path):
     if not _on_cpu():
         pytest.skip("a GPU vLLM runs Qwen3.5 in any dtype; the refusal is the CPU build's")
-    path = build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5"))
+    path = build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5"), corpus=tokenizer_corpus())
     with pytest.raises(ValueError, match=r"runs Qwen3.5 in bfloat16 only, not float32 \(set model.dtype: bfloat16\)"):
         create_engine("vllm", str(path), dtype="float32")
 
@@ -450,7 +451,7 @@ def test_a_chat_template_without_what_the_family_needs_is_refused_naming_the_mis
 def test_a_thinking_template_that_ignores_enable_thinking_is_refused(tmp_path):
     from r3v_ray.models.tiny import QWEN3_5_CHAT_TEMPLATE
 
-    src = build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5"))
+    src = build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5"), corpus=tokenizer_corpus())
     always_thinking = QWEN3_5_CHAT_TEMPLATE.replace("enable_thinking is defined and enable_thinking is false", "false")
     path = _edited_copy(str(src), tmp_path / "q35-thinking", template=always_thinking)
     with pytest.raises(ModelFamilyError, match="opens a thinking block that enable_thinking=False does not close"):
@@ -487,7 +488,7 @@ def test_the_tiny_familys_default_and_lora_default_leave_the_demo_digest_as_befo
 
 
 def test_a_tiny_model_of_another_family_is_built_where_the_config_says_and_never_reused_as_another(tmp_path):
-    from r3v_ray.prepare import ensure_model
+    from r3v_ray.pipeline.prepare import ensure_model
 
     cfg = config_from_dict({"model": {"path": str(tmp_path / "m"), "tiny": {"family": "qwen3_vl"}}})
     path = ensure_model(cfg)

@@ -1,4 +1,4 @@
-"""The one image decoder (r3v_ray/imaging.py) that the data path (tasks.load_image) and serving both use: allowed
+"""The one image decoder (r3v_ray/tasks/imaging.py) that the data path (tasks.load_image) and serving both use: allowed
 formats only, wide and float pixels scaled into 8 bits, EXIF orientation applied, large images reduced while
 decoding."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from r3v_ray.imaging import FORMATS, ImageError, decode_image
+from r3v_ray.tasks.imaging import FORMATS, ImageError, decode_image
 from r3v_ray.tasks import RecordError, load_image
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n"

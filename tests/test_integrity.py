@@ -20,23 +20,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import PY, ROOT, environ, s3_server, subprocess_env, tiny_run_config
+from conftest import PY, ROOT, S3_BUCKET, subprocess_env, tiny_run_config
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.cli import main as r3v
 from r3v_ray.config import config_from_dict
-from r3v_ray.manifest import Manifest, ManifestError
-from r3v_ray.rounds import RoundRunner
-from r3v_ray.rundir import DamagedRunError, RunDir
+from r3v_ray.run.manifest import Manifest, ManifestError
+from r3v_ray.pipeline.round import RoundRunner
+from r3v_ray.run.layout import DamagedRunError, RunDir
 from r3v_ray.serving import checkpoint as ckpt
 
-BUCKET = "r3v-integrity"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server(bucket=BUCKET) as env, environ(**env):
-        yield env
+BUCKET = S3_BUCKET
 
 
 def _table(n: int) -> pa.Table:
@@ -146,7 +140,7 @@ def test_force_redoes_a_damaged_stage_and_what_was_made_from_it_only_if_it_chang
     store.write_bytes(r1.samples, good[:10])
     assert forced._stage(manifest, "sample", stage("sample", r1.samples, 6))
     assert r2.manifest().stages["sample"]["status"] == "stale" and not r2.done("sample")
-    # (rounds.py passes redo=True on to the later stages: rebuilt, here into the same bytes as before)
+    # (r3v_ray/pipeline/round.py passes redo=True on to the later stages: rebuilt, here into the same bytes as before)
     assert not forced._stage(manifest, "build", stage("build", r1.train_data, 2), redo=True) and calls[-1] == "build"
 
 
@@ -185,7 +179,7 @@ def test_serving_refuses_a_newest_round_whose_checkpoint_is_missing_or_damaged(t
 
 
 def test_a_node_copying_a_damaged_checkpoint_from_s3_refuses_it(s3, tmp_path, tiny_model_dir):
-    from r3v_ray.cache import localize
+    from r3v_ray.run.cache import localize
 
     run = RunDir(f"s3://{BUCKET}/serve-run")
     _trained_round(run, 1, tiny_model_dir, "d")

@@ -61,7 +61,7 @@ def test_selftrain_submitter_tolerates_jobs_without_a_submission_id(head):
     address, gcs, env = head
     from ray.job_submission import JobSubmissionClient
 
-    from r3v_ray.selftrain import _free_submission_id
+    from r3v_ray.pipeline.loop import _free_submission_id
 
     # A job of a plain `ray.init(address=...)` script: it is listed, with no submission id.
     plain = subprocess.run([PY, "-c", f"import ray; ray.init(address='{gcs}'); print('plain driver ran')"],
@@ -74,7 +74,7 @@ def test_selftrain_submitter_tolerates_jobs_without_a_submission_id(head):
 
 
 def test_submitter_sends_absolute_paths_and_refuses_before_submitting(tmp_path, monkeypatch):
-    from r3v_ray.selftrain import _absolute_overrides, submit_rounds
+    from r3v_ray.pipeline.loop import _absolute_overrides, submit_rounds
 
     monkeypatch.chdir(tmp_path)
     cfg = config_from_dict(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
@@ -82,7 +82,7 @@ def test_submitter_sends_absolute_paths_and_refuses_before_submitting(tmp_path, 
                                         f"model.path={tmp_path}/runs/tiny-model"]
     # `make demo`'s data under runs/, and a config that asks for other data there: refused here, before a job
     # is submitted (the address is never contacted).
-    from r3v_ray.prepare import ensure_data
+    from r3v_ray.pipeline.prepare import ensure_data
 
     ensure_data(config_from_dict({"task": {"num_train": 3, "num_test": 2}}))
     with pytest.raises(ValueError, match=r"runs/synthetic-data was built with .*remove the directory"):
@@ -92,7 +92,7 @@ def test_submitter_sends_absolute_paths_and_refuses_before_submitting(tmp_path, 
 
 def test_every_address_form_leads_to_the_same_cluster(head):
     """The dashboard URL and the GCS address are one cluster's: each is turned into the other."""
-    from r3v_ray.raycluster import AddressError, cluster_address
+    from r3v_ray.cluster.connect import AddressError, cluster_address
 
     url, gcs, _env = head
     assert cluster_address(gcs, "dashboard") == url and cluster_address(url + "/", "dashboard") == url
@@ -125,7 +125,7 @@ def test_a_jobs_workers_reach_the_state_api_of_their_own_cluster_beside_another(
     from ray.job_submission import JobSubmissionClient
 
     address, _gcs, env = head
-    connect = "ray.init()" if driver.startswith("plain") else "from r3v_ray.raycluster import ensure_ray; ensure_ray()"
+    connect = "ray.init()" if driver.startswith("plain") else "from r3v_ray.cluster.connect import ensure_ray; ensure_ray()"
     with ray_head(tmp_path / "other.log", subprocess_env(RAY_AUTH_MODE="disabled"), _job_agent_answers, "--num-cpus=0"):
         client = JobSubmissionClient(address)
         job = client.submit_job(entrypoint=f"python -c {shlex.quote(PROBE.format(connect=connect))}",

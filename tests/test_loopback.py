@@ -1,7 +1,7 @@
 """Local Ray stays on loopback: each way r3v (and its tests) starts Ray registers the node under 127.0.0.1.
 
 Ray 2.60 on Linux registers a local node under the machine's network address unless its single-machine switch
-is off (r3v_ray/raycluster.py). The ways: `ensure_ray`/`start_local` (every command, the demo, the benchmarks,
+is off (r3v_ray/cluster/connect.py). The ways: `ensure_ray`/`start_local` (every command, the demo, the benchmarks,
 conftest's `ray_local`; `r3v serve` is checked in tests/test_serving.py) and conftest's `ray start --head`; and
 `ensure_ray` with an address joins that cluster instead of starting one.
 """
@@ -19,7 +19,7 @@ from conftest import PY, ROOT, ray_head, subprocess_env
 PROBE = """
 import json, os, sys, ray
 from ray._private import ray_constants
-from r3v_ray.raycluster import SINGLE_MACHINE_ENV, ensure_ray
+from r3v_ray.cluster.connect import SINGLE_MACHINE_ENV, ensure_ray
 before = ray_constants.ENABLE_RAY_CLUSTER
 ensure_ray(sys.argv[1] if len(sys.argv) > 1 else None, include_dashboard=False, log_to_driver=False)
 

@@ -55,10 +55,11 @@ def test_a_fresh_tiny_model_learns_to_read_its_image(tmp_path):
     # Hugging Face's default init (std 0.02) a width-64 model stays at the majority answer for hundreds of steps
     # (attention logits start near zero); at the tiny model's init it reads held-out images within 60 steps.
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
+    from r3v_ray.pipeline.prepare import tokenizer_corpus
     from r3v_ray.training.collator import ReflectionCollator, model_inputs
 
     torch.manual_seed(0)
-    model, processor = load_model_and_processor(build_tiny_model(tmp_path / "m", TinySpec()))
+    model, processor = load_model_and_processor(build_tiny_model(tmp_path / "m", TinySpec(), corpus=tokenizer_corpus()))
     task = get_task("synthetic", min_objects=1, max_objects=5)
     records = list(task.generate_records("train", 128, seed=5))
     images = tmp_path / "img"

@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 
 from r3v_ray.config import ReflectConfig
-from r3v_ray.prompts import REFINE_INSTRUCTION, SELECT_INSTRUCTION, refine_prompt, select_prompt
-from r3v_ray.reflect import PoolError, build_training_data, build_warmup_data
+from r3v_ray.method.prompts import REFINE_INSTRUCTION, SELECT_INSTRUCTION, refine_prompt, select_prompt
+from r3v_ray.method.reflect import PoolError, build_training_data, build_warmup_data
 from r3v_ray.tasks import get_task
 
 TASK = get_task("synthetic")
@@ -54,7 +54,7 @@ def test_warmup_has_a_direct_pair_per_record_and_seeded_teacher_cot():
 
 
 def test_warmup_captions_add_the_tasks_caption_under_distinct_seeded_prompts():
-    from r3v_ray.prompts import CAPTION_PROMPTS
+    from r3v_ray.method.prompts import CAPTION_PROMPTS
 
     records = list(RECORDS.values())
     base = build_warmup_data(records, TASK, ReflectConfig())

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from r3v_ray.config import ConfigError, config_from_dict
-from r3v_ray.reproduce import adopt_round0, seed_config, summarize, table_markdown
+from r3v_ray.experiments.reproduce import adopt_round0, seed_config, summarize, table_markdown
 
 
 def test_seed_configs_change_every_random_choice_and_the_method():
@@ -40,7 +40,7 @@ def test_summary_and_table():
 
 
 def test_table_keeps_the_paper_order_whatever_the_key_order():
-    from r3v_ray.reproduce import ROWS
+    from r3v_ray.experiments.reproduce import ROWS
 
     per_seed = {0: {label: 1.0 for label, *_ in reversed(ROWS)}}
     table = table_markdown(summarize(per_seed), [0], 3)
@@ -55,7 +55,7 @@ def test_table_keeps_the_paper_order_whatever_the_key_order():
 
 
 def test_temperature_sweep_table_has_a_column_per_temperature_and_the_main_one():
-    from r3v_ray.reproduce import sweep_markdown, sweep_values
+    from r3v_ray.experiments.reproduce import sweep_markdown, sweep_values
 
     def ev(maj, sel):  # a sweep evaluation: no greedy pass, so no Test@1
         return {"majority@3": maj, "select@3": sel, "oracle@3": 60.0}
@@ -72,7 +72,7 @@ def test_temperature_sweep_table_has_a_column_per_temperature_and_the_main_one()
 
 
 def test_temperature_sweep_reuses_an_evaluation_finished_under_the_same_config(tmp_path):
-    from r3v_ray.reproduce import sweep_temperatures
+    from r3v_ray.experiments.reproduce import sweep_temperatures
 
     cfg = config_from_dict({"name": "b", "rounds": 1, "storage": {"root": str(tmp_path)}})
     done = tmp_path / "b" / "round-001" / "eval-sweep" / "T0.5" / "eval.json"
@@ -83,7 +83,7 @@ def test_temperature_sweep_reuses_an_evaluation_finished_under_the_same_config(t
 
 
 def test_ablations_are_config_switches_of_the_same_loop_from_the_same_warm_up():
-    from r3v_ray.reproduce import VARIANTS
+    from r3v_ray.experiments.reproduce import VARIANTS
 
     base = config_from_dict({"name": "b", "model": {"path": "runs/m", "tiny": {}}})
     runs = {v: seed_config(base, 2, v) for v in VARIANTS}
@@ -102,7 +102,7 @@ def test_ablations_are_config_switches_of_the_same_loop_from_the_same_warm_up():
 
 
 def test_the_table_has_the_paper_s_geoqa_numbers_beside_ours_where_it_reports_them():
-    from r3v_ray.reproduce import ROWS
+    from r3v_ray.experiments.reproduce import ROWS
 
     per_seed = {0: {label: 40.0 for label, *_ in ROWS}, 1: {label: 42.0 for label, *_ in ROWS}}
     table = table_markdown(summarize(per_seed), [0, 1], 3).splitlines()
@@ -122,7 +122,7 @@ def _curve(shift):
 
 
 def test_scaling_table_and_plot_put_select_and_majority_against_n_beside_the_paper(tmp_path):
-    from r3v_ray.reproduce import PAPER_MAJORITY, scaling_markdown, scaling_plot_png
+    from r3v_ray.experiments.reproduce import PAPER_MAJORITY, scaling_markdown, scaling_plot_png
 
     per_seed = {0: _curve(0.0), 1: _curve(2.0)}
     lines = scaling_markdown(per_seed).splitlines()
@@ -138,7 +138,7 @@ def test_scaling_table_and_plot_put_select_and_majority_against_n_beside_the_pap
 
 
 def test_a_bad_scaling_n_is_refused_before_any_seed_runs(tmp_path):
-    from r3v_ray.reproduce import reproduce
+    from r3v_ray.experiments.reproduce import reproduce
 
     base = config_from_dict({"name": "b", "storage": {"root": str(tmp_path)}})
     for ns, candidates, message in (([2, 12], 10, "evaluation.scaling_ns: 12 is above evaluation.num_candidates"),
@@ -149,7 +149,7 @@ def test_a_bad_scaling_n_is_refused_before_any_seed_runs(tmp_path):
 
 
 def test_the_scaling_curve_reuses_an_evaluation_finished_under_the_same_settings(tmp_path):
-    from r3v_ray.reproduce import scaling_config, scaling_curve
+    from r3v_ray.experiments.reproduce import scaling_config, scaling_curve
 
     cfg = config_from_dict({"name": "b", "rounds": 1, "storage": {"root": str(tmp_path)}})
     done = tmp_path / "b" / "round-001" / "eval-scaling" / "eval.json"
@@ -170,7 +170,7 @@ def test_quick_is_one_seed_and_refuses_explicit_seeds(capsys):
 
 
 def test_variants_adopt_r3v_s_round1_samples_only_when_they_cannot_differ(tmp_path):
-    from r3v_ray.reproduce import adopt_round1_samples
+    from r3v_ray.experiments.reproduce import adopt_round1_samples
 
     base = config_from_dict({"name": "b", "rounds": 1, "storage": {"root": str(tmp_path)}})
     r3v, ablation = seed_config(base, 0, "r3v"), seed_config(base, 0, "no-select")
@@ -193,7 +193,7 @@ def test_variants_adopt_r3v_s_round1_samples_only_when_they_cannot_differ(tmp_pa
 
 
 def test_scaling_summary_reads_curves_back_from_reproduction_json():
-    from r3v_ray.reproduce import scaling_summary
+    from r3v_ray.experiments.reproduce import scaling_summary
 
     per_seed = {0: _curve(0.0), 1: _curve(2.0)}
     again = json.loads(json.dumps(per_seed))
@@ -202,7 +202,7 @@ def test_scaling_summary_reads_curves_back_from_reproduction_json():
 
 
 def test_rounds_table_has_a_row_per_run_and_round_with_mean_and_std():
-    from r3v_ray.reproduce import rounds_markdown
+    from r3v_ray.experiments.reproduce import rounds_markdown
 
     def rounds(shift):
         return {"r3v": {0: {"test@1": 40.0 + shift}, 1: {"test@1": 44.0 + shift, "select@3": 50.0}},
@@ -216,7 +216,7 @@ def test_rounds_table_has_a_row_per_run_and_round_with_mean_and_std():
 
 def test_the_cli_offers_exactly_the_reproduction_s_variants():
     from r3v_ray.cli import build_parser
-    from r3v_ray.reproduce import VARIANTS
+    from r3v_ray.experiments.reproduce import VARIANTS
 
     reproduce = next(a for a in build_parser()._subparsers._group_actions[0].choices["reproduce"]._actions
                      if a.dest == "variants")

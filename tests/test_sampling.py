@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import RunConfig
 from r3v_ray.engines import RequestOutput, SamplingParams
-from r3v_ray.prompts import select_prompt
-from r3v_ray.sampling import (
+from r3v_ray.method.prompts import select_prompt
+from r3v_ray.pipeline.sampling import (
     SAMPLE_SCHEMA,
     SamplingStats,
     check_rows,
@@ -64,11 +64,11 @@ def first_run(ray_local, tiny_model_dir, rows, odd_rows, tmp_path_factory):
     cfg = _cfg(max_prompt_tokens=256)
     params = params_from_config(cfg.sampling, seed=7, n=2)
     handler = _Capture()
-    logging.getLogger("r3v_ray.sampling").addHandler(handler)
+    logging.getLogger("r3v_ray.pipeline.sampling").addHandler(handler)
     try:
         stats = sample(cfg, tiny_model_dir, rows + odd_rows, str(out), params, round_index=1)
     finally:
-        logging.getLogger("r3v_ray.sampling").removeHandler(handler)
+        logging.getLogger("r3v_ray.pipeline.sampling").removeHandler(handler)
     return stats, out, handler.messages, ray_local.available_resources()
 
 
@@ -223,7 +223,7 @@ def test_evaluation_without_the_greedy_pass_scores_the_same_samples(ray_local, t
                                                                     tmp_path):
     """greedy=False (the reproduction's temperature sweep): samples and select as a full evaluation draws them, no
     greedy rationales and no Test@1."""
-    from r3v_ray.evaluation import evaluate
+    from r3v_ray.pipeline.evaluate import evaluate
 
     records = list(TASK.read(synthetic_data_dir, "test"))[:4]
     cfg = _cfg()
@@ -246,7 +246,7 @@ def test_a_scaling_evaluation_scores_every_n_from_one_sampling_pass_as_separate_
 ):
     """evaluation.scaling_ns: Select@2 and Select@3 from one draw of 3 candidates (one evaluate, one samples
     file) are the numbers and rationales of an evaluation at N=2 and one at N=3."""
-    from r3v_ray.evaluation import evaluate
+    from r3v_ray.pipeline.evaluate import evaluate
 
     records = list(TASK.read(synthetic_data_dir, "test"))[:4]
 

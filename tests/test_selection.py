@@ -1,4 +1,4 @@
-from r3v_ray.selection import majority_vote
+from r3v_ray.method.selection import majority_vote
 
 
 def test_most_common_wins():

@@ -1,7 +1,7 @@
 """End-to-end: the self-training loop on a tiny configuration, its crash/resume, and a round as a Ray job.
 
-These are the slowest tests of the suite (whole rounds: sampling, DeepSpeed training, evaluation), so each one
-covers several promises at once.
+These are the slowest tests of the suite (whole rounds: sampling, DeepSpeed training, evaluation): one killed and
+resumed run (the module's `resumed` fixture) serves the tests that each read one promise off it.
 """
 
 from __future__ import annotations
@@ -43,64 +43,80 @@ def _manifest(run: Path, k: int) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tmp_path, tiny_model_dir,
-                                                                                synthetic_data_dir):
-    config = tiny_config(tmp_path / "c.yaml", tiny_model_dir, synthetic_data_dir, tmp_path / "runs", "t", rounds=2)
-    run = tmp_path / "runs" / "t"
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, tiny_model_dir, synthetic_data_dir):
+    """A two-round loop killed during round 1's training, `r3v status` on it, then re-run as a user starts it (`make
+    demo` runs the same command) on a terminal of 120 columns. The tests below each read one promise off it."""
+    tmp = tmp_path_factory.mktemp("resumed")
+    config = tiny_config(tmp / "c.yaml", tiny_model_dir, synthetic_data_dir, tmp / "runs", "t", rounds=2)
+    run = tmp / "runs" / "t"
     cmd = [PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)]
-    log = open(tmp_path / "first.log", "w")
+    log = open(tmp / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.time() + 900
-        # Wait until round 1 has sampled and built its data: its training is then under way.
-        while "build" not in _manifest(run, 1).get("stages", {}):
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        # Kill once round 1's training is recorded as under way (its samples and data are then written).
+        while _manifest(run, 1).get("stages", {}).get("train", {}).get("status") != "running":
+            assert proc.poll() is None, (tmp / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "round 1 never reached training"
             time.sleep(0.5)
-        time.sleep(3)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole driver process group: our Ray included
         proc.wait()
         log.close()
-    before = _manifest(run, 1)["stages"]
-    assert before["train"]["status"] == "running" and before["train"]["pid"] == proc.pid  # recorded, not done
     samples = run / "round-001" / "samples.parquet"
-    samples_bytes, samples_mtime = samples.read_bytes(), samples.stat().st_mtime_ns
-
-    # `r3v status` on the half-finished run: its driver is gone, so the stage it was in is interrupted.
-    half = _status(run)
-    assert "round 0: finished" in half and "round 2: not started" in half, half
-    assert "round 1: interrupted: sample done" in half and f"train interrupted (pid {proc.pid} on" in half, half
-    assert "next: a re-run resumes round 1 at stage train" in half, half
-
-    # The re-run as a user starts it (`make demo` runs the same command), on a terminal of 120 columns.
+    killed = {"pid": proc.pid, "stages": _manifest(run, 1)["stages"], "status": _status(run),
+              "samples": (samples.read_bytes(), samples.stat().st_mtime_ns)}
     code, raw = run_in_terminal([PY, "-m", "r3v_ray.cli", "run", "--config", str(config)], subprocess_env(),
                                 timeout_s=1200, cols=120)
-    out = raw.decode(errors="replace")
     lines = terminal_lines(raw, cols=120)
     assert code == 0, "\n".join(lines[-60:])
+    print(f"{len(lines)} lines on the terminal:\n" + "\n".join(lines))
+    return {"run": run, "cmd": cmd, "killed": killed, "out": raw.decode(errors="replace"), "lines": lines}
+
+
+def test_a_killed_driver_leaves_its_training_recorded_as_running(resumed):
+    stages = resumed["killed"]["stages"]
+    assert stages["train"]["status"] == "running" and stages["train"]["pid"] == resumed["killed"]["pid"]
+
+
+def test_status_names_the_interrupted_stage_and_what_a_re_run_does(resumed):
+    half, pid = resumed["killed"]["status"], resumed["killed"]["pid"]
+    assert "round 0: finished" in half and "round 2: not started" in half, half
+    assert "round 1: interrupted: sample done" in half and f"train interrupted (pid {pid} on" in half, half
+    assert "next: a re-run resumes round 1 at stage train" in half, half
+
+
+def test_the_re_run_resumes_at_training_and_leaves_the_samples_untouched(resumed):
+    out, run = resumed["out"], resumed["run"]
     assert "round 0 already finished under this config, skipped" in out
     assert "round 1] stage sample: already done" in out and "round 1] stage build: already done" in out
     assert "round 1] stage train: starting" in out
-    assert samples.read_bytes() == samples_bytes and samples.stat().st_mtime_ns == samples_mtime
-    assert _manifest(run, 1)["stages"]["sample"] == before["sample"]
-    # What a user reads: a progress bar per training instead of a line per step, no line of Ray's worker-group or
-    # checkpoint chatter, and the table last. (Rounds 1 and 2 of the demo's three; `make demo` measured < 150.)
-    print(f"{len(lines)} lines on the terminal:\n" + "\n".join(lines))
+    samples = run / "round-001" / "samples.parquet"
+    assert (samples.read_bytes(), samples.stat().st_mtime_ns) == resumed["killed"]["samples"]
+    assert _manifest(run, 1)["stages"]["sample"] == resumed["killed"]["stages"]["sample"]
+
+
+def test_the_terminal_shows_a_bar_per_training_and_the_table_last_without_ray_chatter(resumed):
+    lines = resumed["lines"]
     # Ray Train's controller prints "Failed to send resource request ... safe to ignore ... CPU being overloaded"
     # with a traceback when the machine is overloaded (seen at load 20+); that notice is Ray's own, not r3v's.
     overloaded = {line.split(")")[0] for line in lines if "Failed to send resource request" in line}
     lines = [line for line in lines if not (overloaded and line.split(")")[0] in overloaded)]
-    assert len(lines) <= 100, "\n".join(lines)
+    assert len(lines) <= 100, "\n".join(lines)  # rounds 1 and 2 of three
     assert not [line for line in lines if " step " in line and "/" in line and "loss" in line and "|" not in line]
     assert not [line for line in lines if "Reporting training result" in line or "Traceback" in line]
     assert any("round 2 loss" in line and "100%" in line for line in lines), "no finished bar for round 2"
-    assert lines[-1].startswith("| t (r3v) | 2 | ") and lines[-5].startswith("| run | round |"), lines[-6:]
+    table = [line for line in lines if line.startswith("|")]
+    assert lines[-len(table):] == table, lines[-8:]  # the results table comes last, in one piece
+    assert table[0].startswith("| run | round |")
+    assert [row.split("|")[1:3] for row in table[2:]] == [[" t (r3v) ", f" {k} "] for k in range(3)], table
 
-    # Every file of the run-directory layout (docs/run-directory.md).
+
+def test_every_file_of_the_run_directory_layout_is_written(resumed):
+    run = resumed["run"]  # docs/run-directory.md
     assert (run / "config.yaml").is_file() and (run / "report.md").is_file()
-    assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     for k in range(3):
         rd = run / f"round-{k:03d}"
         assert (rd / "checkpoint" / "config.json").is_file() and (rd / "eval.json").is_file()
@@ -111,9 +127,13 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
     ev2 = json.loads((run / "round-002" / "eval.json").read_text())
     assert {"zero-shot", "test@1", "oracle@2", "majority@2", "select@2"} <= set(ev0)
     assert {"test@1", "oracle@2", "majority@2", "select@2"} <= set(ev2) and ev2["num_questions"] == 6
+    assert "next: nothing: rounds 0..2 are finished" in _status(run)
+
+
+def test_the_report_holds_the_manifests_numbers_and_its_plots(resumed):
+    run = resumed["run"]
     report = (run / "report.md").read_text()
     assert all(f"| {k} |" in report for k in range(3))
-    # report.md's numbers are the manifests' (and its plots are there), TensorBoard has every step and round.
     for k in (1, 2):
         stages = _manifest(run, k)["stages"]
         sample, build = stages["sample"]["stats"], stages["build"]["stats"]
@@ -125,22 +145,28 @@ def test_killed_during_training_resumes_at_training_then_completes_two_rounds(tm
         assert f"| {k} | " + " | ".join(map(str, counts)) + f" | {sum(counts)} |" in report, k
         train = stages["train"]["metrics"]
         assert f"| {train['final_loss']:.4f} | {train['mean_loss']:.4f} | {train['final_loss_sft']:.4f} |" in report
+    for png in ("accuracy.png", "loss.png", "samples.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG" and png in report
+
+
+def test_tensorboard_has_every_training_step_and_every_round(resumed):
+    run = resumed["run"]
+    for k in (1, 2):
+        train = _manifest(run, k)["stages"]["train"]["metrics"]
         steps = tensorboard_scalars(run / "tensorboard" / f"train-round-{k:03d}")
         assert [s for s, _ in steps["train/loss"]] == list(range(1, train["steps"] + 1))
         assert steps["train/loss"][-1][1] == pytest.approx(train["final_loss"], rel=1e-5)
         assert {"train/loss_sft", "train/loss_refine", "train/loss_select", "train/lr"} <= set(steps)
-    for png in ("accuracy.png", "loss.png", "samples.png"):
-        assert (run / png).read_bytes()[:4] == b"\x89PNG" and png in report
     per_round = tensorboard_scalars(run / "tensorboard" / "rounds")
     assert per_round["eval/test@1"] == [(k, pytest.approx(json.loads((run / f"round-{k:03d}" / "eval.json")
                                                                       .read_text())["test@1"])) for k in range(3)]
     assert {"sample/share_correct", "data/sft", "data/warmup", "loss/final_loss", "time/train_seconds"} <= set(per_round)
-    assert "next: nothing: rounds 0..2 are finished" in _status(run)
 
-    # A changed config is refused with a clear message.
-    changed = subprocess.run(cmd + ["--set", "training.lr=0.5"], cwd=ROOT, env=subprocess_env(),
+
+def test_a_changed_config_is_refused_naming_the_key(resumed):
+    changed = subprocess.run(resumed["cmd"] + ["--set", "training.lr=0.5"], cwd=ROOT, env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
-    assert changed.returncode != 0 and "--force" in changed.stderr and "changed: training.lr" in changed.stderr
+    assert changed.returncode == 2 and "--force" in changed.stderr and "changed: training.lr" in changed.stderr
 
 
 def _status(run: Path) -> str:
@@ -215,7 +241,7 @@ def test_custom_metrics_reach_the_clusters_export_endpoint_and_stay_there(head_n
     there a minute later (Ray drops a gauge ~20 s after it was last set: the actor sets it again)."""
     _address, metrics_port, env, gcs = head_node
     driver = (
-        "import ray; from r3v_ray import telemetry; "
+        "import ray; from r3v_ray.observe import telemetry; "
         f"ray.init(address='127.0.0.1:{gcs}'); "
         "telemetry.report('record_sampling', 'probe', 1, 30, 12); "
         "telemetry.report('record_losses', 'probe', 1, {'loss': 0.5, 'loss_sft': 0.3}); "

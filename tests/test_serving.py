@@ -27,8 +27,8 @@ from PIL import Image
 
 from r3v_ray.config import ServeConfig, config_from_dict
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
-from r3v_ray.prompts import select_prompt
-from r3v_ray.selection import majority_vote
+from r3v_ray.method.prompts import select_prompt
+from r3v_ray.method.selection import majority_vote
 from r3v_ray.serving import checkpoint as ckpt
 from r3v_ray.serving.batching import generate_grouped
 from r3v_ray.serving.errors import RequestError
@@ -242,7 +242,7 @@ def test_checkpoint_resolution(run_dir, tmp_path):
         ckpt.resolve(run_dir=run_dir, round_=0)
     with pytest.raises(ckpt.CheckpointError, match="either"):
         ckpt.resolve()
-    from r3v_ray.cache import localize  # file:// is a local disk: used in place (remote URIs: tests/test_storage.py)
+    from r3v_ray.run.cache import localize  # file:// is a local disk: used in place (remote URIs: tests/test_storage.py)
 
     assert localize(f"file://{os.path.abspath(served.checkpoint)}") == os.path.abspath(served.checkpoint)
 

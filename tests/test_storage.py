@@ -15,21 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PY, ROOT, environ, free_port, s3_server, subprocess_env, tiny_run_config
+from conftest import PY, ROOT, S3_BUCKET, environ, free_port, subprocess_env, tiny_run_config
 
-from r3v_ray import store
-from r3v_ray.cache import LocalImages, content_key, localize
+from r3v_ray.run import store
+from r3v_ray.run.cache import LocalImages, content_key, localize
 from r3v_ray.config import ConfigError, config_from_dict
-from r3v_ray.rundir import RunDir, round_of_checkpoint
+from r3v_ray.run.layout import RunDir, round_of_checkpoint
 
-BUCKET = "r3v"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """The server's AWS_* variables, also set in this process while the module runs."""
-    with s3_server(bucket=BUCKET) as env, environ(**env):
-        yield env
+BUCKET = S3_BUCKET
 
 
 def _model_dir(path: Path, weights: bytes = b"w" * 1000) -> Path:
@@ -101,7 +94,7 @@ def test_publish_dir_on_s3_writes_the_marker_last_and_readers_trust_only_publish
 
 
 def test_star_adopts_round0_on_s3(s3, tmp_path):
-    from r3v_ray.reproduce import adopt_round0, seed_config
+    from r3v_ray.experiments.reproduce import adopt_round0, seed_config
 
     base = config_from_dict({"name": "b", "storage": {"root": f"s3://{BUCKET}/repro"}})
     r3v, star = seed_config(base, 0, "r3v"), seed_config(base, 0, "star")
@@ -164,7 +157,7 @@ def test_images_under_a_remote_data_dir_resolve_to_the_nodes_copy(s3, tmp_path):
 def test_unreachable_missing_or_unauthorised_storage_fails_before_anything_starts(s3, tmp_path):
     import ray
 
-    from r3v_ray.rounds import run_round
+    from r3v_ray.pipeline.round import run_round
 
     def cfg(root: str):
         return config_from_dict({"name": "bad", "rounds": 0, "storage": {"root": root},
@@ -204,7 +197,7 @@ def no_ray_job():
 
 
 def test_relative_paths_are_refused_inside_a_submitted_job(no_ray_job):
-    from r3v_ray.preflight import check_job_paths
+    from r3v_ray.cluster.preflight import check_job_paths
 
     cfg = config_from_dict({"name": "j", "model": {"path": "runs/tiny", "tiny": {}}})
     check_job_paths(cfg)  # not in a job: relative paths are the caller's directory
@@ -355,7 +348,7 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
 
 _FULL_DISK = """
 import resource, signal, sys
-from r3v_ray import store
+from r3v_ray.run import store
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) as on a full disk (ENOSPC)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 for what, write in (("file", lambda: store.write_bytes(sys.argv[1] + "/f.bin", b"x" * 100_000)),

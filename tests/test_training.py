@@ -21,7 +21,7 @@ import torch
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
 from r3v_ray.models import load_model, load_model_and_processor, load_processor
-from r3v_ray.reflect import build_training_data
+from r3v_ray.method.reflect import build_training_data
 from r3v_ray.tasks import RecordError, get_task, load_image
 from r3v_ray.training import (
     IGNORE_INDEX,
@@ -34,7 +34,7 @@ from r3v_ray.training import (
     train,
     write_examples,
 )
-from r3v_ray.training.examples import TERMS
+from r3v_ray.method.reflect import TERMS
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
 from r3v_ray.training.plan import global_batches, lr_factor, worker_micro_batches
 from conftest import tensorboard_scalars
@@ -392,7 +392,7 @@ def test_last_epoch_losses_weigh_each_term_by_its_tokens_and_leave_an_untrained_
 
 
 def test_the_train_stage_line_shows_a_term_without_examples_as_a_dash():
-    from r3v_ray.rounds import _brief
+    from r3v_ray.pipeline.round import _brief
 
     metrics = {"steps": 5, "last_epoch_loss": 0.5, "last_epoch_loss_sft": 0.4, "last_epoch_loss_refine": 0.7,
                "last_epoch_loss_select": None}

@@ -32,8 +32,8 @@ import pytest
 import yaml
 from conftest import PY, ROOT, end_process_group, environ, ray_head, s3_server, subprocess_env
 
-from r3v_ray import store
-from r3v_ray.rundir import RunDir
+from r3v_ray.run import store
+from r3v_ray.run.layout import RunDir
 
 pytestmark = pytest.mark.slow
 

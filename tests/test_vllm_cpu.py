@@ -132,8 +132,9 @@ def test_on_an_avx2_only_cpu_qwen3_5_runs_in_bfloat16_with_the_greedy_text_of_th
     """Qwen3.5 on vLLM's CPU build is bfloat16 only (docs/models.md); without AVX-512 BF16 vLLM takes other paths
     for it (the AVX2 build, its convolution in torch), and the greedy text stays this CPU's."""
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
+    from r3v_ray.pipeline.prepare import tokenizer_corpus
 
-    model = str(build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5")))
+    model = str(build_tiny_model(tmp_path / "q35", TinySpec(family="qwen3_5"), corpus=tokenizer_corpus()))
     here = _qwen3_5_generation(model)
     avx2 = _qwen3_5_generation(model, QEMU, "-cpu", "Haswell")
     assert (avx2["build"], here["build"]) == (["_C_AVX2"], [kernel_build(cpu_flags())])

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import RunConfig
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
-from r3v_ray.prompts import select_prompt
-from r3v_ray.resources import sampler_remote_args
-from r3v_ray.sampling import engine_kwargs, params_from_config, records_to_rows, sample, seed_key
+from r3v_ray.method.prompts import select_prompt
+from r3v_ray.cluster.resources import sampler_remote_args
+from r3v_ray.pipeline.sampling import engine_kwargs, params_from_config, records_to_rows, sample, seed_key
 from r3v_ray.tasks import Record, get_task, load_image
 
 pytestmark = pytest.mark.vllm

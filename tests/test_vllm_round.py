@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import config_from_dict
 from r3v_ray.engines import GenerationRequest, SamplingParams, create_engine
-from r3v_ray.rounds import read_split
-from r3v_ray.rundir import RunDir
-from r3v_ray.sampling import engine_kwargs, seed_key
-from r3v_ray.selftrain import run_local
+from r3v_ray.pipeline.round import read_split
+from r3v_ray.run.layout import RunDir
+from r3v_ray.pipeline.sampling import engine_kwargs, seed_key
+from r3v_ray.pipeline.loop import run_local
 from r3v_ray.tasks import get_task, load_image
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

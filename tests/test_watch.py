@@ -16,24 +16,20 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, environ, s3_server, tensorboard_scalars
+from conftest import ROOT, S3_BUCKET, tensorboard_scalars
 
-from r3v_ray import console, store, telemetry
+from r3v_ray.observe import console, telemetry
+
+from r3v_ray.run import store
 from r3v_ray.cli import main
 from r3v_ray.config import config_from_dict
-from r3v_ray.report import round_summaries, thin_history, write_run_report
-from r3v_ray.rounds import RoundRunner
-from r3v_ray.rundir import RunDir
-from r3v_ray.status import driver_info, format_status, run_status
-from r3v_ray.tensorboard_log import EventLog, write_rounds_log
+from r3v_ray.observe.report import round_summaries, thin_history, write_run_report
+from r3v_ray.pipeline.round import RoundRunner
+from r3v_ray.run.layout import RunDir
+from r3v_ray.observe.status import driver_info, format_status, run_status
+from r3v_ray.observe.tensorboard import EventLog, write_rounds_log
 
-BUCKET = "r3v"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server(bucket=BUCKET) as env, environ(**env):
-        yield env
+BUCKET = S3_BUCKET
 
 
 def _history(steps: int, start: float) -> list[dict]:
@@ -142,7 +138,7 @@ def test_a_stage_that_raises_is_recorded_failed_and_status_says_what_a_re_run_do
 
 
 def test_status_names_stale_stages_and_what_a_re_run_redoes(tmp_path):
-    # A redone round-0 training that came out different makes round 1's finished stages stale (r3v_ray/rundir.py).
+    # A redone round-0 training that came out different makes round 1's finished stages stale (r3v_ray/run/layout.py).
     _, run = make_run(str(tmp_path), rounds=1)
     run.invalidate_after(0, "round 0's train stage was redone")
     status = run_status(run.uri)
@@ -193,7 +189,7 @@ def test_a_round_that_links_out_of_the_run_is_refused_by_status_run_and_serving(
     nothing of run a's round changes."""
     import os
 
-    from r3v_ray.rundir import OutsideRunError
+    from r3v_ray.run.layout import OutsideRunError
     from r3v_ray.serving.checkpoint import CheckpointError, resolve
 
     _, run_a = make_run(str(tmp_path), name="a", rounds=1)
@@ -338,10 +334,10 @@ def test_console_prints_r3v_lines_short_and_warnings_with_their_source(capsys):
         console.setup(verbose=False)
         logging.getLogger("r3v.round").info("stage train: starting")
         logging.getLogger("r3v_ray.tasks.base").info("24 read, 0 skipped")  # a repeat of the stage lines: quiet
-        logging.getLogger("r3v_ray.sampling").warning("skipped question q1")
+        logging.getLogger("r3v_ray.pipeline.sampling").warning("skipped question q1")
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 2 and err[0][8:] == " stage train: starting" and err[0][2] == ":"
-        assert err[1].endswith(" WARNING r3v_ray.sampling: skipped question q1")
+        assert err[1].endswith(" WARNING r3v_ray.pipeline.sampling: skipped question q1")
         console.setup(verbose=True)
         logging.getLogger("r3v_ray.tasks.base").info("24 read, 0 skipped")
         assert "INFO r3v_ray.tasks.base: 24 read, 0 skipped" in capsys.readouterr().err

@@ -61,15 +61,3 @@ class Engine(ABC):
     def prompt_tokens(self, request: GenerationRequest) -> int:
         """Prompt length in tokens, image tokens included (used to skip over-long prompts, never truncate)."""
         raise NotImplementedError
-
-
-def create_engine(kind: str, model_path: str, **kwargs) -> Engine:
-    if kind == "hf":
-        from r3v_ray.engines.hf import HFEngine
-
-        return HFEngine(model_path, **kwargs)
-    if kind == "vllm":
-        from r3v_ray.engines.vllm_engine import VLLMEngine  # vllm is imported only here
-
-        return VLLMEngine(model_path, **kwargs)
-    raise ValueError(f"unknown engine {kind!r}; use 'hf' or 'vllm'")

@@ -11,7 +11,7 @@ import math
 from typing import Any, Literal
 
 from r3v_ray.config import RunConfig
-from r3v_ray.resources import sampler_request, serve_replica_request
+from r3v_ray.cluster.resources import sampler_request, serve_replica_request
 
 Role = Literal["sampler", "serve"]
 

@@ -143,18 +143,6 @@ class TinySpec:
         return [t, half // 3, half // 3]
 
 
-def default_corpus() -> list[str]:
-    """Text the tokenizer learns merges from: the built-in task's questions and rationales plus prompt words."""
-    from r3v_ray.prompts import PROMPT_WORDS
-    from r3v_ray.tasks.synthetic import SyntheticTask
-
-    task = SyntheticTask()
-    lines = list(PROMPT_WORDS)
-    for record in task.generate_records("train", 400, seed=12345):
-        lines += [task.cot_prompt(record), record.rationale or "", task.format_answer(record.answer)]
-    return lines
-
-
 def train_tokenizer(corpus: Iterable[str], vocab_size: int, family: str = DEFAULT_FAMILY) -> PreTrainedTokenizerFast:
     qwen3 = family in ("qwen3_vl", "qwen3_5")
     special = QWEN3_SPECIAL_TOKENS if qwen3 else SPECIAL_TOKENS
@@ -298,14 +286,15 @@ def image_processor_for(family: Family, patch_size: int, merge_size: int) -> Qwe
     )
 
 
-def build_tiny_model(out_dir: str | Path, spec: TinySpec | None = None, corpus: Iterable[str] | None = None) -> Path:
-    """Write a tiny model directory of `spec.family`; returns its path. Deterministic for a given spec and corpus."""
+def build_tiny_model(out_dir: str | Path, spec: TinySpec | None = None, *, corpus: Iterable[str]) -> Path:
+    """Write a tiny model directory of `spec.family`; returns its path. Deterministic for a given spec and corpus
+    (the text its tokenizer learns merges from: r3v_ray/pipeline/prepare.py `tokenizer_corpus` for the demo's)."""
     spec = spec or TinySpec()
     family = get_family(spec.family)
     cls = model_class(family, f"the tiny {family.title}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(corpus if corpus is not None else default_corpus(), spec.vocab_size, family.name)
+    tokenizer = train_tokenizer(corpus, spec.vocab_size, family.name)
     template = CHAT_TEMPLATES[family.name]
     image_processor = image_processor_for(family, spec.resolved_patch_size(), spec.merge_size)
     processor = PROCESSORS[family.name](image_processor=image_processor, tokenizer=tokenizer, chat_template=template)

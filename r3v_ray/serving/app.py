@@ -11,10 +11,10 @@ from typing import Any
 
 from ray.serve import Application
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict, load_config
 from r3v_ray.engines.settings import engine_kwargs as settings_for
-from r3v_ray.resources import serve_actor_options
+from r3v_ray.cluster.resources import serve_actor_options
 from r3v_ray.serving import auth
 from r3v_ray.serving import checkpoint as ckpt
 from r3v_ray.serving.deployments import Ingress, Sampler

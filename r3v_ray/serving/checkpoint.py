@@ -3,9 +3,9 @@
 A run directory's newest round is the newest whose manifest records its train stage done (or, in a run directory
 made by hand without manifests, the newest with a model checkpoint). That round must lie inside the run directory
 (no link out of it), have been made under the run's config, and hold its checkpoint as its train stage recorded it
-(r3v_ray/rundir.py): otherwise it is refused, naming the path, rather than an older round served in its place.
+(r3v_ray/run/layout.py): otherwise it is refused, naming the path, rather than an older round served in its place.
 Run directories may live on a pyarrow filesystem (s3://, gs://); each replica brings a remote checkpoint to its
-node's local disk through the node's cache (r3v_ray/cache.py, which checks every file's checksum as it copies)
+node's local disk through the node's cache (r3v_ray/run/cache.py, which checks every file's checksum as it copies)
 before the engine loads it.
 """
 
@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from r3v_ray import store
-from r3v_ray.manifest import RunDirError
-from r3v_ray.rundir import MODEL_FILES, RoundDir, RunDir, round_of_checkpoint
+from r3v_ray.run import store
+from r3v_ray.run.manifest import RunDirError
+from r3v_ray.run.layout import MODEL_FILES, RoundDir, RunDir, round_of_checkpoint
 
 
 class CheckpointError(ValueError):

@@ -24,7 +24,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
-from r3v_ray.cache import localize
+from r3v_ray.run.cache import localize
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import GenerationRequest, RequestOutput, SamplingParams, create_engine
 from r3v_ray.serving import batching, parsing, routes
@@ -49,7 +49,7 @@ class Sampler:
                  batch_wait_timeout_s: float, storage: dict[str, Any] | None, task: str, task_params: dict[str, Any]):
         self.checkpoint = checkpoint_uri
         self.task = get_task(task, **task_params)  # the selection runs here: prompts and answer scoring
-        # A checkpoint under a URI is read from this node's copy (r3v_ray/cache.py, storage.cache_*).
+        # A checkpoint under a URI is read from this node's copy (r3v_ray/run/cache.py, storage.cache_*).
         self.engine = create_engine(engine, localize(checkpoint_uri, storage), **engine_kwargs)
         self.queue = batching.EngineQueue(partial(batching.generate_grouped, self.engine), max_batch_size,
                                           batch_wait_timeout_s)

@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 
-from r3v_ray.raycluster import ADDRESS_HELP
+from r3v_ray.cluster.connect import ADDRESS_HELP
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def start(args: argparse.Namespace) -> tuple[str, str]:
     """Deploy the app on Ray Serve; returns (base URL, model id). Serve keeps running after this returns."""
     from ray import serve
 
-    from r3v_ray.raycluster import ensure_ray
+    from r3v_ray.cluster.connect import ensure_ray
     from r3v_ray.serving.app import build_app, model_info, prepare
 
     overrides = list(args.set)

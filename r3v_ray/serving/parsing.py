@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Iterator, Sequence, TypeVar
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from r3v_ray import imaging
+from r3v_ray.tasks import imaging
 from r3v_ray.config import ServeConfig
 from r3v_ray.engines import SamplingParams
 from r3v_ray.serving.errors import RequestError
@@ -212,7 +212,7 @@ def validate(model: type[M], body: dict) -> M:
 
 # -- images --------------------------------------------------------------------------------------------
 def decode_image(value: str, param: str, cfg: ServeConfig, require_data_uri: bool = False) -> Image.Image:
-    """A base64 string (or a data: URI) -> RGB image (r3v_ray/imaging.py: allowed formats only, reduced to the
+    """A base64 string (or a data: URI) -> RGB image (r3v_ray/tasks/imaging.py: allowed formats only, reduced to the
     pixel budget while decoding), within the byte and pixel limits of the config."""
     match = _DATA_URI.match(value)
     if match:

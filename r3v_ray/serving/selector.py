@@ -6,9 +6,9 @@ benchmark's "direct call" is exactly what the endpoint computes.
 
 Strategies:
 - first:       the first candidate's answer.
-- majority:    r3v_ray.selection.majority_vote over the extracted answers (ties: earliest first occurrence).
+- majority:    r3v_ray.method.selection.majority_vote over the extracted answers (ties: earliest first occurrence).
                With no extractable answer at all, the answer is None and the first candidate is returned.
-- self_select: the model reads its N candidates with the training select prompt (r3v_ray.prompts) and answers
+- self_select: the model reads its N candidates with the training select prompt (r3v_ray.method.prompts) and answers
                greedily; its extracted answer is final (as in Select@N), even when no candidate holds it.
 The chosen candidate is the first one whose extracted answer equals the final answer (None if none does).
 """
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Awaitable, Callable
 
 from r3v_ray.engines import Engine, GenerationRequest, RequestOutput, SamplingParams
-from r3v_ray.selection import greedy_params, majority_vote, select_request
+from r3v_ray.method.selection import greedy_params, majority_vote, select_request
 from r3v_ray.serving.errors import RequestError
 from r3v_ray.serving.parsing import Query
 from r3v_ray.tasks import Record, Task
@@ -74,7 +74,7 @@ def candidate_request(task: Task, query: Query) -> GenerationRequest:
 
 
 def selector_request(task: Task, query: Query, texts: list[str]) -> GenerationRequest:
-    """The self-select request as evaluation's Select@N builds it (r3v_ray/selection.py)."""
+    """The self-select request as evaluation's Select@N builds it (r3v_ray/method/selection.py)."""
     return select_request(task.question_text(query_record(query)), texts, query.image, row_key(query.params.seed))
 
 

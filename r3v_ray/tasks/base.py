@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from r3v_ray.imaging import ImageError, decode_image, to_rgb8
+from r3v_ray.tasks.imaging import ImageError, decode_image, to_rgb8
 from r3v_ray.tasks.answers import final_answer_text
 from r3v_ray.tasks.jsonstream import BadLine, iter_json_lines
 
@@ -197,7 +197,7 @@ def path_in_bytes(data: bytes | bytearray | memoryview) -> str | None:
 
 def load_image(source: str | bytes | Image.Image, record_id: str = "?") -> Image.Image:
     """Decode an image from a path or bytes (content, or a path that arrived as bytes) as 8-bit RGB, upright, from
-    the allowed formats only (r3v_ray/imaging.py, the decoder serving uses too); a failure names the record."""
+    the allowed formats only (r3v_ray/tasks/imaging.py, the decoder serving uses too); a failure names the record."""
     if isinstance(source, Image.Image):
         return to_rgb8(source)
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -1,4 +1,4 @@
-"""The training-set file: example rows (see r3v_ray/reflect.py) in parquet, with a fixed schema and validation."""
+"""The training-set file: example rows (see r3v_ray/method/reflect.py) in parquet, with a fixed schema and validation."""
 
 from __future__ import annotations
 
@@ -6,17 +6,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from r3v_ray import store
-from r3v_ray.reflect import TASKS
+from r3v_ray.run import store
+from r3v_ray.method.reflect import TASKS
 from r3v_ray.tasks.base import RecordError, load_image
 
 # Integer id of each example kind, as the collator hands it to the loss.
 TASK_IDS: dict[str, int] = {name: i for i, name in enumerate(TASKS)}
-# Which loss term each kind trains: warm-up counts with SFT.
-TERMS = ("sft", "refine", "select")
-# The losses a step reports: the weighted total, then each term's own token mean.
-LOSS_KEYS = ("loss",) + tuple(f"loss_{t}" for t in TERMS)
-TERM_OF_TASK: dict[str, str] = {"warmup": "sft", "sft": "sft", "refine": "refine", "select": "select"}
 
 EXAMPLE_SCHEMA = pa.schema(
     [
@@ -50,7 +45,7 @@ def drop_unreadable_images(examples: list[dict[str, Any]], local_images=None
                            ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(kept, skipped): the examples whose image decodes as training decodes it (tasks.load_image), and one
     {question_id, field, reason} per question whose image does not. Each image is decoded once; `local_images`
-    (r3v_ray/cache.py LocalImages) reads images under a remote task.data_dir from this node's copy.
+    (r3v_ray/run/cache.py LocalImages) reads images under a remote task.data_dir from this node's copy.
 
     A garbage image file in the training data is thus skipped and counted where the training set is built,
     instead of failing training workers (which then retry, and fail again) after sampling already skipped it.

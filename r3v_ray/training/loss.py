@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from r3v_ray.training.collator import IGNORE_INDEX
-from r3v_ray.training.examples import TASK_IDS, TERM_OF_TASK, TERMS
+from r3v_ray.method.reflect import TERM_OF_TASK, TERMS
+from r3v_ray.training.examples import TASK_IDS
 
 # task id -> term index, as a lookup table
 _TERM_INDEX = torch.tensor([TERMS.index(TERM_OF_TASK[name]) for name in sorted(TASK_IDS, key=TASK_IDS.get)])

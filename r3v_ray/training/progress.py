@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from r3v_ray.training.examples import LOSS_KEYS, TERMS
+from r3v_ray.method.reflect import LOSS_KEYS, TERMS
 
 log = logging.getLogger("r3v_ray.training")
 
@@ -33,13 +33,13 @@ class StepWatch:
             if start:
                 self.bar.update(start)
         if loop_cfg.get("events_uri"):
-            from r3v_ray.tensorboard_log import EventLog
+            from r3v_ray.observe.tensorboard import EventLog
 
             # From step 0 a training replaces what an earlier one wrote there; resumed after `start` steps, it
             # purges what the failed attempt wrote from step start + 1 (steps count from 1) on.
             self.events = EventLog(loop_cfg["events_uri"], replace=start == 0, purge_step=start + 1 if start else None)
         if loop_cfg.get("metrics_run"):
-            from r3v_ray.telemetry import StepLosses
+            from r3v_ray.observe.telemetry import StepLosses
 
             self.metrics = StepLosses(loop_cfg["metrics_run"], self.round)
 

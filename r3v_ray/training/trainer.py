@@ -1,7 +1,7 @@
 """The driver side of one training round: a Ray Train TorchTrainer over DeepSpeed workers, then the export of
-the final model as a Hugging Face directory at `out_dir` (published whole: r3v_ray/store.py publish_dir). out_dir
+the final model as a Hugging Face directory at `out_dir` (published whole: r3v_ray/run/store.py publish_dir). out_dir
 may be a URI: Ray Train's storage then lives under it too, and every worker fetches a base model given as a URI
-into its node's cache (r3v_ray/cache.py)."""
+into its node's cache (r3v_ray/run/cache.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from r3v_ray import console, store
+from r3v_ray.observe import console
+
+from r3v_ray.run import store
 from r3v_ray.config import RunConfig
-from r3v_ray.resources import scaling_config_kwargs
-from r3v_ray.training.examples import LOSS_KEYS, TERMS, read_examples
+from r3v_ray.cluster.resources import scaling_config_kwargs
+from r3v_ray.method.reflect import LOSS_KEYS, TERMS
+from r3v_ray.training.examples import read_examples
 from r3v_ray.training.worker import HF_DIR, STATE_FILE, fingerprint, train_loop_per_worker
 
 log = logging.getLogger("r3v_ray.training")
@@ -131,10 +134,10 @@ def train(
     if "://" not in train_uri:
         train_uri = os.path.abspath(train_uri)
     if not store.is_uri(base_model_path) and os.path.exists(base_model_path):
-        base_model_path = os.path.abspath(base_model_path)  # a URI is fetched by each worker's node (cache.py)
+        base_model_path = os.path.abspath(base_model_path)  # a URI is fetched by each worker's node (r3v_ray/run/cache.py)
     if events_uri and not store.is_uri(events_uri):
         events_uri = os.path.abspath(events_uri)  # Ray Train starts its workers in a directory of its own
-    from r3v_ray.raycluster import ensure_ray
+    from r3v_ray.cluster.connect import ensure_ray
 
     # Ray Train propagates RAY_TRAIN_* variables to its workers and reads the state-tracking switch here.
     console.apply_env()

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
-from r3v_ray.cache import LocalImages, localize
+from r3v_ray.run.cache import LocalImages, localize
 from r3v_ray.config import RunConfig
 from r3v_ray.models import load_processor
 from r3v_ray.training.collator import ReflectionCollator, model_inputs
 from r3v_ray.training.ds_config import deepspeed_config
-from r3v_ray.training.examples import TERMS, read_examples
+from r3v_ray.method.reflect import TERMS
+from r3v_ray.training.examples import read_examples
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
 from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
 from r3v_ray.training.plan import StepPlan, global_batches, lr_factor, make_plan, worker_micro_batches
@@ -58,7 +59,7 @@ def _setup_env(cfg: RunConfig) -> None:
 def fingerprint(examples: list[dict], base_model_path: str, cfg: RunConfig, round_index: int,
                 base_model_id: str | None = None) -> str:
     """Identifies what a checkpoint was trained on: a checkpoint of other data or settings is never resumed.
-    `base_model_id` is the base directory's publish id (r3v_ray/store.py), where it has one."""
+    `base_model_id` is the base directory's publish id (r3v_ray/run/store.py), where it has one."""
     h = hashlib.sha256()
     key = [base_model_path, round_index, cfg.training.model_dump(mode="json")] + ([base_model_id] if base_model_id else [])
     h.update(json.dumps(key, sort_keys=True).encode())

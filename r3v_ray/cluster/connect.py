@@ -16,7 +16,7 @@ cleaner, the state actor of the dashboard's Train view) ask Ray's state API whet
 alive, and without an address that API looks for "the" Ray of the machine: on a machine with a second Ray instance it
 fails ("Found multiple active Ray instances", a traceback in the run's output) or asks the cluster last recorded by a
 `ray start`, not this one. A driver joining an existing cluster (a submitted job's, or one given --address) sends
-that address, and r3v's worker variables (r3v_ray/console.py), in its job's runtime env: the cluster's worker
+that address, and r3v's worker variables (r3v_ray/observe/console.py), in its job's runtime env: the cluster's worker
 processes were started by `ray start`, not by this driver, and inherit nothing from it.
 
 A cluster has two addresses a user meets: the dashboard's URL (http://HOST:8265, what `ray job submit` takes) and
@@ -53,15 +53,15 @@ def ensure_ray(address: str | None = None, **kwargs) -> None:
     fresh local Ray on 127.0.0.1.
 
     `kwargs` go to ray.init (e.g. num_cpus for a local instance, log_to_driver, job_config); the job's runtime env
-    gets r3v's worker set-up hook (r3v_ray/console.py)."""
+    gets r3v's worker set-up hook (r3v_ray/observe/console.py)."""
     import ray
 
     if ray.is_initialized():
         return
-    from r3v_ray.console import WORKER_SETUP_HOOK
+    from r3v_ray.observe.console import WORKER_SETUP_HOOK
 
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
-    runtime_env.setdefault("worker_process_setup_hook", WORKER_SETUP_HOOK)  # quiet workers (r3v_ray/console.py)
+    runtime_env.setdefault("worker_process_setup_hook", WORKER_SETUP_HOOK)  # quiet workers (r3v_ray/observe/console.py)
     kwargs["runtime_env"] = runtime_env
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address == "local":
@@ -151,10 +151,10 @@ def _nothing() -> Iterator[None]:
 
 def _cluster_worker_env(gcs: str) -> dict[str, str]:
     """Variables for the workers of a driver joining the cluster at `gcs`: r3v's worker variables
-    (r3v_ray/console.py: quiet loading bars, Ray Train's settings) and the dashboard's address for the state API
+    (r3v_ray/observe/console.py: quiet loading bars, Ray Train's settings) and the dashboard's address for the state API
     (Ray Train's helper actors, see above), except those the job's own runtime env sets (Ray refuses a driver
     runtime env that repeats a job's variable)."""
-    from r3v_ray.console import WORKER_ENV
+    from r3v_ray.observe.console import WORKER_ENV
 
     env = {k: os.environ[k] for k in (*WORKER_ENV, API_SERVER_ENV) if k in os.environ}
     if API_SERVER_ENV not in env:

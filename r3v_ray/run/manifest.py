@@ -1,9 +1,9 @@
 """A round's manifest.json: which stages finished, with what config, when, and what they reported.
 
 A stage is done only once its outputs are written (atomically) and then recorded here, with the size and checksum
-of each (its "outputs", r3v_ray/rundir.py), so a crash between the two just redoes the stage. A manifest written
+of each (its "outputs", r3v_ray/run/layout.py), so a crash between the two just redoes the stage. A manifest written
 under a different config is refused unless forced; one that cannot be read is named (ManifestError) and, when
-forced, replaced by a fresh one. Only this module reads or writes manifest files (r3v_ray/rundir.py asks it).
+forced, replaced by a fresh one. Only this module reads or writes manifest files (r3v_ray/run/layout.py asks it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from r3v_ray import store
+from r3v_ray.run import store
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ManifestError(RunDirError):
 
 
 def redo_hint(round_index: int) -> str:
-    """How to redo round `round_index` from its first damaged stage on (rounds.py redoes what was made from it)."""
+    """How to redo round `round_index` from its first damaged stage on (r3v_ray/pipeline/round.py redoes what was made from it)."""
     return (f"re-run with --from-round {round_index} --force (r3v run, jobs/selftrain.py) or --round {round_index} "
             "--force (r3v round, jobs/round.py)")
 
@@ -110,7 +110,7 @@ class Manifest:
         self.save()
 
     def start(self, stage: str, **info) -> None:
-        """Record `stage` as running (`info`: who runs it; r3v_ray/status.py reads it). Not done: a crash leaves
+        """Record `stage` as running (`info`: who runs it; r3v_ray/observe/status.py reads it). Not done: a crash leaves
         it running, and the next run redoes it."""
         self.stages[stage] = {"status": "running", "started_at": time.time(), **info}
         self.save()

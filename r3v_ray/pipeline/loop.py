@@ -12,10 +12,10 @@ import logging
 import os
 import time
 
-from r3v_ray import console
+from r3v_ray.observe import console
 from r3v_ray.config import RunConfig
-from r3v_ray.preflight import absolute_overrides
-from r3v_ray.rundir import RunDir
+from r3v_ray.cluster.preflight import absolute_overrides
+from r3v_ray.run.layout import RunDir
 
 log = logging.getLogger("r3v.selftrain")
 
@@ -41,7 +41,7 @@ def round_finished(cfg: RunConfig, k: int) -> bool:
 
 
 def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
-    from r3v_ray.rounds import run_round
+    from r3v_ray.pipeline.round import run_round
 
     metrics = {}
     for k in range(from_round, cfg.rounds + 1):
@@ -56,7 +56,7 @@ def run_local(cfg: RunConfig, from_round: int = 0, force: bool = False) -> dict:
 
 def _absolute_overrides(cfg: RunConfig) -> list[str]:
     """A submitted job runs in Ray's copy of the working dir, where relative paths are refused
-    (r3v_ray/preflight.py): they are sent as absolute paths from here, so data and outputs live where they would
+    (r3v_ray/cluster/preflight.py): they are sent as absolute paths from here, so data and outputs live where they would
     for a local run (on a real cluster, storage every node reaches: s3://, gs:// or a shared file system)."""
     return absolute_overrides(cfg, os.getcwd())
 
@@ -90,9 +90,9 @@ def submit_rounds(cfg: RunConfig, config_path: str, address: str, overrides: lis
     """Submit rounds from_round..K one job at a time; returns the submission ids. Raises on the first failure."""
     from ray.job_submission import JobSubmissionClient
 
-    from r3v_ray.prepare import check_built
-    from r3v_ray.raycluster import cluster_address
-    from r3v_ray.rounds import check_config
+    from r3v_ray.pipeline.prepare import check_built
+    from r3v_ray.cluster.connect import cluster_address
+    from r3v_ray.pipeline.round import check_config
 
     # What the first job would refuse is refused here, before anything is submitted.
     check_config(cfg, force)

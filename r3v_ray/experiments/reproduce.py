@@ -20,12 +20,12 @@ import logging
 import statistics
 import time
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import METHOD_PRESETS, RunConfig, config_from_dict
-from r3v_ray.evaluation import curve_points
-from r3v_ray.report import figure_png
-from r3v_ray.rundir import RunDir
-from r3v_ray.selftrain import run_local
+from r3v_ray.method.metrics import curve_points
+from r3v_ray.observe.report import figure_png
+from r3v_ray.run.layout import RunDir
+from r3v_ray.pipeline.loop import run_local
 
 log = logging.getLogger("r3v.reproduce")
 
@@ -56,7 +56,7 @@ ROWS = [  # (label, variant, round: 0 or "K", metric); the paper's rows and orde
     ("R3V w/o self-select, Select@N", "no-select", "K", "select@{n}"),
     ("R3V mixed select sets, Test@1", "mixed", "K", "test@1"),
     ("R3V mixed select sets, Select@N", "mixed", "K", "select@{n}"),
-    # Does the answer follow the reasoning (r3v_ray/evaluation.py faithfulness_at_1; the built-in task only)
+    # Does the answer follow the reasoning (r3v_ray/pipeline/evaluate.py faithfulness_at_1; the built-in task only)
     ("warm-up M0, faithful@1", "r3v", 0, "faithful@1"),
     ("STaR, faithful@1", "star", "K", "faithful@1"),
     ("R3V, faithful@1", "r3v", "K", "faithful@1"),
@@ -187,8 +187,8 @@ def _evaluate_last_model(cfg: RunConfig, eval_cfg: RunConfig, uri: str, digest: 
     """An extra evaluation of cfg's last model under `eval_cfg`, kept in `uri` (eval.json with `digest`) and
     reused when a re-run finds it finished under the same digest. No greedy pass: Test@1 does not depend on the
     candidates, and the round's own evaluation has it."""
-    from r3v_ray.evaluation import evaluate
-    from r3v_ray.rounds import read_split
+    from r3v_ray.pipeline.evaluate import evaluate
+    from r3v_ray.pipeline.round import read_split
     from r3v_ray.tasks import get_task
 
     done = store.join(uri, "eval.json")
@@ -199,7 +199,7 @@ def _evaluate_last_model(cfg: RunConfig, eval_cfg: RunConfig, uri: str, digest: 
     records = read_split(cfg, task, cfg.task.data_dir, "test")
     last = RunDir.of(cfg).round(cfg.rounds)
     metrics = evaluate(eval_cfg, last.checkpoint, records, task, uri, cfg.rounds, greedy=False)
-    metrics.pop("model")  # results only, as a round's eval.json (r3v_ray/rounds.py): the path depends on the run's place
+    metrics.pop("model")  # results only, as a round's eval.json (r3v_ray/pipeline/round.py): the path depends on the run's place
     metrics.update(extra, config_digest=digest)
     store.write_json(done, metrics)
     return metrics

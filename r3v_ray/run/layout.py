@@ -1,19 +1,19 @@
 """The run directory's layout, in one place (docs/run-directory.md):
 
     <storage.root>/<name>/config.yaml, report.md, accuracy.png, loss.png, samples.png
-    <storage.root>/<name>/tensorboard/{rounds/, train-round-<kkk>/}   (r3v_ray/tensorboard_log.py)
+    <storage.root>/<name>/tensorboard/{rounds/, train-round-<kkk>/}   (r3v_ray/observe/tensorboard.py)
     <storage.root>/<name>/round-<kkk>/{samples.parquet, skipped.json, build-skipped.json, train.parquet,
                                       checkpoint/, checkpoint.ray/, eval/, eval.json, manifest.json}
 
 `RunDir` and `RoundDir` name every path and answer "which stage is done" from the round manifests
-(r3v_ray/manifest.py); the directory publish itself is r3v_ray/store.py's `publish_dir`. The root may be a local
+(r3v_ray/run/manifest.py); the directory publish itself is r3v_ray/run/store.py's `publish_dir`. The root may be a local
 path or a pyarrow filesystem URI.
 
 What a stage wrote (STAGE_OUTPUTS) is recorded in its manifest entry as "outputs": {path in the round: {"size",
 "sha256"}} for a file, {"published", "sha256"} for a published directory (whose files' sizes and checksums are in
 its own marker). A stage is trusted only after `damage` finds its outputs as recorded: sizes always, checksums by
 reading, except for a directory on an object store, which no stage reads in place: each node's copy of it is
-checked file by file while it is made (r3v_ray/cache.py).
+checked file by file while it is made (r3v_ray/run/cache.py).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from r3v_ray import store
-from r3v_ray.manifest import Manifest, RunDirError, redo_hint
+from r3v_ray.run import store
+from r3v_ray.run.manifest import Manifest, RunDirError, redo_hint
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class RoundDir:
         return store.is_local(self.uri) and any(store.exists(store.join(self.checkpoint, f)) for f in MODEL_FILES)
 
     def adopt(self, src: "RoundDir", config_digest: str, note: str) -> None:
-        """Make this round a copy of `src` recorded under `config_digest` (reproduce.py: STaR adopts R3V's round 0,
+        """Make this round a copy of `src` recorded under `config_digest` (r3v_ray/experiments/reproduce.py: STaR adopts R3V's round 0,
         the same warm-up). The manifest is rewritten last: until then the copy carries src's config digest, which
         this config refuses, so a crash mid-copy is redone rather than trusted."""
         manifest = src.manifest()

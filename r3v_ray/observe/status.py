@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 
 import yaml
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import config_from_dict
-from r3v_ray.manifest import redo_hint
-from r3v_ray.rundir import STAGES, RunDir
+from r3v_ray.run.manifest import redo_hint
+from r3v_ray.run.layout import STAGES, RunDir
 
 
 class StatusError(RuntimeError):
@@ -56,8 +56,8 @@ class StageStatus:
     name: str
     state: str  # done | damaged | running | interrupted | failed | stale | pending
     seconds: float | None = None  # a done stage's time; a running one's time so far
-    # a failed stage's error; a stale one's reason (r3v_ray/manifest.py invalidate); a damaged one's first output
-    # that is not as recorded (r3v_ray/rundir.py RoundDir.damage)
+    # a failed stage's error; a stale one's reason (r3v_ray/run/manifest.py invalidate); a damaged one's first output
+    # that is not as recorded (r3v_ray/run/layout.py RoundDir.damage)
     error: str | None = None
     host: str | None = None
     pid: int | None = None

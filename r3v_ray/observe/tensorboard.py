@@ -1,5 +1,5 @@
 """TensorBoard event files of a run, so that `tensorboard --logdir <storage.root>/<name>` shows it
-(docs/observability.md; r3v_ray/rundir.py names the directories):
+(docs/observability.md; r3v_ray/run/layout.py names the directories):
 
     tensorboard/train-round-<kkk>/   rank 0's training, step = optimizer step: train/loss, train/loss_sft,
                                      train/loss_refine, train/loss_select, train/lr, train/step_seconds
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from r3v_ray import store
+from r3v_ray.run import store
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def remove_event_files(uri: str) -> None:
 
 
 def rounds_scalars(rounds: list[dict]) -> dict[int, dict[str, float]]:
-    """{round: {tag: value}} of the per-round summary, from r3v_ray/report.py's round summaries."""
+    """{round: {tag: value}} of the per-round summary, from r3v_ray/observe/report.py's round summaries."""
     out = {}
     for r in rounds:
         scalars: dict[str, float] = {}

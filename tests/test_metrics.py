@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from r3v_ray.config import load_config
-from r3v_ray.evaluation import accuracy_at_1, majority_at_n, oracle_at_n
-from r3v_ray.report import table_markdown, write_report
+from r3v_ray.method.metrics import accuracy_at_1, majority_at_n, oracle_at_n
+from r3v_ray.observe.report import table_markdown, write_report
 from r3v_ray.tasks import Record, get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_gpu_config_parses_with_the_paper_settings():
 
 
 def test_scaling_curves_score_the_first_n_candidates_at_every_n():
-    from r3v_ray.evaluation import curve_points, majority_curve, oracle_curve
+    from r3v_ray.method.metrics import curve_points, majority_curve, oracle_curve
 
     # Gold answers: q1 3, q2 5, q3 2. Majority ties go to the earliest answer (selection.majority_vote).
     answers = {"q1": ["4", "3", "3", "4", "4"],   # vote right at n=3 only (n=2 and n=4: ties won by 4)
@@ -144,7 +144,7 @@ def test_report_carries_every_scaling_point_and_plots_the_last_round(tmp_path):
 
 
 def test_faithfulness_at_1_scores_every_question_and_is_absent_where_the_task_cannot_check():
-    from r3v_ray.evaluation import faithfulness_at_1
+    from r3v_ray.method.metrics import faithfulness_at_1
 
     layout = ["red", "red", "blue", None, None, None, None, None, None]
     meta = {"layout": layout, "qtype": "sum", "colors": ["red", "blue"], "grid": 3}

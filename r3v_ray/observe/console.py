@@ -15,7 +15,7 @@ import os
 import sys
 
 # Variables every process of a run needs, set in the driver before Ray starts (a local Ray's processes inherit
-# them) and sent in the runtime env of submitted jobs (r3v_ray/selftrain.py).
+# them) and sent in the runtime env of submitted jobs (r3v_ray/pipeline/loop.py).
 WORKER_ENV = {
     # transformers' loading bars: in a Ray actor (no terminal) each is a line per actor and model load.
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -35,8 +35,8 @@ WORKER_ENV = {
 }
 
 # Run at the start of every worker process of an r3v driver's job (Ray's runtime_env "worker_process_setup_hook",
-# set by r3v_ray/raycluster.py's ensure_ray).
-WORKER_SETUP_HOOK = "r3v_ray.console.worker_setup"
+# set by r3v_ray/cluster/connect.py's ensure_ray).
+WORKER_SETUP_HOOK = "r3v_ray.observe.console.worker_setup"
 
 # Loggers whose INFO lines repeat what r3v's stage lines say (kept with --verbose).
 _CHATTY = ("r3v_ray.tasks", "r3v_ray.training")

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from r3v_ray.config import RunConfig
-from r3v_ray.resources import Request, sampler_request, serve_replica_request, train_worker_request
+from r3v_ray.cluster.resources import Request, sampler_request, serve_replica_request, train_worker_request
 
 _EPS = 1e-9
 
@@ -88,7 +88,8 @@ def to_fill_in(cfg: RunConfig, cluster: dict | None = None) -> list[str]:
     """What still stands for the user's own values, and the paths every node must see: placeholders in the config
     (the example bucket) and, with a cluster file, node types without an AMI or an instance profile, and the
     config's paths on a local disk."""
-    from r3v_ray import preflight, store
+    from r3v_ray.cluster import preflight
+    from r3v_ray.run import store
 
     out = []
     places = preflight.locations(cfg)

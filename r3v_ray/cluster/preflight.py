@@ -9,7 +9,7 @@ import hashlib
 import logging
 import os
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,8 @@ import time
 
 import ray
 
+from r3v_ray.method.reflect import LOSS_KEYS
+
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "r3v-metrics"
@@ -119,8 +121,6 @@ class StepLosses:
     STEP_LOSS_EVERY_S (a training step never waits on the actor), and the last one at `close`."""
 
     def __init__(self, run: str, round_index: int):
-        from r3v_ray.training.examples import LOSS_KEYS  # on the rank-0 train worker, where torch is loaded anyway
-
         self.terms = LOSS_KEYS
         self.run, self.round = run, round_index
         self.actor = metrics_actor()

@@ -1,9 +1,9 @@
 """The run report, rebuilt after every round (docs/run-directory.md): report.md with the accuracy table, the
 sample pool, the training data, the losses, the skipped records and the stage times of every round, and its plots
 (accuracy.png: accuracy per round; loss.png: loss per term over the steps; samples.png: share of correct samples
-per round). Everything it shows comes from the round manifests (r3v_ray/rundir.py, r3v_ray/manifest.py) and
-eval.json, through r3v_ray/store.py, so it works on any storage.root; `round_summaries` is the one reading of them
-(the TensorBoard rounds log, r3v_ray/tensorboard_log.py, shows the same numbers).
+per round). Everything it shows comes from the round manifests (r3v_ray/run/layout.py, r3v_ray/run/manifest.py) and
+eval.json, through r3v_ray/run/store.py, so it works on any storage.root; `round_summaries` is the one reading of them
+(the TensorBoard rounds log, r3v_ray/observe/tensorboard.py, shows the same numbers).
 
 `write_report` is the table alone, for several runs side by side (e.g. R3V and its STaR baseline). Rounds
 evaluated with a test-time scaling curve (evaluation.scaling_ns) add a table of every point, and the accuracy plot
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import io
 
-from r3v_ray import store
-from r3v_ray.evaluation import curve_points
+from r3v_ray.run import store
+from r3v_ray.method.metrics import curve_points
+from r3v_ray.method.reflect import LOSS_KEYS, TASKS, TERMS
 
 CURVES = [("oracle", "Oracle@n"), ("majority", "Majority@n"), ("select", "Select@n")]
 
 METRIC_ORDER = ["zero-shot", "test@1", "oracle@", "majority@", "select@", "faithful@", "grounded@"]
-TASK_ORDER = ("warmup", "sft", "refine", "select")
-LOSS_TERMS = (("loss", "total"), ("loss_sft", "sft"), ("loss_refine", "refine"), ("loss_select", "select"))
+LOSS_TERMS = tuple(zip(LOSS_KEYS, ("total",) + TERMS))  # (key, column title)
 HISTORY_POINTS = 200  # per-step losses kept in a round's manifest for loss.png (TensorBoard has every step)
 
 
@@ -33,7 +33,7 @@ def round_summaries(run_uri: str, rounds: int) -> list[dict]:
     {"round", "eval" (eval.json or None), "pool" (k >= 1: the sample pool), "examples" ({task: n}), "losses"
     (final_/mean_ per term), "train" (steps, examples, examples/s), "history" (per-step losses, thinned),
     "skipped" (what was skipped where), "seconds" ({stage: s})}."""
-    from r3v_ray.rundir import RunDir
+    from r3v_ray.run.layout import RunDir
 
     run = RunDir(run_uri)
     out = []
@@ -303,9 +303,9 @@ def run_report_markdown(title: str, label: str, summaries: list[dict], intro: li
     built = [s for s in summaries if s["examples"]]
     body += ["## Training data (examples per task)", ""]
     if built:
-        body += ["| round | " + " | ".join(TASK_ORDER) + " | total |", "|---|" + "---|" * (len(TASK_ORDER) + 1)]
+        body += ["| round | " + " | ".join(TASKS) + " | total |", "|---|" + "---|" * (len(TASKS) + 1)]
         for s in built:
-            counts = [s["examples"].get(t, 0) for t in TASK_ORDER]
+            counts = [s["examples"].get(t, 0) for t in TASKS]
             body.append(f"| {s['round']} | " + " | ".join(str(c) for c in counts) + f" | {sum(counts)} |")
         body.append("")
     else:
@@ -354,7 +354,7 @@ def write_run_report(run_uri: str, title: str, label: str, rounds: int, intro: l
                      summaries: list[dict] | None = None) -> str:
     """report.md, accuracy.png, loss.png and samples.png of one run, rebuilt from its files (or from `summaries`
     already read); returns the accuracy table (one row per evaluated round)."""
-    from r3v_ray.rundir import RunDir
+    from r3v_ray.run.layout import RunDir
 
     run = RunDir(run_uri)
     summaries = round_summaries(run_uri, rounds) if summaries is None else summaries

@@ -28,12 +28,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from r3v_ray import console, store
+from r3v_ray.observe import console
+
+from r3v_ray.run import store
 from r3v_ray.config import DecodingConfig, RunConfig
 from r3v_ray.engines.base import GenerationRequest, RequestOutput, SamplingParams
 from r3v_ray.engines.settings import engine_kwargs as settings_for
-from r3v_ray.resources import sampler_remote_args
-from r3v_ray.selection import greedy_params, select_request
+from r3v_ray.cluster.resources import sampler_remote_args
+from r3v_ray.method.selection import greedy_params, select_request
 from r3v_ray.tasks import Record, RecordError, Task, get_task, load_image
 from r3v_ray.tasks.base import path_in_bytes, printable
 
@@ -233,7 +235,7 @@ def engine_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _decode_image(value: Any, question_id: str, local_images=None):
-    """The row's image, decoded. `local_images` (r3v_ray/cache.py LocalImages) maps an image URI under a remote
+    """The row's image, decoded. `local_images` (r3v_ray/run/cache.py LocalImages) maps an image URI under a remote
     task.data_dir onto this node's copy."""
     if value is None:
         return None
@@ -277,10 +279,10 @@ class EngineActor:
         storage: dict | None = None,
         data_dir: str | None = None,
     ):
-        from r3v_ray.cache import LocalImages, localize
+        from r3v_ray.run.cache import LocalImages, localize
         from r3v_ray.engines import create_engine
 
-        # A model or images under a URI are read from this node's copy (r3v_ray/cache.py: once per node and content).
+        # A model or images under a URI are read from this node's copy (r3v_ray/run/cache.py: once per node and content).
         self.engine = create_engine(engine_kind, localize(model_path, storage), **engine_kw)
         self.images = LocalImages(data_dir, storage)
         self.task = get_task(task_name, **task_params)
@@ -492,7 +494,7 @@ def sample(
             raise ValueError(f"self-select over {bad} candidates, but {params.n} are drawn per question")
         extra["select_ns"] = sorted(select_uris)
         extra["select_max_new_tokens"] = select_max_new_tokens
-    from r3v_ray.raycluster import ensure_ray
+    from r3v_ray.cluster.connect import ensure_ray
 
     ensure_ray()  # honours RAY_ADDRESS, else a fresh local Ray
     before = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}

@@ -5,10 +5,10 @@ Round k:  sample (M(k-1) on the train split) -> build (reflection data from the 
           -> train (from the base model, or from M(k-1)) -> eval
 
 Stages hand over through files in the run directory only, so any stage can be re-run on its own. A finished stage
-is skipped only once what it wrote is found as its manifest recorded it (sizes and checksums, r3v_ray/rundir.py);
+is skipped only once what it wrote is found as its manifest recorded it (sizes and checksums, r3v_ray/run/layout.py);
 otherwise the run stops naming the file, or with --force redoes the stage, and the later stages and rounds that
 were made from its old outputs if the new ones differ. The manifest also records a stage as running (who runs it)
-when it starts and as failed (the error) when it raises, for `r3v status` (r3v_ray/status.py); after every round
+when it starts and as failed (the error) when it raises, for `r3v status` (r3v_ray/observe/status.py); after every round
 the report and the TensorBoard rounds log are rebuilt from the manifests.
 """
 
@@ -20,15 +20,19 @@ import time
 
 import yaml
 
-from r3v_ray import preflight, store, telemetry
-from r3v_ray.cache import localize
+from r3v_ray.cluster import preflight
+
+from r3v_ray.run import store
+
+from r3v_ray.observe import telemetry
+from r3v_ray.run.cache import localize
 from r3v_ray.config import ConfigError, RunConfig, config_from_dict
-from r3v_ray.manifest import Manifest
-from r3v_ray.prepare import ensure_data, ensure_model
-from r3v_ray.raycluster import ensure_ray
-from r3v_ray.report import round_summaries, thin_history, write_run_report
-from r3v_ray.rundir import RunDir, same_outputs
-from r3v_ray.status import driver_info
+from r3v_ray.run.manifest import Manifest
+from r3v_ray.pipeline.prepare import ensure_data, ensure_model
+from r3v_ray.cluster.connect import ensure_ray
+from r3v_ray.observe.report import round_summaries, thin_history, write_run_report
+from r3v_ray.run.layout import RunDir, same_outputs
+from r3v_ray.observe.status import driver_info
 from r3v_ray.tasks import get_task
 from r3v_ray.tasks.base import printable
 
@@ -185,7 +189,7 @@ class RoundRunner:
         return metrics
 
     def sample(self) -> dict:
-        from r3v_ray.sampling import params_from_config, records_to_rows, sample
+        from r3v_ray.pipeline.sampling import params_from_config, records_to_rows, sample
 
         params = params_from_config(self.cfg.sampling, seed=self.cfg.seed)
         rows = records_to_rows(self.train_records, self.task)
@@ -196,8 +200,8 @@ class RoundRunner:
         return {"stats": stats.to_dict() | {"skipped": len(stats.skipped)}}
 
     def build(self) -> dict:
-        from r3v_ray.reflect import build_training_data, build_warmup_data
-        from r3v_ray.cache import LocalImages
+        from r3v_ray.method.reflect import build_training_data, build_warmup_data
+        from r3v_ray.run.cache import LocalImages
         from r3v_ray.training.examples import drop_unreadable_images, write_examples
 
         if self.k == 0:
@@ -241,7 +245,7 @@ class RoundRunner:
                 "init_from": init, "history": thin_history(metrics.get("history") or [])}
 
     def evaluate(self) -> dict:
-        from r3v_ray.evaluation import evaluate
+        from r3v_ray.pipeline.evaluate import evaluate
 
         eval_uri = self.dir.eval_dir
         sampling: dict = {}  # the pass's wall and generating seconds, for the manifest (benchmarks/round.py)
@@ -263,7 +267,7 @@ class RoundRunner:
 
     def write_run_report(self) -> None:
         """report.md with its plots and the TensorBoard rounds log, from the run's manifests and eval.json files."""
-        from r3v_ray.tensorboard_log import write_rounds_log
+        from r3v_ray.observe.tensorboard import write_rounds_log
 
         cfg, run = self.cfg, self.run_dir
         summaries = round_summaries(run.uri, cfg.rounds)
@@ -300,7 +304,7 @@ def _brief(stage: str, info: dict) -> str:
     if stage == "build" and stats.get("examples"):
         return ": " + ", ".join(f"{n} {task}" for task, n in stats["examples"].items() if n) + " examples"
     if stage == "train" and metrics.get("steps") is not None:
-        from r3v_ray.training.examples import TERMS
+        from r3v_ray.method.reflect import TERMS
 
         total = metrics.get("last_epoch_loss")
         if not isinstance(total, (int, float)):

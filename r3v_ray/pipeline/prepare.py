@@ -1,6 +1,6 @@
 """Idempotent preparation of what a run needs before its first stage: the model directory and the task data.
 
-Both are built into a temporary directory and published (r3v_ray/store.py publish_dir: a rename on a local disk,
+Both are built into a temporary directory and published (r3v_ray/run/store.py publish_dir: a rename on a local disk,
 a marker written last on an object store), so an interrupted build is simply redone. Either may be a URI.
 """
 
@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from r3v_ray import store
+from r3v_ray.run import store
 from r3v_ray.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,19 @@ def _build_atomically(target: str, build, settings: dict) -> str:
     return target
 
 
+def tokenizer_corpus() -> list[str]:
+    """Text the tiny model's tokenizer learns merges from: the built-in task's questions and rationales plus the
+    method's prompt words."""
+    from r3v_ray.method.prompts import PROMPT_WORDS
+    from r3v_ray.tasks.synthetic import SyntheticTask
+
+    task = SyntheticTask()
+    lines = list(PROMPT_WORDS)
+    for record in task.generate_records("train", 400, seed=12345):
+        lines += [task.cot_prompt(record), record.rationale or "", task.format_answer(record.answer)]
+    return lines
+
+
 def _model_settings(cfg: RunConfig) -> dict:
     return cfg.model.tiny.model_dump()
 
@@ -91,7 +104,7 @@ def ensure_model(cfg: RunConfig) -> str:
     spec = TinySpec(**cfg.model.tiny.model_dump())
     if not store.exists(cfg.model.path):
         log.info("building the tiny model into %s", cfg.model.path)
-    return _build_atomically(cfg.model.path, lambda tmp: build_tiny_model(tmp, spec), _model_settings(cfg))
+    return _build_atomically(cfg.model.path, lambda tmp: build_tiny_model(tmp, spec, corpus=tokenizer_corpus()), _model_settings(cfg))
 
 
 def ensure_data(cfg: RunConfig) -> str:

@@ -5,11 +5,11 @@ finished. A directory (a checkpoint, a built model, a node's cached copy) is pub
 way r3v makes a directory appear whole: on a local disk a complete temporary sibling is renamed into place; object
 stores have no rename, so there the files are uploaded first and a marker naming every file, its size and its
 checksum (PUBLISHED) is written last. Readers of directories r3v wrote trust only published ones (`published`).
-Stages hand over only through these files (r3v_ray/rundir.py names them).
+Stages hand over only through these files (r3v_ray/run/layout.py names them).
 
 Integrity: every write returns the record {"size", "sha256"} of what it wrote, hashed from the bytes as they are
 written (a directory's records are in its marker), and `recording` collects the records of a block's writes for
-the round manifest (r3v_ray/rundir.py decides what a stage's outputs are). `check_file` and `check_published`
+the round manifest (r3v_ray/run/layout.py decides what a stage's outputs are). `check_file` and `check_published`
 compare what is stored with a record: sizes from one listing, checksums by reading, and reads given a record
 (`read_parquet(uri, expect=...)`) check the bytes they read anyway.
 """

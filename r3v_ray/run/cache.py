@@ -2,7 +2,7 @@
 filesystem URI (s3://, gs://), brought to local disk once per node because engines, DeepSpeed and image readers
 load from local files.
 
-An entry is keyed by the URI and its content: the publish id of a directory r3v published (r3v_ray/store.py), else
+An entry is keyed by the URI and its content: the publish id of a directory r3v published (r3v_ray/run/store.py), else
 the names, sizes and modification times of its files. A re-export of the same round is therefore a new entry,
 never a stale copy. Entries are published into the cache like any directory (whole or not at all), the least
 recently used are removed beyond `storage.cache_max_gb`, and a file lock keeps two processes on one node from
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from r3v_ray import store
+from r3v_ray.run import store
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ answer the endpoint returns agree. Pure: no Ray, no torch.
 from __future__ import annotations
 
 from r3v_ray.engines.base import GenerationRequest, SamplingParams
-from r3v_ray.prompts import select_prompt
+from r3v_ray.method.prompts import select_prompt
 
 
 def greedy_params(max_new_tokens: int, seed: int = 0) -> SamplingParams:

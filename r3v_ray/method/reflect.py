@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from r3v_ray.config import ReflectConfig
-from r3v_ray.prompts import CAPTION_PROMPTS, refine_prompt, select_prompt
+from r3v_ray.method.prompts import CAPTION_PROMPTS, refine_prompt, select_prompt
 from r3v_ray.tasks.base import Record, Task
 
-TASKS = ("warmup", "sft", "refine", "select")
+TASKS = ("warmup", "sft", "refine", "select")  # the kinds of training example
+# The loss terms (docs/method.md, step 4) and which each kind trains: warm-up counts with SFT.
+TERMS = ("sft", "refine", "select")
+TERM_OF_TASK: dict[str, str] = {"warmup": "sft", "sft": "sft", "refine": "refine", "select": "select"}
+# The losses a training step reports: the weighted total, then each term's own token mean.
+LOSS_KEYS = ("loss",) + tuple(f"loss_{t}" for t in TERMS)
 POOL_FIELDS = ("question_id", "round", "sample_index", "rationale", "extracted_answer", "correct")
 
 
