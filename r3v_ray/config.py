@@ -40,7 +40,7 @@ class TinyPretrainConfig(_Strict):
                             "drawn again)")
     captions: int = Field(2, ge=1, le=len(CAPTION_PROMPTS), description="counting captions per pool image, each "
                           "under a different caption prompt")
-    arithmetic: int = Field(2000, ge=0, description="text-only arithmetic examples in the rationales' own form "
+    arithmetic: int = Field(2000, ge=0, description="arithmetic examples in the rationales' own form "
                             "(\"2 + 3 = 5.\", \"4 is more than 2.\")")
     data_seed: int = Field(1, description="seed of the pool's images and arithmetic")
     epochs: float = Field(5.0, gt=0.0, description="passes over the pool")

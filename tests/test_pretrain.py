@@ -66,6 +66,20 @@ def test_arithmetic_examples_are_true_and_in_the_rationales_form(question_types)
     assert ops == {"+", "-", "compare"} | ({"x"} if "product" in question_types else set())  # x where asked
 
 
+def test_every_pool_example_shows_an_image_and_captions_count_it():
+    from r3v_ray.models.pretrain import pool_examples
+
+    task = get_task("synthetic")
+    records = task.pool_records(4, seed=1, exclude=set())
+    for i, r in enumerate(records):
+        r.image = f"images/{r.id}.png"
+    examples = pool_examples(task, records, 2, task.arithmetic_examples(6, seed=1), seed=1)
+    assert len(examples) == 4 * 2 + 6 and all(e["image"] for e in examples)
+    captions = [e for e in examples if e["question_id"].startswith("pool-")]
+    assert all(e["target"] == task.caption(records[int(e["question_id"][5:])]) for e in captions)
+    assert len({e["prompt"] for e in captions if e["question_id"] == "pool-00000"}) == 2
+
+
 def test_unset_pretrain_leaves_the_config_and_its_digest_as_before():
     cfg = config(pretrain=None)
     assert "pretrain" not in cfg.model.tiny.model_dump()
@@ -112,7 +126,7 @@ def test_the_base_is_pretrained_once_into_its_keyed_directory_and_then_reused(ra
     from r3v_ray import prepare
     from r3v_ray.models import pretrain
 
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, resources={"num_train_workers": 2})  # two ranks: a micro-batch each, all-reduced
     path = prepare.ensure_model(cfg)
     assert path == pretrained_path(cfg) and (tmp_path / "model" / "config.json").is_file()
     random_weights, trained = (load_file(f"{p}/model.safetensors") for p in (tmp_path / "model", path))

@@ -1,7 +1,7 @@
 """A tiny base taught perception and arithmetic once (config: model.tiny.pretrain; docs/reproduction.md).
 
 The random tiny model at model.path is fine-tuned in full, vision tower included, on counting captions of a pool
-of the built-in task's images (none of them a train or test question's image) and on text-only arithmetic in the
+of the built-in task's images (none of them a train or test question's image) and on arithmetic in the
 rationales' form, with the rounds' own trainer (r3v_ray/training). The result is cached beside model.path under a
 key of every setting that changes it (pretrained_path), so a changed setting builds a new base and an unchanged one
 is reused. The pool and the training data live on the driver's disk: a pretraining runs on one node.
@@ -55,14 +55,16 @@ def task_layouts(task, cfg: RunConfig) -> set[tuple]:
 
 def pool_examples(task, records: list, captions: int, arithmetic: list[tuple[str, str]], seed: int) -> list[dict]:
     """Training examples (r3v_ray/reflect.py's form, term `warmup`): `captions` counting captions per pool image,
-    each under another caption prompt (a seeded choice), and the text-only arithmetic pairs."""
+    each under another caption prompt (a seeded choice), and the arithmetic pairs, each shown with a pool image (in
+    turn) that it does not ask about: a micro-batch without any image would leave the trained vision tower without
+    gradients on its rank, and DeepSpeed's gradient all-reduce then differs in size between the ranks."""
     from r3v_ray.reflect import example
 
     out = []
     for r in records:
         prompts = random.Random(f"{seed}|pool-caption|{r.id}").sample(CAPTION_PROMPTS, captions)
         out += [example("warmup", r.id, prompt, task.caption(r), r.image) for prompt in prompts]
-    out += [example("warmup", f"arithmetic-{i:05d}", prompt, target, None)
+    out += [example("warmup", f"arithmetic-{i:05d}", prompt, target, records[i % len(records)].image)
             for i, (prompt, target) in enumerate(arithmetic)]
     return out
 
