@@ -40,11 +40,22 @@ class TinyPretrainConfig(_Strict):
                             "drawn again)")
     captions: int = Field(2, ge=1, le=len(CAPTION_PROMPTS), description="counting captions per pool image, each "
                           "under a different caption prompt")
+    counts: int = Field(0, ge=0, description="per pool image, statements of one to three colours' counts in a "
+                        "random order, as rationales state them (\"Blue objects: 1. Red objects: 2.\"): captions "
+                        "always list every colour in one order")
     arithmetic: int = Field(2000, ge=0, description="arithmetic examples in the rationales' own form "
                             "(\"2 + 3 = 5.\", \"4 is more than 2.\")")
     data_seed: int = Field(1, description="seed of the pool's images and arithmetic")
     epochs: float = Field(5.0, gt=0.0, description="passes over the pool")
     lr: float = Field(3e-3, gt=0.0, description="peak learning rate of the pretraining")
+
+    @model_serializer(mode="wrap")
+    def _counts_once_set(self, handler):
+        # Written out (digests, the base's cache key) only once set: the bases built before it keep their key.
+        data = handler(self)
+        if data.get("counts") == 0:
+            del data["counts"]
+        return data
 
 
 class TinyModelConfig(_Strict):

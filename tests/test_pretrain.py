@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -73,11 +74,32 @@ def test_every_pool_example_shows_an_image_and_captions_count_it():
     records = task.pool_records(4, seed=1, exclude=set())
     for i, r in enumerate(records):
         r.image = f"images/{r.id}.png"
-    examples = pool_examples(task, records, 2, task.arithmetic_examples(6, seed=1), seed=1)
-    assert len(examples) == 4 * 2 + 6 and all(e["image"] for e in examples)
-    captions = [e for e in examples if e["question_id"].startswith("pool-")]
+    examples = pool_examples(task, records, 2, task.arithmetic_examples(6, seed=1), seed=1, counts=3)
+    assert len(examples) == 4 * (2 + 3) + 6 and all(e["image"] for e in examples)
+    captions = [e for e in examples if e["question_id"].startswith("pool-") and "State" not in e["prompt"]]
     assert all(e["target"] == task.caption(records[int(e["question_id"][5:])]) for e in captions)
     assert len({e["prompt"] for e in captions if e["question_id"] == "pool-00000"}) == 2
+
+
+def test_count_statements_state_the_image_counts_of_the_colours_asked_in_the_order_asked():
+    from r3v_ray.tasks.synthetic import _count
+
+    task = get_task("synthetic")
+    rng = random.Random(0)
+    layout = task.random_layout(rng)
+    seen_orders = set()
+    for _ in range(50):
+        prompt, target = task.count_statement(layout, rng)
+        asked = re.findall(r"(\w+) objects", prompt.removeprefix("State the number of "))
+        stated = re.findall(r"(\w+) objects: (\d+)\.", target)
+        assert [name.lower() for name, _ in stated] == asked and 1 <= len(asked) <= 3
+        assert all(int(n) == _count(layout, None if name == "All" else name.lower()) for name, n in stated)
+        seen_orders.add(tuple(asked))
+    assert len(seen_orders) > 10  # orders and subsets vary, unlike the captions'
+
+
+def test_counts_unset_leave_the_key_of_the_bases_built_before_it():
+    assert "counts" not in config().model.tiny.pretrain.model_dump()
 
 
 def test_unset_pretrain_leaves_the_config_and_its_digest_as_before():
@@ -89,6 +111,7 @@ def test_unset_pretrain_leaves_the_config_and_its_digest_as_before():
 @pytest.mark.parametrize("change", [
     {"model": {"tiny": {"pretrain": {**SMALL, "lr": 2.0e-3}}}},
     {"model": {"tiny": {"pretrain": {**SMALL, "data_seed": 2}}}},
+    {"model": {"tiny": {"pretrain": {**SMALL, "counts": 2}}}},
     {"model": {"tiny": {"pretrain": SMALL, "seed": 1}}},
     {"task": {"data_seed": 1}},
     {"task": {"params": {"colors": ["red", "green", "blue"]}}},

@@ -53,9 +53,11 @@ def task_layouts(task, cfg: RunConfig) -> set[tuple]:
             for r in task.generate_records(split, n, cfg.task.data_seed)}
 
 
-def pool_examples(task, records: list, captions: int, arithmetic: list[tuple[str, str]], seed: int) -> list[dict]:
+def pool_examples(task, records: list, captions: int, arithmetic: list[tuple[str, str]], seed: int,
+                  counts: int = 0) -> list[dict]:
     """Training examples (r3v_ray/reflect.py's form, term `warmup`): `captions` counting captions per pool image,
-    each under another caption prompt (a seeded choice), and the arithmetic pairs, each shown with a pool image (in
+    each under another caption prompt (a seeded choice), `counts` statements of some colours' counts per image in a
+    seeded order (task.count_statement), and the arithmetic pairs, each shown with a pool image (in
     turn) that it does not ask about: a micro-batch without any image would leave the trained vision tower without
     gradients on its rank, and DeepSpeed's gradient all-reduce then differs in size between the ranks."""
     from r3v_ray.reflect import example
@@ -64,6 +66,9 @@ def pool_examples(task, records: list, captions: int, arithmetic: list[tuple[str
     for r in records:
         prompts = random.Random(f"{seed}|pool-caption|{r.id}").sample(CAPTION_PROMPTS, captions)
         out += [example("warmup", r.id, prompt, task.caption(r), r.image) for prompt in prompts]
+        rng = random.Random(f"{seed}|pool-counts|{r.id}")
+        out += [example("warmup", r.id, *task.count_statement(r.metadata["layout"], rng), r.image)
+                for _ in range(counts)]
     out += [example("warmup", f"arithmetic-{i:05d}", prompt, target, records[i % len(records)].image)
             for i, (prompt, target) in enumerate(arithmetic)]
     return out
@@ -89,7 +94,7 @@ def build_pretrained(out: str | Path, cfg: RunConfig, random_model: str) -> None
             r.image = str(work / "images" / f"{r.id}.png")
             task.render(r).save(r.image, format="PNG")
         examples = pool_examples(task, records, p.captions, task.arithmetic_examples(p.arithmetic, p.data_seed),
-                                 p.data_seed)
+                                 p.data_seed, p.counts)
         write_examples(str(work / "train.parquet"), examples)
         data = cfg.model_dump(mode="json")
         data.update(name=f"{cfg.name}-pretrain", model={"path": random_model},

@@ -262,6 +262,13 @@ class SyntheticTask(Task):
                              f"{n} asked for (grid {self.params.grid}, colors {list(self.params.colors)})")
         return records
 
+    def count_statement(self, layout: list[str | None], rng: random.Random) -> tuple[str, str]:
+        """(prompt, target): counts of one to three of the colours (or all objects), in a random order, stated as
+        a rationale states them ("Blue objects: 1. Red objects: 2.")."""
+        names = rng.sample(["all", *self.params.colors], rng.randint(1, min(3, len(self.params.colors) + 1)))
+        asked = " and ".join(f"{name} objects" for name in names)
+        return f"State the number of {asked}.", _terms(layout, names)[0]
+
     def arithmetic_examples(self, n: int, seed: int) -> list[tuple[str, str]]:
         """(prompt, target) pairs of the arithmetic the rationales do, in their form: sums and differences of
         counts (as many terms as a route reads), comparisons, and products where the task asks them."""
