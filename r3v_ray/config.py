@@ -32,6 +32,34 @@ class _Strict(BaseModel):
 ModelFamily = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 
 
+class TinyPretrainConfig(_Strict):
+    """Teach the tiny model perception and arithmetic once, before any round (r3v_ray/pipeline/pretrain.py): full
+    fine-tuning, vision tower included, on the built-in task's images from a pool disjoint from the task's train and
+    test questions. The result is cached beside model.path under a key of every setting that changes it, and every
+    round (warm-up included) starts from it, so "restart from the base" no longer restarts perception."""
+
+    num_images: int = Field(2000, ge=1, description="images in the pool (layouts among the task's questions are "
+                            "drawn again)")
+    captions: int = Field(2, ge=1, le=CAPTION_WORDINGS, description="counting captions per pool image, each "
+                          "under a different caption prompt")
+    counts: int = Field(0, ge=0, description="per pool image, statements of one to three colours' counts in a "
+                        "random order, as rationales state them (\"Blue objects: 1. Red objects: 2.\"): captions "
+                        "always list every colour in one order")
+    arithmetic: int = Field(2000, ge=0, description="arithmetic examples in the rationales' own form "
+                            "(\"2 + 3 = 5.\", \"4 is more than 2.\")")
+    data_seed: int = Field(1, description="seed of the pool's images and arithmetic")
+    epochs: float = Field(5.0, gt=0.0, description="passes over the pool")
+    lr: float = Field(3e-3, gt=0.0, description="peak learning rate of the pretraining")
+
+    @model_serializer(mode="wrap")
+    def _counts_once_set(self, handler):
+        # Written out (digests, the base's cache key) only once set: the bases built before it keep their key.
+        data = handler(self)
+        if data.get("counts") == 0:
+            del data["counts"]
+        return data
+
+
 class TinyModelConfig(_Strict):
     """Sizes for the locally built tiny model (r3v_ray/models/tiny.py TinySpec takes its defaults from here, so
     loading a config never imports torch and the defaults live in one place)."""
@@ -53,14 +81,19 @@ class TinyModelConfig(_Strict):
         "to count in 1,000 steps). At 2 heads of 32 a fresh model left that plateau of the red-object probe "
         "(tests/test_models.py) within 20-80 steps at 0.2 for seeds 0-3, and stayed on it for 100 steps at 0.1.")
     seed: int = Field(0, description="seed of the random initialisation")
+    pretrain: TinyPretrainConfig | None = Field(None, description="unset: rounds start from the random model; set: "
+                                                "from a base pretrained once on perception and arithmetic")
 
     @model_serializer(mode="wrap")
     def _family_once_set(self, handler):
         # Written out (config.yaml, the digest, the tiny model's build stamp) only when it is not qwen2_vl, the
         # family of every tiny model before families existed: their runs resume and their directories are reused.
+        # `pretrain` likewise only once set.
         data = handler(self)
         if data.get("family") == "qwen2_vl":
             del data["family"]
+        if data.get("pretrain", 0) is None:
+            del data["pretrain"]
         return data
 
 
@@ -447,6 +480,9 @@ class RunConfig(_Strict):
     def _consistent(self) -> "RunConfig":
         if self.reflect.mixed_min_n > self.reflect.mixed_max_n:
             raise ValueError("reflect.mixed_min_n must be <= reflect.mixed_max_n")
+        if self.model.tiny is not None and self.model.tiny.pretrain is not None and self.task.name != "synthetic":
+            raise ValueError(f"model.tiny.pretrain: the pool is the built-in task's images (task.name: synthetic), "
+                             f"not {self.task.name}'s")
         return self
 
     @property

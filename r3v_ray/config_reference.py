@@ -61,10 +61,17 @@ def reference_markdown() -> str:
         if doc and not doc.startswith(model.__name__ + "("):
             lines += [doc, ""]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"] + _rows(model, f"{name}.")
-        for sub_name, sub in model.model_fields.items():
-            sub_type = typing.get_args(sub.annotation) or (sub.annotation,)
-            for candidate in sub_type:
-                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                    lines += ["", f"### `{name}.{sub_name}`", "", "| key | type | default | meaning |",
-                              "|---|---|---|---|"] + _rows(candidate, f"{name}.{sub_name}.")
+        lines += _subsections(model, name)
     return "\n".join(lines) + "\n"
+
+
+def _subsections(model: type[BaseModel], prefix: str) -> list[str]:
+    """One table per nested section (e.g. model.tiny, then model.tiny.pretrain), depth first."""
+    lines = []
+    for sub_name, sub in model.model_fields.items():
+        for candidate in typing.get_args(sub.annotation) or (sub.annotation,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                path = f"{prefix}.{sub_name}"
+                lines += ["", f"### `{path}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+                lines += _rows(candidate, f"{path}.") + _subsections(candidate, path)
+    return lines

@@ -78,7 +78,7 @@ def tokenizer_corpus() -> list[str]:
 
 
 def _model_settings(cfg: RunConfig) -> dict:
-    return cfg.model.tiny.model_dump()
+    return cfg.model.tiny.model_dump(exclude={"pretrain"})  # the random model's; the pretrained base has its own
 
 
 def _data_settings(cfg: RunConfig) -> dict:
@@ -96,15 +96,25 @@ def check_built(cfg: RunConfig) -> None:
 
 
 def ensure_model(cfg: RunConfig) -> str:
-    """The model path; builds the tiny model there first when the config asks for one and it is missing."""
+    """The path of the model rounds start from; builds the tiny model first when the config asks for one and it is
+    missing, and with model.tiny.pretrain its pretrained base (beside it, keyed on its settings; needs Ray)."""
     if cfg.model.tiny is None:
         return cfg.model.path
     from r3v_ray.models.tiny import TinySpec, build_tiny_model
 
-    spec = TinySpec(**cfg.model.tiny.model_dump())
+    spec = TinySpec(**_model_settings(cfg))
     if not store.exists(cfg.model.path):
         log.info("building the tiny model into %s", cfg.model.path)
-    return _build_atomically(cfg.model.path, lambda tmp: build_tiny_model(tmp, spec, corpus=tokenizer_corpus()), _model_settings(cfg))
+    built = _build_atomically(cfg.model.path, lambda tmp: build_tiny_model(tmp, spec, corpus=tokenizer_corpus()),
+                              _model_settings(cfg))
+    if cfg.model.tiny.pretrain is None:
+        return built
+    from r3v_ray.pipeline.pretrain import build_pretrained, pretrain_settings, pretrained_path
+
+    target = pretrained_path(cfg)
+    if not store.exists(target):
+        log.info("pretraining the tiny model into %s", target)
+    return _build_atomically(target, lambda tmp: build_pretrained(tmp, cfg, built), pretrain_settings(cfg))
 
 
 def ensure_data(cfg: RunConfig) -> str:

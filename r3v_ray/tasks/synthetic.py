@@ -242,6 +242,55 @@ class SyntheticTask(Task):
                 metadata={"layout": layout, "qtype": qtype, "colors": [c1, c2], "grid": self.params.grid},
             )
 
+    def pool_records(self, n: int, seed: int, exclude: set[tuple]) -> list[Record]:
+        """`n` captioned images for pretraining a tiny base (r3v_ray/pipeline/pretrain.py), none with a layout in
+        `exclude` (the task's questions' layouts, as tuples) and none twice. Their own generator and "pool-" ids,
+        so the task's data is the same with or without a pool."""
+        rng = random.Random(f"r3v-synthetic-pool-{seed}")
+        seen, records = set(exclude), []
+        for _ in range(100 * n):  # bounded: a small grid may have fewer free layouts than asked for
+            if len(records) == n:
+                break
+            layout = self.random_layout(rng)
+            if tuple(layout) in seen:
+                continue
+            seen.add(tuple(layout))
+            records.append(Record(id=f"pool-{len(records):05d}", question="", answer="",
+                                  metadata={"layout": layout, "grid": self.params.grid}))
+        if len(records) < n:
+            raise ValueError(f"synthetic task: only {len(records)} pool images whose layout no question has, "
+                             f"{n} asked for (grid {self.params.grid}, colors {list(self.params.colors)})")
+        return records
+
+    def count_statement(self, layout: list[str | None], rng: random.Random) -> tuple[str, str]:
+        """(prompt, target): counts of one to three of the colours (or all objects), in a random order, stated as
+        a rationale states them ("Blue objects: 1. Red objects: 2.")."""
+        names = rng.sample(["all", *self.params.colors], rng.randint(1, min(3, len(self.params.colors) + 1)))
+        asked = " and ".join(f"{name} objects" for name in names)
+        return f"State the number of {asked}.", _terms(layout, names)[0]
+
+    def arithmetic_examples(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """(prompt, target) pairs of the arithmetic the rationales do, in their form: sums and differences of
+        counts (as many terms as a route reads), comparisons, and products where the task asks them."""
+        p = self.params
+        rng = random.Random(f"r3v-synthetic-arithmetic-{seed}")
+        kinds = ["+", "-", "compare"] + (["x"] if "product" in p.question_types else [])
+        pairs = []
+        for _ in range(n):
+            kind = rng.choice(kinds)
+            if kind == "compare":
+                a, b = rng.randint(0, p.max_objects), rng.randint(0, p.max_objects)
+                relation = "more than" if a > b else "not more than"
+                pairs.append((f"Is {a} more than {b}?", f"{a} is {relation} {b}."))
+                continue
+            terms = 2 if kind == "x" else rng.randint(2, max(2, len(p.colors)))
+            counts = [rng.randint(0, p.max_objects) for _ in range(terms)]
+            if kind == "-":  # all objects minus some colours: the first term is at least the rest
+                counts[0] = rng.randint(sum(counts[1:]), max(sum(counts[1:]), p.max_objects))
+            _, line = _arithmetic(counts, kind)
+            pairs.append((f"Compute {line.split(' = ')[0]}.", line))
+        return pairs
+
     def caption(self, record: Record) -> str | None:
         layout = record.metadata.get("layout")
         return caption(layout, self.params.colors) if layout is not None else None
