@@ -90,6 +90,7 @@ def test_submitter_sends_absolute_paths_and_refuses_before_submitting(tmp_path, 
     assert os.path.isdir(tmp_path / "runs" / "synthetic-data")
 
 
+@pytest.mark.slow  # starts a head node
 def test_every_address_form_leads_to_the_same_cluster(head):
     """The dashboard URL and the GCS address are one cluster's: each is turned into the other."""
     from r3v_ray.cluster.connect import AddressError, cluster_address
@@ -117,6 +118,7 @@ print("worker:", ray.get(state_api_in_a_worker.remote()))
 """
 
 
+@pytest.mark.slow  # two head nodes and a submitted job: about a minute each
 @pytest.mark.parametrize("driver", ["plain ray.init()", "r3v's ensure_ray"])
 def test_a_jobs_workers_reach_the_state_api_of_their_own_cluster_beside_another(head, tmp_path, driver):
     """With a second Ray cluster on the machine, a worker of a submitted job that asks Ray's state API without an

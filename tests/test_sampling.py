@@ -311,7 +311,8 @@ def kill_rows_and_expected(synthetic_data_dir, tiny_model_dir):
     return rows, [(r["question_id"], i, text) for r, o in zip(rows, outputs) for i, text in enumerate(o.texts)]
 
 
-@pytest.mark.parametrize("no_restart", [False, True], ids=["crash-restarted", "killed-for-good"])
+@pytest.mark.parametrize("no_restart", [False, pytest.param(True, marks=pytest.mark.slow)],  # for good: ~70 s
+                         ids=["crash-restarted", "killed-for-good"])
 def test_a_killed_sampler_still_yields_complete_duplicate_free_output(ray_local, tiny_model_dir, kill_rows_and_expected, tmp_path, no_restart):
     rows, expected = kill_rows_and_expected
     cfg, params = KILL_CFG, KILL_PARAMS
