@@ -81,7 +81,8 @@ def _model_settings(cfg: RunConfig) -> dict:
     return cfg.model.tiny.model_dump(exclude={"pretrain"})  # the random model's; the pretrained base has its own
 
 
-def _data_settings(cfg: RunConfig) -> dict:
+def data_settings(cfg: RunConfig) -> dict:
+    """What the built-in task's data directory is stamped with (and the pretrained base keyed on)."""
     return {"params": cfg.task.params, "num_train": cfg.task.num_train, "num_test": cfg.task.num_test,
             "data_seed": cfg.task.data_seed}
 
@@ -92,7 +93,7 @@ def check_built(cfg: RunConfig) -> None:
     if cfg.model.tiny is not None:
         _check_stamp(cfg.model.path, json.loads(json.dumps(_model_settings(cfg), sort_keys=True)))
     if cfg.task.name == "synthetic":
-        _check_stamp(cfg.task.data_dir, json.loads(json.dumps(_data_settings(cfg), sort_keys=True)))
+        _check_stamp(cfg.task.data_dir, json.loads(json.dumps(data_settings(cfg), sort_keys=True)))
 
 
 def ensure_model(cfg: RunConfig) -> str:
@@ -127,4 +128,4 @@ def ensure_data(cfg: RunConfig) -> str:
     if not store.exists(cfg.task.data_dir):
         log.info("writing the synthetic task into %s", cfg.task.data_dir)
     build = lambda tmp: task.write_dataset(tmp, cfg.task.num_train, cfg.task.num_test, cfg.task.data_seed)  # noqa: E731
-    return _build_atomically(cfg.task.data_dir, build, _data_settings(cfg))
+    return _build_atomically(cfg.task.data_dir, build, data_settings(cfg))

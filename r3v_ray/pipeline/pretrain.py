@@ -19,6 +19,7 @@ from pathlib import Path
 from r3v_ray.run import store
 from r3v_ray.config import RunConfig, TrainingConfig
 from r3v_ray.method.prompts import CAPTION_PROMPTS
+from r3v_ray.pipeline.prepare import data_settings
 
 _TRAINING_KEPT = ("global_batch_size", "micro_batch_size", "max_seq_len", "zero_stage", "bf16", "seed")
 
@@ -33,10 +34,9 @@ def pretrain_training(cfg: RunConfig) -> TrainingConfig:
 
 def pretrain_settings(cfg: RunConfig) -> dict:
     """Everything that changes the pretrained base: the tiny model with its pretrain section, the task's data (its
-    questions are kept out of the pool), the training settings and the number of workers (the data split)."""
+    questions are kept out of the pool: the settings its data directory is stamped with), the training settings and the number of workers (the data split)."""
     return {"tiny": cfg.model.tiny.model_dump(mode="json"),
-            "task": {"params": cfg.task.params, "num_train": cfg.task.num_train, "num_test": cfg.task.num_test,
-                     "data_seed": cfg.task.data_seed},
+            "task": data_settings(cfg),
             "training": pretrain_training(cfg).model_dump(mode="json"),
             "num_train_workers": cfg.resources.num_train_workers}
 
