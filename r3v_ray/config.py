@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # How many wordings of the perception prompt r3v_ray/method/prompts.py CAPTION_PROMPTS holds (reflect.warmup_captions
 # draws that many at most; tests/test_layout.py keeps the two equal, so the config need not import the prompts).
@@ -51,14 +51,6 @@ class TinyPretrainConfig(_Strict):
     epochs: float = Field(5.0, gt=0.0, description="passes over the pool")
     lr: float = Field(3e-3, gt=0.0, description="peak learning rate of the pretraining")
 
-    @model_serializer(mode="wrap")
-    def _counts_once_set(self, handler):
-        # Written out (digests, the base's cache key) only once set: the bases built before it keep their key.
-        data = handler(self)
-        if data.get("counts") == 0:
-            del data["counts"]
-        return data
-
 
 class TinyModelConfig(_Strict):
     """Sizes for the locally built tiny model (r3v_ray/models/tiny.py TinySpec takes its defaults from here, so
@@ -83,18 +75,6 @@ class TinyModelConfig(_Strict):
     seed: int = Field(0, description="seed of the random initialisation")
     pretrain: TinyPretrainConfig | None = Field(None, description="unset: rounds start from the random model; set: "
                                                 "from a base pretrained once on perception and arithmetic")
-
-    @model_serializer(mode="wrap")
-    def _family_once_set(self, handler):
-        # Written out (config.yaml, the digest, the tiny model's build stamp) only when it is not qwen2_vl, the
-        # family of every tiny model before families existed: their runs resume and their directories are reused.
-        # `pretrain` likewise only once set.
-        data = handler(self)
-        if data.get("family") == "qwen2_vl":
-            del data["family"]
-        if data.get("pretrain", 0) is None:
-            del data["pretrain"]
-        return data
 
 
 class ModelConfig(_Strict):
@@ -492,9 +472,6 @@ class RunConfig(_Strict):
     # Sections that change no round's outputs: how many rounds, where and on what the stages run, serving, and how
     # the run reports itself.
     NOT_HASHED: ClassVar[tuple[str, ...]] = ("name", "rounds", "resources", "serve", "storage", "monitoring")
-    _HASHED_ONCE_SET = (("evaluation", "scaling_ns"), ("evaluation", "num_candidates"),
-                        ("evaluation", "select_max_new_tokens"))
-    _HASHED_UNLESS_DEFAULT = (("task", "allow_external_images"), ("task", "max_image_pixels"))
 
     def digest(self) -> str:
         """A stable hash of what decides a round's outputs (manifests record it to refuse resuming under a
@@ -505,16 +482,6 @@ class RunConfig(_Strict):
     def hashed(self) -> dict:
         """What `digest` hashes: the config less scheduling and storage, with local paths made absolute."""
         data = self.model_dump(mode="json", exclude=set(self.NOT_HASHED))
-        # Fields added after runs existed are hashed only once set, so those runs keep their digest and resume.
-        for section, key in self._HASHED_ONCE_SET:
-            if data[section][key] is None:
-                del data[section][key]
-        for section, key in self._HASHED_UNLESS_DEFAULT:
-            if data[section][key] == type(getattr(self, section)).model_fields[key].default:
-                del data[section][key]
-        # LoRA's family default is hashed as the list it replaced (the Qwen2 families' own): those runs resume.
-        if data["training"]["lora"]["target_modules"] is None:
-            data["training"]["lora"]["target_modules"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
         # task.data_dir is always a location; model.path is one when the tiny model is built there or it
         # exists here (otherwise it is a hub name such as Qwen/Qwen2-VL-7B-Instruct).
         local = {"data_dir": True, "path": self.model.tiny is not None or os.path.exists(self.model.path)}

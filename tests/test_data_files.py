@@ -188,7 +188,7 @@ def test_an_image_over_the_pixel_limit_is_skipped_from_its_header_before_decodin
     assert [r.id for r in records] == ["g0"] and [s.record_id for s in report.skipped] == ["g1", "g2"]
 
 
-def test_the_new_task_settings_leave_existing_runs_digest_alone():
+def test_the_image_limits_are_part_of_the_digest():
     base = RunConfig()
     assert RunConfig(task={"max_image_pixels": base.task.max_image_pixels}).digest() == base.digest()
     assert RunConfig(task={"allow_external_images": True}).digest() != base.digest()

@@ -474,13 +474,9 @@ def test_a_tokenizer_without_the_familys_image_token_is_refused(tiny_model_dir, 
 # -- configs --------------------------------------------------------------------------------------------------------
 
 
-def test_the_tiny_familys_default_and_lora_default_leave_the_demo_digest_as_before():
+def test_the_tiny_family_is_part_of_the_digest_and_checked_when_the_config_loads():
     demo = load_config(ROOT / "configs" / "demo.yaml")
-    hashed = demo.hashed()
-    # What runs made before model families hashed: no tiny family, LoRA's old default list.
-    assert "family" not in hashed["model"]["tiny"]
-    assert hashed["training"]["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert demo.model.tiny.family == "qwen2_vl" and demo.training.lora.target_modules is None
+    assert demo.model.tiny.family == "qwen2_vl" and demo.hashed()["model"]["tiny"]["family"] == "qwen2_vl"
     other = load_config(ROOT / "configs" / "demo.yaml", ["model.tiny.family=qwen3_vl"])
     assert other.digest() != demo.digest()
     with pytest.raises(Exception, match="model.tiny.family"):

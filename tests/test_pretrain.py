@@ -98,16 +98,6 @@ def test_count_statements_state_the_image_counts_of_the_colours_asked_in_the_ord
     assert len(seen_orders) > 10  # orders and subsets vary, unlike the captions'
 
 
-def test_counts_unset_leave_the_key_of_the_bases_built_before_it():
-    assert "counts" not in config().model.tiny.pretrain.model_dump()
-
-
-def test_unset_pretrain_leaves_the_config_and_its_digest_as_before():
-    cfg = config(pretrain=None)
-    assert "pretrain" not in cfg.model.tiny.model_dump()
-    assert "pretrain" not in cfg.to_yaml()
-
-
 @pytest.mark.parametrize("change", [
     {"model": {"tiny": {"pretrain": {**SMALL, "lr": 2.0e-3}}}},
     {"model": {"tiny": {"pretrain": {**SMALL, "data_seed": 2}}}},
