@@ -228,81 +228,111 @@ def _changed(model, base) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(p, base.get_parameter(n))}
 
 
+@pytest.fixture(scope="module")
+def family_round(family, model_dir, data_dir, task, task_params, ray_local, tmp_path_factory) -> dict:
+    """A round of the family's tiny model: S=2 rationales per training question sampled by the hf engine through
+    the Ray Data pool, R3V's training data built from them, then full fine-tuning and LoRA, each exported as a
+    Hugging Face directory: {"cfg", "out" (a directory), "stats", "samples", "examples", "build_stats", "trained"
+    ({finetune: (result, checkpoint)})}. Read it only."""
+    from r3v_ray.method.reflect import build_training_data
+    from r3v_ray.pipeline.sampling import params_from_config, records_to_rows, sample
+    from r3v_ray.training import train, write_examples
+
+    out = tmp_path_factory.mktemp(f"round-{family.name}")
+    cfg = _config(family, model_dir, data_dir, task_params, out / "runs")
+    train_records = list(task.read(data_dir, "train"))
+    samples_uri = str(out / "samples.parquet")
+    stats = sample(cfg, model_dir, records_to_rows(train_records, task), samples_uri,
+                   params_from_config(cfg.sampling, seed=cfg.seed), round_index=1)
+    samples = store.read_parquet(samples_uri).to_pylist()
+    examples, build_stats = build_training_data(_teacher_pool(train_records, samples),
+                                                {r.id: r for r in train_records}, task, cfg.reflect, 1)
+    train_uri = str(out / "train.parquet")
+    write_examples(train_uri, examples)
+    trained = {}
+    for finetune, extra in (("full", {}), ("lora", {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})):
+        tcfg = _config(family, model_dir, data_dir, task_params, out / "runs", training={"finetune": finetune, **extra})
+        checkpoint = str(out / f"checkpoint-{finetune}")
+        trained[finetune] = (train(tcfg, train_uri, model_dir, checkpoint, round_index=1), checkpoint)
+    return {"cfg": cfg, "out": out, "stats": stats, "samples": samples, "num_train": len(train_records),
+            "examples": examples, "build_stats": build_stats, "trained": trained}
+
+
 @pytest.mark.slow
-def test_each_family_samples_trains_full_and_lora_exports_reloads_evaluates_and_serves(
-        family, model_dir, data_dir, task, task_params, ray_local, serve_url, tmp_path):
+def test_each_family_samples_through_the_ray_data_pool(family_round):
+    assert family_round["stats"].skipped == [] and len(family_round["samples"]) == 2 * family_round["num_train"]
+    assert all(s["n_tokens"] >= 1 for s in family_round["samples"])
+
+
+@pytest.mark.slow
+def test_each_familys_samples_build_every_kind_of_example(family_round):
+    assert {e["task"] for e in family_round["examples"]} == {"sft", "refine", "select", "warmup"}, \
+        family_round["build_stats"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_each_familys_fine_tune_trains_every_example_and_leaves_the_vision_tower_frozen(
+        family_round, family, model_dir, finetune):
+    result, checkpoint = family_round["trained"][finetune]
+    assert result.metrics["examples"] == len(family_round["examples"]) and result.metrics["skipped_too_long"] == 0
+    base = load_model(model_dir)
+    vision = [n for n, _ in base.named_parameters() if family.is_vision(n)]
+    assert vision and any(".merger." in n for n in vision)
+    changed = _changed(load_model(checkpoint), base)
+    assert changed and not [n for n in changed if family.is_vision(n)]
+
+
+@pytest.mark.slow
+def test_each_familys_lora_adapts_its_target_modules(family_round, family, model_dir):
+    changed = _changed(load_model(family_round["trained"]["lora"][1]), load_model(model_dir))
+    adapted = {n.rsplit(".", 2)[-2] for n in changed}
+    assert adapted <= set(family.lora_targets), adapted
+    if family.name == "qwen3_5":  # its linear-attention layers are adapted too
+        assert {"in_proj_qkv", "out_proj"} <= adapted, adapted
+
+
+@pytest.mark.slow
+def test_each_familys_evaluation_records_what_an_engine_on_the_checkpoint_generates(family_round, family, task,
+                                                                                   data_dir):
+    # Reload and evaluate the full fine-tune: Test@1 from the greedy pass is what an hf engine on it says.
+    from r3v_ray.pipeline.evaluate import evaluate
+
+    checkpoint, out = family_round["trained"]["full"][1], family_round["out"]
+    test_records = list(task.read(data_dir, "test"))
+    metrics = evaluate(family_round["cfg"], checkpoint, test_records, task, str(out / "eval"), 1)
+    assert metrics["num_questions"] == len(test_records) and metrics["skipped"] == []
+    assert {"test@1", "oracle@2", "majority@2", "select@2"} <= set(metrics)
+    engine = create_engine("hf", checkpoint, torch_threads=1)
+    assert engine.processor.family is family
+    requests_ = [GenerationRequest(task.cot_prompt(r), load_image(r.image), r.id) for r in test_records]
+    greedy = engine.generate(requests_, SamplingParams(max_new_tokens=MAX_NEW))
+    written = {r["question_id"]: r["rationale"] for r in store.read_parquet(str(out / "eval" / "greedy.parquet")).to_pylist()}
+    assert written == {r.id: o.texts[0] for r, o in zip(test_records, greedy)}
+
+
+@pytest.mark.slow
+def test_each_familys_lora_checkpoint_served_answers_as_the_same_selection_in_process(
+        family_round, family, task, data_dir, serve_url):
     import requests
     from ray import serve
 
-    from r3v_ray.pipeline.evaluate import evaluate
-    from r3v_ray.method.reflect import build_training_data
-    from r3v_ray.pipeline.sampling import params_from_config, records_to_rows, sample
     from r3v_ray.serving.app import build_app
     from r3v_ray.serving.checkpoint import resolve
     from r3v_ray.serving.parsing import parse_select
     from r3v_ray.serving.selector import select_in_process
-    from r3v_ray.training import train, write_examples
 
-    cfg = _config(family, model_dir, data_dir, task_params, tmp_path / "runs")
-    train_records = list(task.read(data_dir, "train"))
-    test_records = list(task.read(data_dir, "test"))
-
-    # A round of sampling with the hf engine: S=2 rationales per question through the Ray Data pool.
-    samples_uri = str(tmp_path / "samples.parquet")
-    stats = sample(cfg, model_dir, records_to_rows(train_records, task), samples_uri,
-                   params_from_config(cfg.sampling, seed=cfg.seed), round_index=1)
-    samples = store.read_parquet(samples_uri).to_pylist()
-    assert stats.skipped == [] and len(samples) == 2 * len(train_records)
-    assert all(s["n_tokens"] >= 1 for s in samples)
-
-    # R3V's training data from the pool, then full fine-tuning and LoRA, each exported as a Hugging Face directory.
-    examples, build_stats = build_training_data(_teacher_pool(train_records, samples),
-                                                {r.id: r for r in train_records}, task, cfg.reflect, 1)
-    assert {e["task"] for e in examples} == {"sft", "refine", "select", "warmup"}, build_stats
-    train_uri = str(tmp_path / "train.parquet")
-    write_examples(train_uri, examples)
-    base = load_model(model_dir)
-    vision = [n for n, _ in base.named_parameters() if family.is_vision(n)]
-    assert vision and any(".merger." in n for n in vision)
-    exported = {}
-    for finetune, extra in (("full", {}), ("lora", {"lr": 1e-2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})):
-        tcfg = _config(family, model_dir, data_dir, task_params, tmp_path / "runs",
-                       training={"finetune": finetune, **extra})
-        out = str(tmp_path / f"checkpoint-{finetune}")
-        result = train(tcfg, train_uri, model_dir, out, round_index=1)
-        assert result.metrics["examples"] == len(examples) and result.metrics["skipped_too_long"] == 0
-        trained = load_model(out)
-        changed = _changed(trained, base)
-        assert changed and not [n for n in changed if family.is_vision(n)]  # the vision tower stayed frozen
-        if finetune == "lora":
-            adapted = {n.rsplit(".", 2)[-2] for n in changed}
-            assert adapted <= set(family.lora_targets), adapted
-            if family.name == "qwen3_5":  # its linear-attention layers are adapted too
-                assert {"in_proj_qkv", "out_proj"} <= adapted, adapted
-        exported[finetune] = out
-
-    # Reload and evaluate the full fine-tune: Test@1 from the greedy pass is what an hf engine on it says.
-    metrics = evaluate(cfg, exported["full"], test_records, task, str(tmp_path / "eval"), 1)
-    assert metrics["num_questions"] == len(test_records) and metrics["skipped"] == []
-    assert {"test@1", "oracle@2", "majority@2", "select@2"} <= set(metrics)
-    engine = create_engine("hf", exported["full"], torch_threads=1)
-    assert engine.processor.family is family
-    requests_ = [GenerationRequest(task.cot_prompt(r), load_image(r.image), r.id) for r in test_records]
-    greedy = engine.generate(requests_, SamplingParams(max_new_tokens=MAX_NEW))
-    written = {r["question_id"]: r["rationale"] for r in store.read_parquet(str(tmp_path / "eval" / "greedy.parquet")).to_pylist()}
-    assert written == {r.id: o.texts[0] for r, o in zip(test_records, greedy)}
-
-    # One request to the LoRA checkpoint served by Ray Serve: what the same selection gives in this process.
+    cfg, lora = family_round["cfg"], family_round["trained"]["lora"][1]
+    record = next(iter(task.read(data_dir, "test")))
     app_name = f"r3v-{family.name}"
-    serve.run(build_app(cfg, resolve(checkpoint=exported["lora"])), name=app_name, route_prefix=f"/{family.name}")
+    serve.run(build_app(cfg, resolve(checkpoint=lora)), name=app_name, route_prefix=f"/{family.name}")
     try:
-        image = task.render(test_records[0])
-        body = {"question": task.question_text(test_records[0]), "image": _png_b64(image), "n": 2,
+        body = {"question": task.question_text(record), "image": _png_b64(task.render(record)), "n": 2,
                 "strategy": "self_select", "sampling": {"seed": 5}}
         reply = requests.post(f"{serve_url}/{family.name}/v1/select", json=body, timeout=300)
         assert reply.status_code == 200, reply.text
         served = reply.json()
-        direct = select_in_process(create_engine("hf", exported["lora"], torch_threads=1), task,
+        direct = select_in_process(create_engine("hf", lora, torch_threads=1), task,
                                    parse_select(body, cfg.serve, cfg.evaluation.select_budget))
         assert [c["text"] for c in served["candidates"]] == [c.text for c in direct.candidates]
         assert (served["answer"], served["selector_text"]) == (direct.answer, direct.selector_text)

@@ -3,9 +3,10 @@
 Every finished stage records the size and sha256 of what it wrote in its round manifest (a published directory:
 its marker's digest, the files' records being in the marker). Fast tests cover the records, the checks (local and
 on a real S3 server), a manifest that cannot be read, serving's refusal of a damaged newest round and --force
-redoing a damaged stage. The slow test kills a sampler actor, a train worker and the driver of a two-round run,
-compares its outputs byte for byte with the undisturbed run (conftest's `tiny_two_round_run`, shared with
-tests/test_storage.py), then damages it the ways issue 16 found and checks what the commands say.
+redoing a damaged stage. The slow tests share one two-round run whose sampler actor, train worker and driver were
+killed (the `disturbed_run` fixture): it is compared byte for byte with the undisturbed run (conftest's
+`tiny_two_round_run`, shared with tests/test_storage.py), then copies of it are damaged the ways issue 16 found and
+what the commands say is checked.
 """
 
 from __future__ import annotations
@@ -246,19 +247,21 @@ def _outputs(run: Path, k: int) -> dict:
     return {s: {rel: r["sha256"] for rel, r in (manifest.outputs(s) or {}).items()} for s in manifest.stages}
 
 
-@pytest.mark.slow
-def test_a_run_whose_sampler_train_worker_and_driver_are_killed_leaves_an_undisturbed_runs_bytes(
-        ray_local, tmp_path, tiny_two_round_run, tiny_model_dir, synthetic_data_dir, capsys):
-    ref = tiny_two_round_run  # run first: it also builds DeepSpeed's shared op, which a killed build would wedge
-    config = tiny_run_config(tmp_path / "c.yaml", ref["name"], str(tmp_path / "runs"), tiny_model_dir,
-                             synthetic_data_dir, tmp_path / "cache")
-    run = tmp_path / "runs" / ref["name"]
-    env = subprocess_env()
-    env["RAY_ADDRESS"] = ray_local.get_runtime_context().gcs_address  # this test's Ray: it sees every actor
+@pytest.fixture(scope="module")
+def disturbed_run(ray_local, tiny_two_round_run, tiny_model_dir, synthetic_data_dir, tmp_path_factory) -> dict:
+    """`tiny_two_round_run`'s config run again by jobs/selftrain.py in this module's Ray, with a train worker of
+    round 0, round 1's sampler (a batch in flight) and then the driver (round 1 sampled) killed, then run once more
+    to the end: {"run", "ref", "killed", "actors" (the state API's after the kill), "resumed" (its output)}. Read
+    it only: the damage tests take a copy (`_copy`)."""
+    base = tmp_path_factory.mktemp("disturbed")
+    config = tiny_run_config(base / "c.yaml", tiny_two_round_run["name"], str(base / "runs"), tiny_model_dir,
+                             synthetic_data_dir, base / "cache")
+    run = base / "runs" / tiny_two_round_run["name"]
+    env = _env(ray_local)
     cmd = [PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)]
     raylet_pid = ray_local._private.worker._global_node.all_processes["raylet"][0].process.pid
     killed: dict[str, dict] = {}
-    log_path = tmp_path / "first.log"
+    log_path = base / "first.log"
     with open(log_path, "w") as log:
         driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
@@ -288,57 +291,104 @@ def test_a_run_whose_sampler_train_worker_and_driver_are_killed_leaves_an_undist
 
     from ray._private.state import actors
 
-    now = actors()
-    assert now[killed["worker"]["ActorID"]]["State"] == "DEAD"
-    assert any(a["ActorClassName"] == "RayTrainWorker" and a["StartTime"] / 1000 > killed["worker"]["at"]
+    after_kill = actors()
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    resumed = second.stdout + second.stderr
+    assert second.returncode == 0, resumed[-4000:]
+    return {"run": run, "ref": tiny_two_round_run["run"], "killed": killed, "actors": after_kill,
+            "resumed": resumed}
+
+
+def _env(ray) -> dict:
+    env = subprocess_env()
+    env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # this module's Ray: the test sees every actor
+    return env
+
+
+def _copy(disturbed: dict, tmp_path: Path, tiny_model_dir: str, synthetic_data_dir: str) -> tuple[Path, list[str]]:
+    """A copy of the disturbed run to damage, and the command that runs it."""
+    run = tmp_path / "runs" / disturbed["run"].name
+    shutil.copytree(disturbed["run"], run)
+    config = tiny_run_config(tmp_path / "c.yaml", run.name, str(tmp_path / "runs"), tiny_model_dir,
+                             synthetic_data_dir, tmp_path / "cache")
+    return run, [PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)]
+
+
+@pytest.mark.slow
+def test_a_killed_train_worker_group_is_replaced(disturbed_run):
+    killed, now = disturbed_run["killed"]["worker"], disturbed_run["actors"]
+    assert now[killed["ActorID"]]["State"] == "DEAD"
+    assert any(a["ActorClassName"] == "RayTrainWorker" and a["StartTime"] / 1000 > killed["at"]
                for a in now.values()), "no new train worker group after the kill"
-    samplers = [a for a in now.values() if a["ActorClassName"].startswith("MapWorker")
-                and a["StartTime"] / 1000 > killed["sampler"]["after"]]
+
+
+@pytest.mark.slow
+def test_a_sampler_killed_with_a_batch_in_flight_is_restarted(disturbed_run):
+    after = disturbed_run["killed"]["sampler"]["after"]
+    samplers = [a for a in disturbed_run["actors"].values()
+                if a["ActorClassName"].startswith("MapWorker") and a["StartTime"] / 1000 > after]
     assert any(a["NumRestarts"] >= 1 for a in samplers), samplers  # restarted by Ray Data, its batch retried
 
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    out = second.stdout + second.stderr
-    assert second.returncode == 0, out[-4000:]
+
+@pytest.mark.slow
+def test_a_run_whose_driver_was_killed_resumes_after_its_last_finished_stage(disturbed_run):
+    out = disturbed_run["resumed"]
     assert "round 0 already finished under this config, skipped" in out
     assert "round 1] stage sample: already done" in out and "round 1] stage train: starting" in out
 
-    # The bytes of the undisturbed run: the samples, every eval.json, and every other recorded output (the
-    # rationales behind each number, the checkpoints' files).
-    for rel in ("round-001/samples.parquet", "round-000/eval.json", "round-001/eval.json"):
-        assert (run / rel).read_bytes() == (ref["run"] / rel).read_bytes(), rel
-    for k in (0, 1):
-        assert _outputs(run, k) == _outputs(ref["run"], k)
 
-    # Damaged the ways issue 16 found. A truncated samples.parquet of the finished round: named, with what to do.
+@pytest.mark.slow
+def test_a_disturbed_run_leaves_the_bytes_of_an_undisturbed_one(disturbed_run):
+    # The samples, every eval.json, and every other recorded output (the rationales behind each number, the
+    # checkpoints' files).
+    run, ref = disturbed_run["run"], disturbed_run["ref"]
+    for rel in ("round-001/samples.parquet", "round-000/eval.json", "round-001/eval.json"):
+        assert (run / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    for k in (0, 1):
+        assert _outputs(run, k) == _outputs(ref, k)
+
+
+# Damaged the ways issue 16 found.
+
+@pytest.mark.slow
+def test_a_truncated_samples_file_is_named_with_what_to_do_and_force_rewrites_its_bytes(
+        disturbed_run, ray_local, tmp_path, tiny_model_dir, synthetic_data_dir):
+    run, cmd = _copy(disturbed_run, tmp_path, tiny_model_dir, synthetic_data_dir)
     samples = run / "round-001" / "samples.parquet"
     good = samples.read_bytes()
     samples.write_bytes(good[: len(good) // 2])
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=ROOT, env=_env(ray_local), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2
     assert f"{samples} is {len(good) // 2} bytes, but {len(good)} were recorded" in again.stderr
     assert "--from-round 1 --force" in again.stderr and "Traceback" not in again.stderr
+
     # Redone as it says: the same bytes again, so nothing made from them is redone.
-    forced = subprocess.run(cmd + ["--from-round", "1", "--force"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    forced = subprocess.run(cmd + ["--from-round", "1", "--force"], cwd=ROOT, env=_env(ray_local),
+                            capture_output=True, text=True, timeout=600)
     out = forced.stdout + forced.stderr
     assert forced.returncode == 0, out[-4000:]
     assert samples.read_bytes() == good and "stage sample: its outputs are the same bytes as before" in out
     assert all(f"round 1] stage {s}: already done" in out for s in ("build", "train", "eval"))
 
-    # A garbage manifest.json: the error names it.
+
+@pytest.mark.slow
+def test_a_garbage_manifest_is_named(disturbed_run, ray_local, tmp_path, tiny_model_dir, synthetic_data_dir):
+    run, cmd = _copy(disturbed_run, tmp_path, tiny_model_dir, synthetic_data_dir)
     manifest = run / "round-001" / "manifest.json"
-    kept = manifest.read_bytes()
     manifest.write_bytes(b"{\x00 not a manifest")
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=ROOT, env=_env(ray_local), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and f"{manifest} cannot be read as round 1's manifest" in again.stderr
     assert "Traceback" not in again.stderr
-    manifest.write_bytes(kept)
 
+
+@pytest.mark.slow
+def test_a_deleted_checkpoint_is_refused_by_serving_and_by_the_run(
+        disturbed_run, ray_local, tmp_path, tiny_model_dir, synthetic_data_dir, capsys):
     # checkpoint/ deleted while the manifest says train is done: serving refuses the round (no older one instead),
     # and so does the run.
+    run, cmd = _copy(disturbed_run, tmp_path, tiny_model_dir, synthetic_data_dir)
     shutil.rmtree(run / "round-001" / "checkpoint")
-    capsys.readouterr()
     assert r3v(["serve", "--run-dir", str(run)]) == 2
     assert f"{run / 'round-001' / 'checkpoint'} is missing: round 1's train stage" in capsys.readouterr().err
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=ROOT, env=_env(ray_local), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and f"{run / 'round-001' / 'checkpoint'} is missing" in again.stderr

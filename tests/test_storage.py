@@ -1,8 +1,8 @@
 """Run directories on object storage: a real S3-compatible server (moto's standalone server) on 127.0.0.1.
 
 Fast tests cover the layout object, the one directory publish, the node cache and the start-of-run checks; the
-slow one runs two rounds with storage.root on the server, serves from it, and compares the files it left with a
-local run's.
+slow ones share one two-round run with storage.root on the server (the `s3_run` fixture): watched, served and
+compared with a local run's files.
 """
 
 from __future__ import annotations
@@ -262,26 +262,36 @@ def comparable(paths: set[str]) -> set[str]:
     return out
 
 
-@pytest.mark.slow
-def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3, tmp_path, tiny_model_dir,
-                                                                                 synthetic_data_dir,
-                                                                                 tiny_two_round_run):
+@pytest.fixture(scope="module")
+def s3_run(s3, tmp_path_factory, tiny_model_dir, synthetic_data_dir, tiny_two_round_run) -> dict:
+    """`tiny_two_round_run`'s config with its run directory on the S3 server, run to the end by jobs/selftrain.py:
+    {"name", "run" (its RunDir), "out", "cache" (this node's cache), "seconds"}. Read it only."""
+    base = tmp_path_factory.mktemp("s3-run")
     name = tiny_two_round_run["name"]
-    s3_config = tiny_run_config(tmp_path / "s3.yaml", name, f"s3://{BUCKET}/runs", tiny_model_dir, synthetic_data_dir,
-                                tmp_path / "cache")
+    config = tiny_run_config(base / "s3.yaml", name, f"s3://{BUCKET}/runs", tiny_model_dir, synthetic_data_dir,
+                             base / "cache")
     started = time.time()
-    done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(s3_config)], cwd=ROOT,
+    done = subprocess.run([PY, str(ROOT / "jobs" / "selftrain.py"), "--config", str(config)], cwd=ROOT,
                           env=subprocess_env(), capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    s3_seconds = time.time() - started
-    out = done.stdout + done.stderr
-    assert f"run directory: s3://{BUCKET}/runs/{name}" in out
-    run = RunDir(f"s3://{BUCKET}/runs/{name}")
+    return {"name": name, "run": RunDir(f"s3://{BUCKET}/runs/{name}"), "out": done.stdout + done.stderr, "cache": base / "cache",
+            "seconds": round(time.time() - started, 1)}
+
+
+@pytest.mark.slow
+def test_two_rounds_run_with_their_run_directory_on_s3(s3_run):
+    run = s3_run["run"]
+    assert f"run directory: {run.uri}" in s3_run["out"]
     assert run.rounds() == [0, 1] and all(run.round(k).done("eval") for k in (0, 1))
     assert run.round(1).checkpoint_ready() and store.published(run.round(1).checkpoint)
     ev1 = store.read_json(run.round(1).eval_json)
     assert ev1["num_questions"] == 4 and run.round(1).manifest().stages["eval"]["model"] == run.round(1).checkpoint
-    # Watching it on the bucket: `r3v status`, report.md with its plots, TensorBoard's files (per step and round).
+    print(json.dumps({"s3_run_seconds": s3_run["seconds"]}))
+
+
+@pytest.mark.slow
+def test_status_report_and_tensorboard_of_a_run_on_s3(s3_run):
+    run = s3_run["run"]
     status = subprocess.run([PY, "-m", "r3v_ray.cli", "status", run.uri], cwd=ROOT, env=subprocess_env(),
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "round 1: finished" in status.stdout, status.stdout + status.stderr
@@ -289,16 +299,24 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     report = store.read_text(run.report)
     assert "## Sample pool" in report and "## Training loss" in report and "| 1 | 8 |" in report
     assert all(store.read_bytes(p)[:4] == b"\x89PNG" for p in (run.plot, run.loss_plot, run.samples_plot))
-    events = [p for p in bucket_files(f"runs/{name}/tensorboard") if "/events.out.tfevents." in p]
+    events = [p for p in bucket_files(f"runs/{s3_run['name']}/tensorboard") if "/events.out.tfevents." in p]
     assert sorted(p.partition("/")[0] for p in events) == ["rounds", "train-round-000", "train-round-001"], events
+
+
+@pytest.mark.slow
+def test_a_node_fetches_each_checkpoint_of_a_run_on_s3_into_its_cache_once(s3_run):
     # Evaluation's samplers and round 1's samplers loaded the checkpoints from this node's cache, fetched once each.
-    cached = sorted(p.name for p in (tmp_path / "cache").iterdir() if not p.name.startswith("."))
+    cached = sorted(p.name for p in s3_run["cache"].iterdir() if not p.name.startswith("."))
     assert len(cached) == 2 and all(c.startswith("checkpoint-") for c in cached), cached
 
+
+@pytest.mark.slow
+def test_a_run_on_s3_leaves_the_files_and_bytes_of_a_local_run(s3_run, tiny_two_round_run):
     # The same run on a local disk (conftest's run, shared) leaves the same files at the same relative paths, and
     # the same bytes in every stage output (the manifests record them; a publish id differs, the content not).
-    local_seconds = tiny_two_round_run["seconds"]
-    in_bucket, on_disk = bucket_files(f"runs/{name}"), local_files(tiny_two_round_run["run"])
+    run = s3_run["run"]
+    in_bucket = bucket_files(f"runs/{tiny_two_round_run['name']}")
+    on_disk = local_files(tiny_two_round_run["run"])
     assert comparable(in_bucket) == comparable(on_disk), (comparable(in_bucket) ^ comparable(on_disk))
     assert not [p for p in in_bucket if ".tmp-" in p or ".old-" in p or "access-probe" in p]
     for k in (0, 1):
@@ -307,9 +325,15 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
                 for s in local.stages} == {s: sorted((rel, r["sha256"]) for rel, r in (local.outputs(s) or {}).items())
                                            for s in local.stages}
     assert not tiny_two_round_run["cache"].exists()  # a local run copies nothing
+    print(json.dumps({"s3_run_seconds": s3_run["seconds"], "local_run_seconds": tiny_two_round_run["seconds"]}))
 
-    # Serving from the bucket: `r3v serve --run-dir s3://...` finds round 1 and answers.
+
+@pytest.mark.slow
+def test_serve_answers_from_the_newest_round_of_a_run_on_s3(s3_run, tmp_path):
+    # `r3v serve --run-dir s3://...` finds round 1 and answers.
     import argparse
+    import base64
+    import io
 
     import ray
     import requests
@@ -318,6 +342,7 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     from r3v_ray.serving.launch import add_serve_args, start
     from r3v_ray.tasks import get_task
 
+    run = s3_run["run"]
     port = free_port()
     args = add_serve_args(argparse.ArgumentParser()).parse_args(
         ["--run-dir", run.uri, "--port", str(port), "--set", f"storage.cache_dir={tmp_path / 'serve-cache'}",
@@ -325,11 +350,8 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         url, model_id = start(args)
-        assert model_id == f"{name}-round-1"
+        assert model_id == f"{s3_run['name']}-round-1"
         record = next(get_task("synthetic").generate_records("test", 1, 0))
-        import base64
-        import io
-
         buf = io.BytesIO()
         get_task("synthetic").render(record).save(buf, format="PNG")
         reply = requests.post(f"{url}/v1/select", json={"question": record.question, "n": 2,
@@ -343,7 +365,6 @@ def test_two_rounds_on_s3_then_serving_from_it_leave_the_files_of_a_local_run(s3
     finally:
         serve.shutdown()
         ray.shutdown()
-    print(json.dumps({"s3_run_seconds": round(s3_seconds, 1), "local_run_seconds": round(local_seconds, 1)}))
 
 
 _FULL_DISK = """

@@ -80,13 +80,19 @@ def build_warmup_data(records: list[Record], task: Task, cfg: ReflectConfig) -> 
         keep = set(_rng(cfg.seed, "warmup-cot").sample(range(len(with_rationale)), cfg.warmup_cot))
         chosen = [r for i, r in enumerate(with_rationale) if i in keep]  # keeps the records' order
     examples += [example("warmup", r.id, task.cot_prompt(r), r.rationale, r.image) for r in chosen]
-    if cfg.warmup_captions:
-        for r in records:
-            caption = task.caption(r)
-            if caption:
-                prompts = _rng(cfg.seed, "caption", r.id).sample(CAPTION_PROMPTS, cfg.warmup_captions)
-                examples += [example("warmup", r.id, p, caption, r.image) for p in prompts]
-    return examples
+    return examples + caption_examples(records, task, cfg.warmup_captions, cfg.seed)
+
+
+def caption_examples(records: list[Record], task: Task, n: int, seed: int, stream: str = "caption") -> list[dict]:
+    """`n` perception examples per record whose task gives a caption, each under a different caption prompt (a
+    choice seeded by `seed`, `stream` and the record's id)."""
+    out = []
+    for r in records:
+        caption = task.caption(r) if n else None
+        if caption:
+            out += [example("warmup", r.id, p, caption, r.image)
+                    for p in _rng(seed, stream, r.id).sample(CAPTION_PROMPTS, n)]
+    return out
 
 
 # -- the pool ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from r3v_ray.run import store
 from r3v_ray.config import RunConfig, TrainingConfig
-from r3v_ray.method.prompts import CAPTION_PROMPTS
 from r3v_ray.pipeline.prepare import data_settings
 
 _TRAINING_KEPT = ("global_batch_size", "micro_batch_size", "max_seq_len", "zero_stage", "bf16", "seed")
@@ -60,12 +59,11 @@ def pool_examples(task, records: list, captions: int, arithmetic: list[tuple[str
     seeded order (task.count_statement), and the arithmetic pairs, each shown with a pool image (in
     turn) that it does not ask about: a micro-batch without any image would leave the trained vision tower without
     gradients on its rank, and DeepSpeed's gradient all-reduce then differs in size between the ranks."""
-    from r3v_ray.method.reflect import example
+    from r3v_ray.method.reflect import caption_examples, example
 
     out = []
     for r in records:
-        prompts = random.Random(f"{seed}|pool-caption|{r.id}").sample(CAPTION_PROMPTS, captions)
-        out += [example("warmup", r.id, prompt, task.caption(r), r.image) for prompt in prompts]
+        out += caption_examples([r], task, captions, seed, stream="pool-caption")
         rng = random.Random(f"{seed}|pool-counts|{r.id}")
         out += [example("warmup", r.id, *task.count_statement(r.metadata["layout"], rng), r.image)
                 for _ in range(counts)]
