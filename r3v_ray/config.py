@@ -189,7 +189,8 @@ class TrainingConfig(_Strict):
                                               "tower; lora: adapters (training.lora)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings")
     freeze_vision: bool = Field(True, description="leave the vision tower (every parameter under `visual.`) as "
-                                "it is")
+                                "it is. false: trained, also where a micro-batch has no image (a zero gradient); "
+                                "with zero_stage 3 on several workers every example needs an image")
     init_from: Literal["base", "previous"] = Field("base", description="base: every round starts from the base "
                                                    "model (the paper); previous: from M(k-1)")
     epochs: float = Field(3.0, gt=0.0, description="passes over the round's training set")

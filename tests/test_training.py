@@ -316,6 +316,39 @@ def test_lora_trains_adapters_and_exports_merged_weights(ray_local, tiny_model_d
     assert not any(".visual." in f".{n}" for n in changed)
 
 
+@pytest.mark.slow
+def test_a_trained_vision_tower_trains_on_two_workers_when_a_micro_batch_has_no_image(
+        ray_local, tiny_model_dir, synthetic_data_dir, tmp_path):
+    # One example with an image among text-only ones (a task without images, or the pretraining's arithmetic): each
+    # step one rank's micro-batch has no image. With the vision tower trained, that rank must still give it a
+    # (zero) gradient, or ZeRO's gradient reduction differs between the ranks.
+    from r3v_ray.method.reflect import example
+
+    with_image = _examples(synthetic_data_dir, 1)[0]
+    text = [example("warmup", f"t{i}", f"What is {i} + 1?", f"{i} + 1 = {i + 1}.", None) for i in range(3)]
+    uri = str(tmp_path / "train.parquet")
+    write_examples(uri, [with_image] + text)
+    out = str(tmp_path / "checkpoint")
+    cfg = _cfg(2, freeze_vision=False, epochs=2.0, global_batch_size=4, micro_batch_size=1)
+    result = train(cfg, uri, tiny_model_dir, out, round_index=1)
+    assert result.metrics["steps"] == 2 and result.metrics["examples"] == 4
+    model, base_model = load_model(out), load_model(tiny_model_dir)
+    changed = {n for n, p in model.named_parameters() if not torch.allclose(p, base_model.get_parameter(n))}
+    assert any(".visual." in f".{n}" for n in changed), "the vision tower did not train"
+
+
+def test_zero3_with_a_trained_vision_tower_refuses_examples_without_an_image_before_training(
+        tiny_model_dir, synthetic_data_dir, tmp_path):
+    from r3v_ray.method.reflect import example
+    from r3v_ray.training.trainer import TrainingError
+
+    uri = str(tmp_path / "train.parquet")
+    write_examples(uri, _examples(synthetic_data_dir, 1)[:1] + [example("warmup", "t0", "What is 1 + 1?", "2.", None)])
+    cfg = _cfg(2, freeze_vision=False, zero_stage=3)
+    with pytest.raises(TrainingError, match=r"1 examples have no image \(first: 't0'\), which training.zero_stage 3"):
+        train(cfg, uri, tiny_model_dir, str(tmp_path / "out"), round_index=1)
+
+
 # per_term at alpha = beta = 0 is plain SFT on the SFT/warm-up labels (refine/select in the batches, weight 0); mixture at
 # alpha = beta = 1 is plain SFT on every label, one token mean over the global batch: with 2 workers x 2 micro-batches
 # of 1 it must still be the whole batch's mean, not a mean of means.

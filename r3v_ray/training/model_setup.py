@@ -58,6 +58,12 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def trainable_vision_parameters(model: torch.nn.Module, base_model_path: str) -> list[torch.nn.Parameter]:
+    """The vision tower's parameters that train (none while it is frozen)."""
+    family = family_of(base_model_path)
+    return [p for n, p in model.named_parameters() if p.requires_grad and family.is_vision(n)]
+
+
 def export_hf(model: torch.nn.Module, processor, out_dir: str | Path, base_model_path: str) -> Path:
     """Write a Hugging Face directory that `load_model_and_processor` and the engines load: merged weights
     (LoRA adapters folded in), config, generation config and every processor file."""

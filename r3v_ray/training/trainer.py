@@ -106,6 +106,20 @@ def _summary(state: dict, seconds: float) -> dict[str, Any]:
     return metrics
 
 
+def _refuse_imageless_examples_under_zero3(examples: list[dict], cfg: RunConfig, train_uri: str) -> None:
+    """ZeRO-3 with a trained vision tower on several workers waits forever on a step where one rank's micro-batch has
+    no image (measured: DeepSpeed 0.19 on CPU); ZeRO 0-2 give the tower a zero gradient instead (worker.run_step)."""
+    t = cfg.training
+    if t.zero_stage < 3 or t.freeze_vision or cfg.resources.num_train_workers < 2:
+        return
+    without = [e["question_id"] for e in examples if not e.get("image")]
+    if without:
+        raise TrainingError(
+            f"{train_uri}: {len(without)} examples have no image (first: {without[0]!r}), which training.zero_stage 3 "
+            f"cannot train with the vision tower unfrozen (training.freeze_vision: false) on several workers; use "
+            f"zero_stage 2 or freeze the vision tower")
+
+
 def train(
     cfg: RunConfig,
     train_uri: str,
@@ -137,6 +151,8 @@ def train(
         base_model_path = os.path.abspath(base_model_path)  # a URI is fetched by each worker's node (r3v_ray/run/cache.py)
     if events_uri and not store.is_uri(events_uri):
         events_uri = os.path.abspath(events_uri)  # Ray Train starts its workers in a directory of its own
+    examples = read_examples(train_uri)
+    _refuse_imageless_examples_under_zero3(examples, cfg, train_uri)
     from r3v_ray.cluster.connect import ensure_ray
 
     # Ray Train propagates RAY_TRAIN_* variables to its workers and reads the state-tracking switch here.
@@ -151,7 +167,7 @@ def train(
     base_id = None
     if store.is_uri(base_model_path) or os.path.isdir(base_model_path):  # not a hub name
         base_id = (store.published(base_model_path) or {}).get("id")
-    digest = fingerprint(read_examples(train_uri), base_model_path, cfg, round_index, base_id)
+    digest = fingerprint(examples, base_model_path, cfg, round_index, base_id)
     storage_fs, storage_path = _storage(out_dir)
     verbose = console.verbose()
     mon = cfg.monitoring

@@ -36,7 +36,8 @@ from r3v_ray.training.ds_config import deepspeed_config
 from r3v_ray.method.reflect import TERMS
 from r3v_ray.training.examples import read_examples
 from r3v_ray.training.loss import combine, term_nll_sums, term_token_counts, term_weights
-from r3v_ray.training.model_setup import build_trainable_model, export_hf, trainable_parameters
+from r3v_ray.training.model_setup import (build_trainable_model, export_hf, trainable_parameters,
+                                          trainable_vision_parameters)
 from r3v_ray.training.plan import StepPlan, global_batches, lr_factor, make_plan, worker_micro_batches
 from r3v_ray.training.progress import StepWatch
 
@@ -99,9 +100,11 @@ def _all_reduce_sum(tensor, device):
     return tensor
 
 
-def run_step(engine, batches: list[dict], weights, world_size: int, device, reduction: str = "mixture"
-             ) -> dict[str, Any]:
-    """One optimizer step over this worker's micro-batches; returns the loss and the global per-term token means."""
+def run_step(engine, batches: list[dict], weights, world_size: int, device, reduction: str = "mixture",
+             vision: list | None = None) -> dict[str, Any]:
+    """One optimizer step over this worker's micro-batches; returns the loss and the global per-term token means.
+    `vision`: the trained vision tower's parameters, given a zero gradient by a micro-batch without an image (DeepSpeed
+    reduces the gradients each rank produced: a rank without one for the tower would leave the ranks out of step)."""
     counts = sum(term_token_counts(b["labels"], b["task_ids"]) for b in batches)
     counts = _all_reduce_sum(counts, device)
     scale = world_size * len(batches)
@@ -110,7 +113,10 @@ def run_step(engine, batches: list[dict], weights, world_size: int, device, redu
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = engine(**model_inputs(batch)).logits
         micro_sums = term_nll_sums(logits, batch["labels"], batch["task_ids"])
-        engine.backward(combine(micro_sums, counts, weights, reduction) * scale)
+        loss = combine(micro_sums, counts, weights, reduction) * scale
+        if vision and "pixel_values" not in batch:
+            loss = loss + 0.0 * sum(p.sum() for p in vision)
+        engine.backward(loss)
         engine.step()
         sums += micro_sums.detach().float().cpu()
     sums = _all_reduce_sum(sums, device)
@@ -142,6 +148,7 @@ class _Setup:
     engine: Any
     weights: torch.Tensor
     exclude_frozen: bool
+    vision: list  # the vision tower's trained parameters (run_step)
     setup_seconds: float = 0.0
     entered_at: float = 0.0  # wall clock when the loop was entered (before its imports): the worker group's start
     import_seconds: float = 0.0  # the config read and deepspeed and Ray Train imported in this process
@@ -225,6 +232,8 @@ def _set_up(loop_cfg: dict) -> _Setup:
         steps=global_batches(len(examples), plan, tcfg.seed), engine=engine,
         weights=term_weights(tcfg.alpha, tcfg.beta),
         exclude_frozen=tcfg.finetune == "lora",  # a LoRA checkpoint holds the adapters, not the frozen base
+        # whole parameters only: ZeRO-3 holds a partition of each outside forward, which a zero gradient cannot touch
+        vision=trainable_vision_parameters(engine.module, base) if tcfg.zero_stage < 3 else [],
         setup_seconds=time.perf_counter() - started, entered_at=entered_at, import_seconds=import_seconds,
     )
 
@@ -253,7 +262,7 @@ def _step(run: _Setup, step: int) -> dict[str, Any]:
     batches = [run.collator([run.examples[i] for i in ids]) for ids in mine]
     lr = run.engine.get_lr()[0]  # the rate this step uses (the scheduler moves on inside the step)
     record = run_step(run.engine, batches, run.weights, run.world, run.engine.device,
-                      run.cfg.training.loss_reduction)
+                      run.cfg.training.loss_reduction, run.vision)
     record.update(step=step + 1, lr=lr, seconds=time.perf_counter() - t0)
     return record
 
