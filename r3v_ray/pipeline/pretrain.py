@@ -33,7 +33,8 @@ def pretrain_training(cfg: RunConfig) -> TrainingConfig:
 
 def pretrain_settings(cfg: RunConfig) -> dict:
     """Everything that changes the pretrained base: the tiny model with its pretrain section, the task's data (its
-    questions are kept out of the pool: the settings its data directory is stamped with), the training settings and the number of workers (the data split)."""
+    questions are kept out of the pool: the settings its data directory is stamped with), the training settings and
+    the number of workers (the data split)."""
     return {"tiny": cfg.model.tiny.model_dump(mode="json"),
             "task": data_settings(cfg),
             "training": pretrain_training(cfg).model_dump(mode="json"),
