@@ -26,6 +26,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # once more (`start_ray`).
 os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
 RAY_START_TIMED_OUT = "The current node timed out during startup"
+# A port picked free and taken by another process before `ray start` bound it: tried once more on fresh ports.
+RAY_PORT_TAKEN = ("that is used by other components", "Address already in use")
 
 import pytest
 
@@ -124,14 +126,15 @@ T = TypeVar("T")
 
 def start_ray(start: Callable[[], T]) -> T:
     """`start()` (a start of Ray), tried once more where Ray gave up waiting for its node to register (a loaded
-    machine), after ending the processes the first try left: what `start` started and did not end itself."""
+    machine) or found a port taken, after ending the processes the first try left: what `start` started and did not
+    end itself."""
     import psutil
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:
         return start()
     except Exception as e:
-        if RAY_START_TIMED_OUT not in str(e):
+        if not any(m in str(e) for m in (RAY_START_TIMED_OUT, *RAY_PORT_TAKEN)):
             raise
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     for p in left:
@@ -220,9 +223,26 @@ def environ(**values: str) -> Iterator[None]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1", avoid: tuple[int, ...] = ()) -> list[int]:
+    """`n` distinct free ports, none in `avoid`. Every socket stays bound until all are chosen: a port closed at once
+    can be handed out again by the next bind (two of a head's components then got one port, and `ray start` refused
+    it: "is trying to use a port number ... that is used by other components")."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)  # an avoided port stays bound too, so the next bind cannot return it
+            s.bind((host, 0))
+            if s.getsockname()[1] not in avoid:
+                ports.append(s.getsockname()[1])
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 def subprocess_env(**extra: str) -> dict:
@@ -264,7 +284,9 @@ def ray_head(log_path: Path, env: dict, ready: Callable[[dict], object], *args: 
     log = open(log_path, "w")  # a second try (start_ray) writes after the first one's output
 
     def start() -> tuple[subprocess.Popen, dict]:
-        ports = {name: free_port() for name in HEAD_PORTS} | ({"gcs": gcs_port} if gcs_port else {})
+        names = [n for n in HEAD_PORTS if not (gcs_port and n == "gcs")]
+        ports = dict(zip(names, free_ports(len(names), avoid=(gcs_port,) if gcs_port else ())))
+        ports |= {"gcs": gcs_port} if gcs_port else {}
         cmd = [str(Path(PY).parent / "ray"), "start", "--head", "--block", f"--node-ip-address={node_ip}",
                f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={node_ip}",
                f"--dashboard-port={ports['dashboard']}", f"--metrics-export-port={ports['metrics']}",

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import torch
+from conftest import free_port
 from PIL import Image
 
 from r3v_ray.config import ServeConfig, config_from_dict
@@ -104,12 +105,6 @@ def run_dir(tiny_model_dir, image, tmp_path_factory):
     return str(root)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 BODY_TIMEOUT_S = 3.0
 KEY, FILE_KEY = "sk-test-config-key", "sk-test-file-key"  # one key from the config, one from the keys file
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -132,7 +127,7 @@ def served(run_dir, tmp_path_factory):
     assert not ray.is_initialized()
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text(f"# one key a line\n\n{FILE_KEY}\n")
-    port = _free_port()
+    port = free_port()
     overrides = [
         f"serve.max_new_tokens={MAX_NEW}",
         f"serve.max_new_tokens_limit={MAX_NEW_LIMIT}",

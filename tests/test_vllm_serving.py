@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from conftest import free_port
 from PIL import Image
 
 from r3v_ray.config import ServeConfig
@@ -32,12 +32,6 @@ def _png_b64(img: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def image():
     return TASK.render(next(TASK.generate_records("test", 1, 0)))
@@ -52,7 +46,7 @@ def served(ray_local, tiny_model_dir):
 
     overrides = ["serve.engine=vllm", f"serve.max_new_tokens={MAX_NEW}", "evaluation.select_max_new_tokens=8",
                  "serve.max_n=4", "serve.app_name=r3v-vllm-test", *ENGINE_SETTINGS]
-    argv = ["--checkpoint", tiny_model_dir, "--port", str(_free_port())] + [a for o in overrides for a in ("--set", o)]
+    argv = ["--checkpoint", tiny_model_dir, "--port", str(free_port())] + [a for o in overrides for a in ("--set", o)]
     url, model_id = start(add_serve_args(argparse.ArgumentParser()).parse_args(argv))
     yield {"url": url, "model": model_id}
     serve.shutdown()
